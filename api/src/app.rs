@@ -1,0 +1,255 @@
+//! The application as a value: build it from a [`Config`], learn its address,
+//! run it until a shutdown future resolves. `main` and the tests use the same path.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use consumer::{
+    Broker, Hub,
+    broker::{amqp::AmqpBroker, memory::MemoryBroker},
+};
+use entity::user::Role;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth::{TokenKeys, password},
+    config::Config,
+    db,
+    limits::Limits,
+    routes,
+    state::AppState,
+    store::users,
+};
+
+/// How long shutdown waits for sockets to say goodbye.
+const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects and migrates the database, creates the bootstrap admin, binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        if config.uses_dev_secret() {
+            tracing::warn!(
+                "SECRET_KEY is not set: tokens are signed with the PUBLIC DEVELOPMENT KEY. \
+                 Anyone can forge them. Set SECRET_KEY before exposing this server."
+            );
+        }
+        migrate(&config.database_url).await?;
+        let db = db::connect(&config.database_url)
+            .await
+            .context("DATABASE_URL: cannot connect")?;
+        bootstrap_admin(&db, &config).await?;
+
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("BIND: cannot listen on {}", config.bind))?;
+        let tokens = Arc::new(TokenKeys::new(config.signing_key()));
+        let node_id: Arc<str> = config.node_id().into();
+        let broker: Arc<dyn Broker> = match &config.amqp_url {
+            Some(url) => Arc::new(AmqpBroker::start(url, &node_id).await),
+            None => Arc::new(MemoryBroker::new()),
+        };
+        let state = AppState {
+            db,
+            config: Arc::new(config),
+            tokens,
+            broker,
+            hub: Hub::new(),
+            node_id,
+            stop: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+            limits: Limits::new(),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Runs the store and delivery stages and serves until `shutdown`
+    /// resolves; then closes the sockets (1012), lets in-flight requests
+    /// finish, stops the stages and closes the broker and the database.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let state = self.state;
+        let config = &state.config;
+        tracing::info!(
+            node = &*state.node_id,
+            database = db::backend_name(&config.database_url),
+            broker = if config.amqp_url.is_some() {
+                "rabbitmq"
+            } else {
+                "in-process"
+            },
+            "roomcast listening on http://{addr} (web client /, API docs /docs, metrics /metrics)"
+        );
+        crate::metrics::handle();
+        let stages = [
+            tokio::spawn(consumer::store::run(
+                state.db.clone(),
+                state.broker.clone(),
+                state.stop.clone(),
+            )),
+            tokio::spawn(consumer::delivery::run(
+                state.broker.clone(),
+                state.hub.clone(),
+                state.stop.clone(),
+            )),
+        ];
+        let limits = state.limits.clone();
+        let shrink = tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limits.shrink();
+            }
+        });
+        let app = routes::router(state.clone());
+        let stop = state.stop.clone();
+        let header_timeout = std::time::Duration::from_secs(config.http_header_timeout);
+        crate::serve::serve(self.listener, app, header_timeout, async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await;
+        state.stop.cancel();
+        // Upgraded sockets outlive the HTTP server; let them send their 1012.
+        state.sockets.close();
+        let _ = tokio::time::timeout(SOCKET_DRAIN, state.sockets.wait()).await;
+        for stage in stages {
+            let _ = stage.await;
+        }
+        shrink.abort();
+        state.broker.close().await;
+        state.db.clone().close().await.ok();
+        tracing::info!("roomcast stopped");
+        Ok(())
+    }
+}
+
+/// Runs pending migrations. On PostgreSQL an advisory lock, held on one
+/// dedicated connection, lets several nodes start at once without racing.
+pub async fn migrate(url: &str) -> anyhow::Result<()> {
+    const MIGRATION_LOCK: i64 = 0x726f_6f6d_6361_7374; // "roomcast"
+    let mut options = sea_orm::ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false);
+    let db = sea_orm::Database::connect(options)
+        .await
+        .context("DATABASE_URL: cannot connect")?;
+    let postgres = db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    if postgres {
+        db.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .await?;
+    }
+    let result = Migrator::up(&db, None)
+        .await
+        .context("migrating the database");
+    if postgres {
+        db.execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .await
+            .ok();
+    }
+    db.close().await.ok();
+    result
+}
+
+/// Creates `ADMIN_USERNAME` as an admin if no such user exists, or promotes it.
+async fn bootstrap_admin(db: &DatabaseConnection, config: &Config) -> anyhow::Result<()> {
+    let (Some(username), Some(password)) = (&config.admin_username, &config.admin_password) else {
+        return Ok(());
+    };
+    if let Some(user) = users::find_by_username(db, username)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.detail))?
+    {
+        if user.role != Role::Admin {
+            users::set_role(db, user, Role::Admin)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.detail))?;
+            tracing::info!(%username, "bootstrap admin promoted");
+        }
+        return Ok(());
+    }
+    create_admin(
+        db,
+        username,
+        &format!("{}@localhost", username.to_lowercase()),
+        password.expose(),
+    )
+    .await?;
+    tracing::info!(%username, "bootstrap admin created");
+    Ok(())
+}
+
+/// Creates an admin account, checking the same rules as registration.
+pub async fn create_admin(
+    db: &DatabaseConnection,
+    username: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    crate::domain::validate_username(username)
+        .map_err(|e| anyhow::anyhow!("ADMIN_USERNAME: {e}"))?;
+    if !(8..=128).contains(&password.chars().count()) {
+        anyhow::bail!("ADMIN_PASSWORD: must be 8 to 128 characters");
+    }
+    let hash = password::hash(password.to_owned())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.detail))?;
+    let new = users::NewUser {
+        username: username.into(),
+        email: email.into(),
+        password_hash: Some(hash),
+        role: Role::Admin,
+    };
+    match users::create(db, new).await {
+        Ok(_) => Ok(()),
+        // Another node created it at the same moment.
+        Err(e) if e.code == "username_taken" => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("{}", e.detail)),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call,
+/// not on first poll, so a signal that arrives during start-up is not lost.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+        let mut interrupt = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            tracing::info!("shutdown signal received");
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
+}

@@ -1,0 +1,11 @@
+//! Who is calling: password hashing, access tokens, and the [`AuthUser`] extractor.
+
+pub mod extractor;
+pub mod password;
+pub mod token;
+
+pub use extractor::{AuthUser, TokenSource};
+pub use token::{Claims, TokenKeys};
+
+/// Name of the cookie that carries the access token for browsers.
+pub const COOKIE_NAME: &str = "roomcast_token";

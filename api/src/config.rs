@@ -1,0 +1,171 @@
+//! Typed configuration from the environment (and `.env`), as DESIGN.md §6 lists it.
+//!
+//! clap reads every variable, so `roomcast --help` documents them all and a bad
+//! value stops start-up with one line naming the variable.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use clap::{Args, ValueEnum, builder::BoolishValueParser};
+
+/// The development key used when `SECRET_KEY` is unset and no broker is configured.
+const DEV_SECRET: &str = "roomcast-development-secret-key-not-for-production-use";
+/// HS256 keys shorter than the hash output weaken the signature.
+const MIN_SECRET_BYTES: usize = 32;
+
+/// Everything `roomcast` (serve) needs; also the source of `--help`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "BIND", default_value = "0.0.0.0:8000")]
+    pub bind: SocketAddr,
+
+    /// sea-orm database URL: `sqlite://…?mode=rwc` or `postgres://…`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://roomcast.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL (`amqp://user:pass@host:5672/vhost`); unset runs the in-process broker.
+    #[arg(long, env = "AMQP_URL")]
+    pub amqp_url: Option<String>,
+
+    /// Key that signs access tokens (HS256, at least 32 bytes). Required with AMQP_URL.
+    #[arg(long, env = "SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<Secret>,
+
+    /// Lifetime of access tokens, e.g. `30m`, `2h`.
+    #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub access_token_ttl: Duration,
+
+    /// This node's name in logs and broker queues; generated when unset.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Create an unknown room (as private, owned by the caller) when a socket opens it.
+    #[arg(long, env = "ROOMS_AUTO_CREATE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub rooms_auto_create: bool,
+
+    /// Enable `POST /generate-token` (one-room guest tokens).
+    #[arg(long, env = "GUEST_TOKENS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub guest_tokens: bool,
+
+    /// Messages a socket receives on connect when it gives no `since`.
+    #[arg(long, env = "HISTORY_ON_CONNECT", default_value_t = 50)]
+    pub history_on_connect: u32,
+
+    /// Largest message content, in bytes (HTTP 413, WebSocket close 1009).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_message_bytes: u32,
+
+    /// Seconds a client may take to send a request's headers, and a kept-alive
+    /// connection may sit idle; slower connections are closed (slowloris).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub http_header_timeout: u64,
+
+    /// Browser origins allowed to open sockets and use the cookie, comma-separated
+    /// (the server's own host is always allowed).
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// WebSocket URL the echo channel relays through; unset echoes locally.
+    #[arg(long, env = "ECHO_UPSTREAM_URL")]
+    pub echo_upstream_url: Option<String>,
+
+    /// Username of the admin created at start-up if missing.
+    #[arg(long, env = "ADMIN_USERNAME", requires = "admin_password")]
+    pub admin_username: Option<String>,
+
+    /// Password of that admin.
+    #[arg(long, env = "ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+
+    /// Log output: `pretty` for people, `json` for collectors. Filter with RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A string that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Config {
+    /// Checks the rules that span variables; the error is one line naming the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.secret_key {
+            None if self.amqp_url.is_some() => {
+                return Err(
+                    "SECRET_KEY: required when AMQP_URL is set (every node must share it)".into(),
+                );
+            }
+            Some(key) if key.expose().len() < MIN_SECRET_BYTES => {
+                return Err(format!(
+                    "SECRET_KEY: must be at least {MIN_SECRET_BYTES} bytes"
+                ));
+            }
+            _ => {}
+        }
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres"))
+        {
+            return Err("DATABASE_URL: must start with sqlite: or postgres://".into());
+        }
+        if let Some(url) = &self.amqp_url
+            && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
+        {
+            return Err("AMQP_URL: must start with amqp:// or amqps://".into());
+        }
+        if self.access_token_ttl < Duration::from_secs(10) {
+            return Err("ACCESS_TOKEN_TTL: must be at least 10s".into());
+        }
+        Ok(())
+    }
+
+    /// The signing key; the development key when none is configured.
+    pub fn signing_key(&self) -> &str {
+        self.secret_key.as_ref().map_or(DEV_SECRET, Secret::expose)
+    }
+
+    /// True when tokens are signed with the public development key.
+    pub fn uses_dev_secret(&self) -> bool {
+        self.secret_key.is_none()
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("node-{}", &id[..8])
+        })
+    }
+}

@@ -1,0 +1,116 @@
+//! Ingest: the first stage of the message path, shared by `POST /message` and
+//! WebSocket `message` frames. Checks who may post what, gives the message its
+//! id and time, publishes it to `messages`, and returns only once the broker
+//! confirmed it.
+
+use chrono::Utc;
+use consumer::{
+    BrokerError,
+    event::{Envelope, message_id},
+};
+use entity::room::{self, RoomKind};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{auth::AuthUser, error::ApiError, state::AppState, store::rooms};
+
+/// Longest `client_id` accepted.
+pub const MAX_CLIENT_ID: usize = 64;
+
+/// What a 202 or an `ack` reports.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub status: &'static str,
+}
+
+/// May `user` post in `room`? Public rooms: any registered user; others: members.
+pub async fn ensure_can_post(
+    state: &AppState,
+    user: &AuthUser,
+    room: &room::Model,
+) -> Result<(), ApiError> {
+    if let Some(guest_room) = user.claims.room
+        && guest_room != room.id
+    {
+        return Err(not_a_member());
+    }
+    if room.kind == RoomKind::Public && user.claims.room.is_none() {
+        return Ok(());
+    }
+    if rooms::is_member(&state.db, room.id, user.id).await? {
+        return Ok(());
+    }
+    Err(not_a_member())
+}
+
+fn not_a_member() -> ApiError {
+    ApiError::forbidden("not_a_member", "you are not a member of this room")
+}
+
+/// Content must have something in it and fit `MAX_MESSAGE_BYTES`.
+pub fn check_content(state: &AppState, content: &str) -> Result<(), ApiError> {
+    if content.trim().is_empty() {
+        return Err(ApiError::invalid_field("content", "must not be empty"));
+    }
+    if content.contains('\0') {
+        return Err(ApiError::invalid_field(
+            "content",
+            "must not contain NUL characters",
+        ));
+    }
+    if content.len() > state.config.max_message_bytes as usize {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!("content is over {} bytes", state.config.max_message_bytes),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks content and client id, then publishes and waits for the confirm.
+pub async fn publish(
+    state: &AppState,
+    user: &AuthUser,
+    room: &room::Model,
+    content: String,
+    client_id: Option<String>,
+) -> Result<Accepted, ApiError> {
+    check_content(state, &content)?;
+    if let Some(client_id) = &client_id
+        && (client_id.is_empty() || client_id.len() > MAX_CLIENT_ID || client_id.contains('\0'))
+    {
+        return Err(ApiError::invalid_field(
+            "client_id",
+            format!("must be 1 to {MAX_CLIENT_ID} bytes"),
+        ));
+    }
+    let id = message_id(Some(user.id), room.id, client_id.as_deref());
+    let envelope = Envelope {
+        id: Some(id),
+        room_id: room.id.to_string(),
+        sender_id: Some(user.id),
+        content,
+        client_id,
+        created_at: Some(Utc::now()),
+    };
+    let payload = serde_json::to_vec(&envelope).map_err(ApiError::internal)?;
+    state.broker.publish(&payload).await.map_err(|err| {
+        tracing::warn!(error = %err, "publish failed");
+        match err {
+            BrokerError::Unavailable(_) | BrokerError::Nacked => ApiError::unavailable(
+                "broker_unavailable",
+                "the message broker is unavailable; retry shortly",
+                1,
+            ),
+        }
+    })?;
+    metrics::counter!(crate::metrics::MESSAGES_ACCEPTED).increment(1);
+    Ok(Accepted {
+        id,
+        room_id: room.id,
+        status: "queued",
+    })
+}

@@ -1,0 +1,37 @@
+//! The roomcast server: HTTP and WebSocket API, authentication, rooms,
+//! configuration and the command line. It owns the edge of the message path;
+//! the broker, store stage and delivery live in the `consumer` crate.
+//!
+//! # Layout
+//! - [`config`]: typed configuration from the environment; [`cli`]: the commands.
+//! - [`app`]: [`Application`] — build from a config, bind, serve until shutdown;
+//!   [`serve`]: the HTTP listener (connections, header deadline, draining).
+//! - [`routes`]: one module per resource (`auth`, `users`, `rooms`, `messages`,
+//!   `ws`, `guest`, `health`).
+//! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
+//! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
+//! - [`store`]: the queries behind the routes, one module per aggregate.
+//! - [`error`]: `ApiError`, which every failure becomes (problem+json).
+//! - [`extract`]: body and query extractors that fail as `ApiError`.
+
+pub mod app;
+pub mod auth;
+pub mod avatar;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod ingest;
+pub mod limits;
+pub mod metrics;
+pub mod routes;
+pub mod seed;
+pub mod serve;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Config;

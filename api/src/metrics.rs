@@ -1,0 +1,85 @@
+//! Prometheus metrics: the exporter, `GET /metrics`, and the HTTP timing layer.
+//!
+//! Every metric name starts with `roomcast_`; the broker-side ones are named
+//! in `consumer::metrics`. One recorder serves the whole process.
+
+use std::{sync::OnceLock, time::Instant};
+
+use axum::{
+    extract::{MatchedPath, Request},
+    http::{HeaderValue, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::state::AppState;
+
+/// Messages accepted by ingest (the broker confirmed them).
+pub const MESSAGES_ACCEPTED: &str = "roomcast_messages_accepted_total";
+/// Open sockets on this node.
+pub const SOCKETS: &str = "roomcast_sockets";
+/// HTTP request durations by method, route and status.
+pub const HTTP_DURATION: &str = "roomcast_http_request_duration_seconds";
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's exporter, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .expect("constant buckets are valid");
+        match builder.install_recorder() {
+            Ok(handle) => handle,
+            // Another recorder owns the process (a host program's): keep ours private.
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    })
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(render))
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
+/// `GET /metrics`: Prometheus text format.
+async fn render() -> impl IntoResponse {
+    let handle = handle();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        handle.render(),
+    )
+}
+
+/// Times every request, labelled by its route pattern (never the raw path,
+/// which would make a label per room and per message).
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route, "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,226 @@
+//! Register, log in (JSON or OAuth2 password form), log out.
+
+use axum::{
+    Json,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+};
+use std::net::SocketAddr;
+
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use chrono::{TimeZone, Utc};
+use entity::user::Role;
+use sea_orm::{ActiveModelTrait, Set};
+use serde::{Deserialize, Serialize};
+use validator::Validate;
+
+use super::users::UserView;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::{AuthUser, COOKIE_NAME, password},
+    error::{ApiError, Result},
+    extract::{Valid, body_bytes, is_json, parse_json},
+    state::AppState,
+    store::{is_unique_violation, users},
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+}
+
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[validate(custom(function = "crate::domain::validate_username"))]
+    pub username: String,
+    #[validate(
+        email(message = "must be an email address"),
+        length(max = 254, message = "must be at most 254 characters")
+    )]
+    pub email: String,
+    #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    pub password: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    summary = "Create an account",
+    request_body = RegisterRequest,
+    responses((status = 201, description = "Created", body = UserView), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"), (status = 400, description = "Malformed request", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
+async fn register(
+    State(state): State<AppState>,
+    Valid(req): Valid<RegisterRequest>,
+) -> Result<impl IntoResponse> {
+    let password_hash = password::hash(req.password).await?;
+    let user = users::create(
+        &state.db,
+        users::NewUser {
+            username: req.username,
+            email: req.email,
+            password_hash: Some(password_hash),
+            role: Role::User,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(UserView::private(&user))))
+}
+
+/// The JSON login body, and the OAuth2 password form (`grant_type=password`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct LoginRequest {
+    username: String,
+    password: String,
+    #[serde(default)]
+    grant_type: Option<String>,
+    // OAuth2 clients send these; they mean nothing here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    scope: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    client_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    client_secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    summary = "Log in (JSON or the OAuth2 password form); sets the roomcast_token cookie",
+    request_body(content((LoginRequest = "application/json"), (LoginRequest = "application/x-www-form-urlencoded"))),
+    responses((status = 200, description = "A bearer token", body = TokenResponse), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Rate limited (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    req: Request,
+) -> Result<impl IntoResponse> {
+    let form = is_form(req.headers());
+    if !form && !is_json(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send JSON or an application/x-www-form-urlencoded form",
+        ));
+    }
+    let bytes = body_bytes(req, &()).await?;
+    let login: LoginRequest = if form {
+        serde_urlencoded::from_bytes(&bytes)
+            .map_err(|e| ApiError::invalid_field("body", format!("not a valid login form: {e}")))?
+    } else {
+        parse_json(&bytes)?
+    };
+    if login.grant_type.as_deref().is_some_and(|g| g != "password") {
+        return Err(ApiError::invalid_field(
+            "grant_type",
+            "must be \"password\"",
+        ));
+    }
+    if login.username.len() > 254 || login.password.len() > 128 {
+        return Err(invalid_credentials());
+    }
+    state.limits.check_login(&login.username, peer.ip())?;
+
+    let user = if login.username.contains('@') {
+        users::find_by_email(&state.db, &login.username).await?
+    } else {
+        users::find_by_username(&state.db, &login.username).await?
+    };
+    let Some((user, phc)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
+        password::dummy_verify(login.password).await;
+        return Err(invalid_credentials());
+    };
+    if !password::verify(login.password, phc).await? {
+        return Err(invalid_credentials());
+    }
+
+    let ttl = state.config.access_token_ttl;
+    let (token, _) = state.tokens.issue(&user, ttl, None)?;
+    let cookie = Cookie::build((COOKIE_NAME, token.clone()))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(cookie_max_age(ttl))
+        .build();
+    let body = TokenResponse {
+        access_token: token,
+        token_type: "bearer",
+        expires_in: ttl.as_secs(),
+    };
+    Ok((jar.add(cookie), Json(body)))
+}
+
+fn cookie_max_age(ttl: std::time::Duration) -> time::Duration {
+    time::Duration::seconds(ttl.as_secs() as i64)
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::unauthorized("invalid_credentials", "wrong username or password")
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    summary = "Revoke this token and clear the cookie",
+    responses((status = 204, description = "Logged out"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn logout(
+    State(state): State<AppState>,
+    user: AuthUser,
+    jar: CookieJar,
+) -> Result<impl IntoResponse> {
+    let expires_at = Utc
+        .timestamp_opt(user.claims.exp, 0)
+        .single()
+        .unwrap_or_else(Utc::now);
+    let revoked = entity::revoked_token::ActiveModel {
+        jti: Set(user.claims.jti),
+        expires_at: Set(expires_at),
+    }
+    .insert(&state.db)
+    .await;
+    match revoked {
+        Ok(_) => {}
+        Err(err) if is_unique_violation(&err) => {} // logged out twice at once
+        Err(err) => return Err(err.into()),
+    }
+    // Clear the cookie whether or not this request carried it.
+    let cleared = Cookie::build((COOKIE_NAME, ""))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(time::Duration::ZERO);
+    let jar = jar.add(cleared);
+    Ok((jar, StatusCode::NO_CONTENT))
+}

@@ -1,0 +1,330 @@
+//! The echo channel: `/echo` echoes each frame back, or relays it through
+//! `ECHO_UPSTREAM_URL`; the transcript is saved when the socket closes and
+//! `/echo/history` lists the caller's. Also `/echo_ws` and `/pub_ws`, which
+//! tell a client where the echo socket and the public room's socket are.
+
+use axum::{
+    Json,
+    extract::{
+        State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, header},
+    response::Response,
+};
+use chrono::{DateTime, Utc};
+use entity::echo_transcript;
+use futures_util::{SinkExt, StreamExt};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+use uuid::Uuid;
+
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::{AuthUser, extractor::socket_user},
+    error::Result,
+    extract::QueryParams,
+    state::AppState,
+};
+
+/// Frames and bytes a transcript keeps; the rest of a long session is echoed but not saved.
+const TRANSCRIPT_FRAMES: usize = 1000;
+const TRANSCRIPT_BYTES: usize = 256 * 1024;
+const HISTORY_LIMIT: u64 = 50;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(connect))
+        .routes(routes!(history))
+        .routes(routes!(echo_ws))
+        .routes(routes!(pub_ws))
+}
+
+/// `ws://` or `wss://` and the host the client used.
+fn socket_base(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost:8000");
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p == "https");
+    format!("{}://{host}", if secure { "wss" } else { "ws" })
+}
+
+/// Where a socket is.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SocketUrl {
+    #[schema(example = "ws://localhost:8000/echo")]
+    url: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/echo_ws",
+    tag = "sockets",
+    summary = "The URL of the echo socket",
+    responses((status = 200, description = "URL", body = SocketUrl), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn echo_ws(_user: AuthUser, headers: HeaderMap) -> Json<SocketUrl> {
+    Json(SocketUrl {
+        url: format!("{}/echo", socket_base(&headers)),
+    })
+}
+
+#[utoipa::path(
+    get,
+    path = "/pub_ws",
+    tag = "sockets",
+    summary = "The URL of the public room's socket",
+    responses((status = 200, description = "URL", body = SocketUrl), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn pub_ws(_user: AuthUser, headers: HeaderMap) -> Json<SocketUrl> {
+    Json(SocketUrl {
+        url: format!("{}/ws/public", socket_base(&headers)),
+    })
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct EchoQuery {
+    token: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/echo",
+    tag = "sockets",
+    summary = "The echo WebSocket: each frame echoed, or relayed through ECHO_UPSTREAM_URL",
+    params(EchoQuery),
+    responses((status = 101, description = "Switching protocols"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn connect(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<EchoQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response> {
+    let user = socket_user(&state, &headers, q.token).await?;
+    // A guest token is for its one room, not for the echo channel.
+    user.require_registered()?;
+    let limit = state.config.max_message_bytes as usize + 512;
+    Ok(upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let tracked = state.sockets.clone();
+            tracked.track_future(session(state, user, socket))
+        }))
+}
+
+/// What one session said, within the transcript's bounds.
+#[derive(Default)]
+struct Transcript {
+    frames: Vec<Value>,
+    bytes: usize,
+}
+
+impl Transcript {
+    fn record(&mut self, dir: &str, message: &Message) {
+        let text = match message {
+            Message::Text(text) => text.as_str().to_owned(),
+            Message::Binary(data) => format!("<{} bytes of binary>", data.len()),
+            _ => return,
+        };
+        if self.frames.len() < TRANSCRIPT_FRAMES && self.bytes + text.len() <= TRANSCRIPT_BYTES {
+            self.bytes += text.len();
+            self.frames.push(json!({ "dir": dir, "text": text }));
+        }
+    }
+}
+
+async fn session(state: AppState, user: AuthUser, socket: WebSocket) {
+    let started_at = Utc::now();
+    let mut transcript = Transcript::default();
+    let close = match state.config.echo_upstream_url.clone() {
+        None => echo_locally(&state, socket, &mut transcript).await,
+        Some(url) => relay(&state, socket, &url, &mut transcript).await,
+    };
+    if let Err(err) = close {
+        tracing::debug!(error = %err, "echo session ended with an error");
+    }
+    let saved = echo_transcript::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        user_id: Set(user.id),
+        started_at: Set(started_at),
+        ended_at: Set(Utc::now()),
+        frames: Set(Value::Array(transcript.frames).to_string()),
+    }
+    .insert(&state.db)
+    .await;
+    if let Err(err) = saved {
+        tracing::warn!(error = %err, "echo transcript not saved");
+    }
+}
+
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// The close a read error deserves, as on `/ws/{room}`.
+fn close_for(err: &axum::Error) -> Message {
+    let (code, reason) = super::ws::read_error_close(err).unwrap_or((1002, "protocol error"));
+    close_frame(code, reason)
+}
+
+async fn echo_locally(
+    state: &AppState,
+    mut socket: WebSocket,
+    transcript: &mut Transcript,
+) -> anyhow::Result<()> {
+    loop {
+        let message = tokio::select! {
+            () = state.stop.cancelled() => {
+                socket.send(close_frame(1012, "server shutting down")).await?;
+                return Ok(());
+            }
+            message = socket.recv() => message,
+        };
+        match message {
+            None => return Ok(()),
+            // Flushing sends the close the protocol layer queued in answer.
+            Some(Ok(Message::Close(_))) => {
+                let _ = socket.close().await;
+                return Ok(());
+            }
+            Some(Err(err)) => {
+                let _ = socket.send(close_for(&err)).await;
+                return Err(err.into());
+            }
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                transcript.record("in", &message);
+                transcript.record("out", &message);
+                socket.send(message).await?;
+            }
+            Some(Ok(_)) => {} // pings are answered by the protocol layer
+        }
+    }
+}
+
+async fn relay(
+    state: &AppState,
+    socket: WebSocket,
+    url: &str,
+    transcript: &mut Transcript,
+) -> anyhow::Result<()> {
+    let (mut client_tx, mut client_rx) = socket.split();
+    let upstream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await;
+    let Ok(Ok((upstream, _))) = upstream else {
+        let _ = client_tx
+            .send(close_frame(1011, "echo upstream unavailable"))
+            .await;
+        anyhow::bail!("echo upstream {url} unavailable");
+    };
+    let (mut up_tx, mut up_rx) = upstream.split();
+    loop {
+        tokio::select! {
+            () = state.stop.cancelled() => {
+                let _ = up_tx.close().await;
+                client_tx.send(close_frame(1012, "server shutting down")).await?;
+                return Ok(());
+            }
+            from_client = client_rx.next() => match from_client {
+                None | Some(Ok(Message::Close(_))) => {
+                    let _ = up_tx.close().await;
+                    let _ = client_tx.close().await;
+                    return Ok(());
+                }
+                Some(Err(err)) => {
+                    let _ = client_tx.send(close_for(&err)).await;
+                    return Err(err.into());
+                }
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    transcript.record("in", &message);
+                    let forwarded = match message {
+                        Message::Text(text) => tungstenite::Message::Text(text.as_str().into()),
+                        Message::Binary(data) => tungstenite::Message::Binary(data),
+                        _ => unreachable!("matched above"),
+                    };
+                    up_tx.send(forwarded).await?;
+                }
+                Some(Ok(_)) => {}
+            },
+            from_upstream = up_rx.next() => match from_upstream {
+                None | Some(Ok(tungstenite::Message::Close(_))) | Some(Err(_)) => {
+                    client_tx.send(close_frame(1011, "echo upstream closed")).await?;
+                    return Ok(());
+                }
+                Some(Ok(tungstenite::Message::Text(text))) => {
+                    let message = Message::Text(text.as_str().into());
+                    transcript.record("out", &message);
+                    client_tx.send(message).await?;
+                }
+                Some(Ok(tungstenite::Message::Binary(data))) => {
+                    let message = Message::Binary(data);
+                    transcript.record("out", &message);
+                    client_tx.send(message).await?;
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct TranscriptView {
+    id: Uuid,
+    started_at: DateTime<Utc>,
+    ended_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    frames: Value,
+}
+
+#[utoipa::path(
+    get,
+    path = "/echo/history",
+    tag = "sockets",
+    summary = "Your echo transcripts, newest first",
+    responses((status = 200, description = "Transcripts", body = Vec<TranscriptView>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// The caller's transcripts, newest first.
+async fn history(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> Result<Json<Vec<TranscriptView>>> {
+    user.require_registered()?;
+    let rows = echo_transcript::Entity::find()
+        .filter(echo_transcript::Column::UserId.eq(user.id))
+        .order_by_desc(echo_transcript::Column::StartedAt)
+        .limit(HISTORY_LIMIT)
+        .all(&state.db)
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|t| TranscriptView {
+                id: t.id,
+                started_at: t.started_at,
+                ended_at: t.ended_at,
+                frames: serde_json::from_str(&t.frames).unwrap_or(Value::Array(Vec::new())),
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,122 @@
+//! Guest tokens (`GUEST_TOKENS=true`): `POST /generate-token` gives a one-hour
+//! token for one room, for quick trials from Postman or a widget.
+//!
+//! A guest is a passwordless account with the `guest` role; asking again with
+//! the same username and email gives the same account a new token. An unknown
+//! room is created as a private room owned by the guest, like a socket does.
+
+use std::time::Duration;
+
+use axum::{Json, extract::State};
+use entity::{room::RoomKind, user::Role};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use validator::Validate;
+
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    error::{ApiError, Result},
+    extract::Valid,
+    state::AppState,
+    store::{
+        rooms::{self, Added},
+        users,
+    },
+};
+
+pub const GUEST_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(generate_token))
+}
+
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct GuestRequest {
+    #[validate(custom(function = "crate::domain::validate_username"))]
+    username: String,
+    #[validate(
+        email(message = "must be an email address"),
+        length(max = 254, message = "must be at most 254 characters")
+    )]
+    email: String,
+    /// The room's UUID or name.
+    #[validate(length(min = 1, max = 64, message = "must be 1 to 64 characters"))]
+    room_id: String,
+}
+
+/// A guest token and the room it is for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct GuestToken {
+    token: String,
+    room_id: Uuid,
+    expires_in: u64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/generate-token",
+    tag = "auth",
+    summary = "A one-hour guest token for one room (GUEST_TOKENS=true; 404 otherwise)",
+    request_body = GuestRequest,
+    responses((status = 200, description = "The token", body = GuestToken), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
+async fn generate_token(
+    State(state): State<AppState>,
+    Valid(req): Valid<GuestRequest>,
+) -> Result<Json<GuestToken>> {
+    if !state.config.guest_tokens {
+        return Err(ApiError::not_found("route"));
+    }
+    let user = match users::find_by_username(&state.db, &req.username).await? {
+        Some(user) if user.role == Role::Guest && user.email == req.email.to_lowercase() => user,
+        Some(_) => {
+            return Err(ApiError::conflict(
+                "username_taken",
+                "that username belongs to someone else",
+            ));
+        }
+        None => {
+            let new = users::NewUser {
+                username: req.username,
+                email: req.email,
+                password_hash: None,
+                role: Role::Guest,
+            };
+            users::create(&state.db, new).await?
+        }
+    };
+    let room = match rooms::find(&state.db, &req.room_id).await? {
+        Some(room) => room,
+        None if state.config.rooms_auto_create => {
+            crate::domain::validate_room_name(&req.room_id)
+                .map_err(|e| ApiError::invalid_field("room_id", e.to_string()))?;
+            match rooms::create(&state.db, &req.room_id, RoomKind::Private, user.id).await {
+                Ok(room) => room,
+                Err(err) if err.code == "name_taken" => rooms::get(&state.db, &req.room_id).await?,
+                Err(err) => return Err(err),
+            }
+        }
+        None => return Err(ApiError::not_found("room")),
+    };
+    match room.kind {
+        RoomKind::Group if !rooms::is_member(&state.db, room.id, user.id).await? => {
+            return Err(ApiError::forbidden(
+                "invite_only",
+                "guests cannot enter an invite-only room",
+            ));
+        }
+        RoomKind::Group => {}
+        RoomKind::Public | RoomKind::Private => {
+            // Guests post as members, so the store stage's checks hold for them too.
+            let _: Added = rooms::add_member(&state.db, room.id, user.id).await?;
+        }
+    }
+    let (token, _) = state.tokens.issue(&user, GUEST_TOKEN_TTL, Some(room.id))?;
+    Ok(Json(GuestToken {
+        token,
+        room_id: room.id,
+        expires_in: GUEST_TOKEN_TTL.as_secs(),
+    }))
+}

@@ -1,0 +1,70 @@
+//! Liveness and readiness.
+
+use axum::{Json, extract::State};
+use consumer::BrokerStatus;
+use serde::Serialize;
+
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{error::ApiError, state::AppState};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Ready {
+    #[schema(example = "ready")]
+    status: &'static str,
+    database: &'static str,
+    broker: &'static str,
+    /// This node's NODE_ID.
+    node: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    summary = "Liveness",
+    responses((status = 200, description = "The process is up", body = Health))
+)]
+/// The process is up.
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    summary = "Readiness: database and broker",
+    responses((status = 200, description = "Ready", body = Ready), (status = 503, description = "Unavailable (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"))
+)]
+/// The process can do its work: the database answers and the broker is connected.
+async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let mut down = Vec::new();
+    if let Err(err) = state.db.ping().await {
+        down.push(format!("database: {err}"));
+    }
+    if let BrokerStatus::Down(reason) = state.broker.status() {
+        down.push(format!("broker: {reason}"));
+    }
+    if !down.is_empty() {
+        return Err(ApiError::unavailable("not_ready", down.join("; "), 1));
+    }
+    Ok(Json(Ready {
+        status: "ready",
+        database: "up",
+        broker: "up",
+        node: state.node_id.to_string(),
+    }))
+}

@@ -1,0 +1,241 @@
+//! Messages over HTTP: ingest (`POST /message`, `POST /rooms/{room}/messages`)
+//! and history (`GET /rooms/{room}/messages`).
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+};
+use consumer::event::{MessageView, RoomEvent};
+use entity::user::Role;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{announce, rooms::ensure_can_read};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::AuthUser,
+    error::{ApiError, Result},
+    extract::{Json as JsonBody, QueryParams},
+    ingest,
+    state::AppState,
+    store::{
+        messages::{self, Page},
+        rooms,
+    },
+};
+
+pub const HISTORY_DEFAULT: u64 = 50;
+pub const HISTORY_MAX: u64 = 200;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_message))
+        .routes(routes!(post_room_message, history))
+        .routes(routes!(edit, remove))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    /// The room's UUID or name.
+    room_id: String,
+    content: String,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewRoomMessage {
+    content: String,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/message",
+    tag = "messages",
+    summary = "Publish a message; 202 once the broker confirmed it",
+    request_body = NewMessage,
+    responses((status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "Unavailable (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn post_message(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(req): JsonBody<NewMessage>,
+) -> Result<impl IntoResponse> {
+    accept(&state, &user, &req.room_id, req.content, req.client_id).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/rooms/{room}/messages",
+    tag = "messages",
+    summary = "Publish a message to this room",
+    request_body = NewRoomMessage,
+    params(("room" = String, Path, description = "The room's UUID or name")),
+    responses((status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "Unavailable (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn post_room_message(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<NewRoomMessage>,
+) -> Result<impl IntoResponse> {
+    accept(&state, &user, &key, req.content, req.client_id).await
+}
+
+async fn accept(
+    state: &AppState,
+    user: &AuthUser,
+    key: &str,
+    content: String,
+    client_id: Option<String>,
+) -> Result<(StatusCode, Json<ingest::Accepted>)> {
+    let room = rooms::get(&state.db, key).await?;
+    ingest::ensure_can_post(state, user, &room).await?;
+    let accepted = ingest::publish(state, user, &room, content, client_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<u64>,
+    before: Option<i64>,
+    after: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/rooms/{room}/messages",
+    tag = "messages",
+    summary = "History: `before` newest first, `after` oldest first",
+    params(("room" = String, Path, description = "The room's UUID or name"), HistoryQuery),
+    responses((status = 200, description = "Messages", body = Vec<MessageView>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn history(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(key): Path<String>,
+    QueryParams(q): QueryParams<HistoryQuery>,
+) -> Result<Json<Vec<MessageView>>> {
+    let limit = q.limit.unwrap_or(HISTORY_DEFAULT);
+    if !(1..=HISTORY_MAX).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            format!("must be 1 to {HISTORY_MAX}"),
+        ));
+    }
+    let page = match (q.before, q.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid_field(
+                "before",
+                "give before or after, not both",
+            ));
+        }
+        (before, None) => Page::Before(before),
+        (None, Some(after)) => Page::After(after),
+    };
+    let room = rooms::get(&state.db, &key).await?;
+    ensure_can_read(&state, &user, &room).await?;
+    Ok(Json(
+        messages::history(&state.db, room.id, page, limit).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Edit {
+    content: String,
+}
+
+#[utoipa::path(
+    patch,
+    path = "/messages/{id}",
+    tag = "messages",
+    summary = "Edit your message; sockets get message_edited",
+    request_body = Edit,
+    params(("id" = uuid::Uuid, Path, description = "Message id")),
+    responses((status = 200, description = "Edited", body = MessageView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// The author changes their message's content; every node's sockets get `message_edited`.
+async fn edit(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+    JsonBody(req): JsonBody<Edit>,
+) -> Result<Json<MessageView>> {
+    let message = messages::find(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    if message.sender_id != Some(user.id) {
+        return Err(ApiError::forbidden(
+            "not_author",
+            "only the author can edit a message",
+        ));
+    }
+    if message.deleted_at.is_some() {
+        return Err(ApiError::conflict(
+            "message_deleted",
+            "a deleted message cannot be edited",
+        ));
+    }
+    ingest::check_content(&state, &req.content)?;
+    let message = messages::edit(&state.db, message, req.content).await?;
+    let view = messages::with_senders(&state.db, vec![message])
+        .await?
+        .remove(0);
+    announce(&state, RoomEvent::MessageEdited(view.clone())).await;
+    Ok(Json(view))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/messages/{id}",
+    tag = "messages",
+    summary = "Delete a message (author, moderator, admin or room owner); sockets get message_deleted",
+    params(("id" = uuid::Uuid, Path, description = "Message id")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// The author, a moderator, an admin or the room's owner deletes a message;
+/// it stays in history as a tombstone and sockets get `message_deleted`.
+async fn remove(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode> {
+    let message = messages::find(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let may = message.sender_id == Some(user.id)
+        || matches!(user.role, Role::Moderator | Role::Admin)
+        || rooms::get(&state.db, &message.room_id.to_string())
+            .await?
+            .owner_id
+            == Some(user.id);
+    if !may {
+        return Err(ApiError::forbidden(
+            "not_allowed",
+            "only the author, a moderator, an admin or the room owner can delete",
+        ));
+    }
+    if message.deleted_at.is_none() {
+        let message = messages::tombstone(&state.db, message).await?;
+        let view = messages::with_senders(&state.db, vec![message])
+            .await?
+            .remove(0);
+        announce(&state, RoomEvent::MessageDeleted(view)).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

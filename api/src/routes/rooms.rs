@@ -1,0 +1,341 @@
+//! Rooms: create, list and search, get, delete, members, join.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+};
+use chrono::{DateTime, Utc};
+use consumer::event::RoomEvent;
+use entity::room::{self, RoomKind};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use validator::Validate;
+
+use super::announce;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::AuthUser,
+    error::{ApiError, Result},
+    extract::SearchPage,
+    extract::{Json as JsonBody, QueryParams, Valid},
+    state::AppState,
+    store::{
+        rooms::{self, Added},
+        users,
+    },
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, remove))
+        .routes(routes!(members, add_member))
+        .routes(routes!(remove_member))
+        .routes(routes!(join))
+}
+
+/// A room as JSON.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RoomView {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = String, example = "public")]
+    pub kind: RoomKind,
+    pub owner_id: Option<Uuid>,
+    pub member_count: i32,
+    pub last_seq: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<room::Model> for RoomView {
+    fn from(r: room::Model) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            kind: r.kind,
+            owner_id: r.owner_id,
+            member_count: r.member_count,
+            last_seq: r.last_seq,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// May `user` read `room` (its details, members, history)? Public rooms are
+/// open to every registered user, group rooms to their members and admins,
+/// private rooms to their two members only (not even admins). A guest token
+/// narrows this to its one room; it grants no seat there, so a guest removed
+/// from the room is out like anyone else.
+pub async fn ensure_can_read(state: &AppState, user: &AuthUser, room: &room::Model) -> Result<()> {
+    if user
+        .claims
+        .room
+        .is_some_and(|guest_room| guest_room != room.id)
+    {
+        return Err(not_a_member());
+    }
+    if room.kind == RoomKind::Public
+        || (user.is_admin() && room.kind == RoomKind::Group)
+        || rooms::is_member(&state.db, room.id, user.id).await?
+    {
+        return Ok(());
+    }
+    Err(not_a_member())
+}
+
+fn not_a_member() -> ApiError {
+    ApiError::forbidden("not_a_member", "you are not a member of this room")
+}
+
+/// Only the room's owner or an admin may manage it.
+fn ensure_owner_or_admin(user: &AuthUser, room: &room::Model) -> Result<()> {
+    if user.is_admin() || room.owner_id == Some(user.id) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "not_owner",
+        "only the room's owner or an admin can do this",
+    ))
+}
+
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    #[validate(custom(function = "crate::domain::validate_room_name"))]
+    name: String,
+    /// public, group (default) or private.
+    #[serde(default = "default_kind")]
+    #[schema(value_type = String, example = "group")]
+    kind: RoomKind,
+}
+
+fn default_kind() -> RoomKind {
+    RoomKind::Group
+}
+
+#[utoipa::path(
+    post,
+    path = "/rooms",
+    tag = "rooms",
+    summary = "Create a room; you become its owner and first member",
+    request_body = CreateRoom,
+    responses((status = 201, description = "Created", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Valid(req): Valid<CreateRoom>,
+) -> Result<impl IntoResponse> {
+    user.require_registered()?;
+    let room = rooms::create(&state.db, &req.name, req.kind, user.id).await?;
+    Ok((StatusCode::CREATED, Json(RoomView::from(room))))
+}
+
+#[utoipa::path(
+    get,
+    path = "/rooms",
+    tag = "rooms",
+    summary = "Public rooms and yours, by name",
+    params(SearchPage),
+    responses((status = 200, description = "Rooms", body = Vec<RoomView>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    QueryParams(q): QueryParams<SearchPage>,
+) -> Result<Json<Vec<RoomView>>> {
+    crate::extract::validate(&q)?;
+    user.require_registered()?;
+    let found = rooms::list(
+        &state.db,
+        user.id,
+        user.is_admin(),
+        q.search.as_deref(),
+        q.limit.unwrap_or(50),
+        q.offset.unwrap_or(0),
+    )
+    .await?;
+    Ok(Json(found.into_iter().map(RoomView::from).collect()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/rooms/{room}",
+    tag = "rooms",
+    summary = "A room",
+    params(("room" = String, Path, description = "The room's UUID or name")),
+    responses((status = 200, description = "The room", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn show(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(key): Path<String>,
+) -> Result<Json<RoomView>> {
+    let room = rooms::get(&state.db, &key).await?;
+    ensure_can_read(&state, &user, &room).await?;
+    Ok(Json(room.into()))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/rooms/{room}",
+    tag = "rooms",
+    summary = "Delete a room (owner or admin); its sockets close with 4404",
+    params(("room" = String, Path, description = "The room's UUID or name")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn remove(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(key): Path<String>,
+) -> Result<StatusCode> {
+    let room = rooms::get(&state.db, &key).await?;
+    ensure_owner_or_admin(&user, &room)?;
+    rooms::delete(&state.db, room.id).await?;
+    tracing::info!(room = %room.id, by = %user.id, "room deleted");
+    announce(&state, RoomEvent::RoomDeleted { room_id: room.id }).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/rooms/{room}/members",
+    tag = "rooms",
+    summary = "Members",
+    params(("room" = String, Path, description = "The room's UUID or name")),
+    responses((status = 200, description = "Members", body = Vec<crate::store::rooms::Member>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn members(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(key): Path<String>,
+) -> Result<Json<Vec<rooms::Member>>> {
+    let room = rooms::get(&state.db, &key).await?;
+    ensure_can_read(&state, &user, &room).await?;
+    Ok(Json(rooms::members(&state.db, room.id).await?))
+}
+
+/// `{user_id}` or `{username}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    user_id: Option<Uuid>,
+    username: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/rooms/{room}/members",
+    tag = "rooms",
+    summary = "Add a member (owner or admin)",
+    request_body = AddMember,
+    params(("room" = String, Path, description = "The room's UUID or name")),
+    responses((status = 201, description = "Added", body = crate::store::rooms::Member), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn add_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(key): Path<String>,
+    JsonBody(req): JsonBody<AddMember>,
+) -> Result<impl IntoResponse> {
+    let room = rooms::get(&state.db, &key).await?;
+    ensure_owner_or_admin(&user, &room)?;
+    let target = match (req.user_id, req.username.as_deref()) {
+        (Some(id), None) => users::find(&state.db, id).await?,
+        (None, Some(name)) if name.len() <= 64 => users::find_by_username(&state.db, name).await?,
+        (None, Some(_)) => None,
+        _ => {
+            return Err(ApiError::invalid_field(
+                "body",
+                "give exactly one of user_id or username",
+            ));
+        }
+    }
+    .ok_or_else(|| ApiError::not_found("user"))?;
+    match rooms::add_member(&state.db, room.id, target.id).await? {
+        Added::Added => {}
+        Added::AlreadyMember => {
+            return Err(ApiError::conflict(
+                "already_member",
+                "that user is already a member",
+            ));
+        }
+    }
+    let member = rooms::members(&state.db, room.id)
+        .await?
+        .into_iter()
+        .find(|m| m.user_id == target.id)
+        .ok_or_else(|| {
+            ApiError::conflict("member_removed", "the member was removed concurrently")
+        })?;
+    Ok((StatusCode::CREATED, Json(member)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/rooms/{room}/members/{user_id}",
+    tag = "rooms",
+    summary = "Remove a member (owner, admin, or self); their sockets close with 4403",
+    params(("room" = String, Path, description = "The room's UUID or name"), ("user_id" = uuid::Uuid, Path, description = "User id")),
+    responses((status = 204, description = "Removed"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn remove_member(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((key, user_id)): Path<(String, Uuid)>,
+) -> Result<StatusCode> {
+    let room = rooms::get(&state.db, &key).await?;
+    if user.id != user_id {
+        ensure_owner_or_admin(&user, &room)?;
+    }
+    if !rooms::remove_member(&state.db, room.id, user_id).await? {
+        return Err(ApiError::not_found("member"));
+    }
+    announce(
+        &state,
+        RoomEvent::MemberRemoved {
+            room_id: room.id,
+            user_id,
+        },
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    post,
+    path = "/rooms/{room}/join",
+    tag = "rooms",
+    summary = "Join a public room, or a private one with a free seat",
+    params(("room" = String, Path, description = "The room's UUID or name")),
+    responses((status = 200, description = "Joined", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn join(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(key): Path<String>,
+) -> Result<Json<RoomView>> {
+    user.require_registered()?;
+    let room = rooms::get(&state.db, &key).await?;
+    if room.kind == RoomKind::Group && !rooms::is_member(&state.db, room.id, user.id).await? {
+        return Err(ApiError::forbidden(
+            "invite_only",
+            "this room is invite-only; ask its owner to add you",
+        ));
+    }
+    rooms::add_member(&state.db, room.id, user.id).await?;
+    Ok(Json(
+        rooms::get(&state.db, &room.id.to_string()).await?.into(),
+    ))
+}

@@ -1,0 +1,296 @@
+//! Accounts as their owners and others see them: `/users/me`, `/users/{id}`.
+
+use axum::{
+    Json,
+    extract::{DefaultBodyLimit, Multipart},
+    extract::{Path, State},
+    http::StatusCode,
+    http::{HeaderValue, header},
+    response::IntoResponse,
+};
+use chrono::{DateTime, Utc};
+use entity::user::{self, Role};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use validator::Validate;
+
+use crate::{
+    auth::{AuthUser, password},
+    avatar::{self, AvatarError},
+    error::{ApiError, Result},
+    extract::Valid,
+    state::AppState,
+    store::users,
+};
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me, update_me, delete_me))
+        .routes(routes!(show))
+        .routes(routes!(avatar))
+        .routes(routes!(upload_avatar).layer(DefaultBodyLimit::max(
+            avatar::MAX_UPLOAD + MULTIPART_OVERHEAD,
+        )))
+}
+
+/// A user as JSON; `email` only for the user themself and admins.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub username: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[schema(value_type = String, example = "user")]
+    pub role: Role,
+    pub avatar_url: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl UserView {
+    /// With the email: for the user themself and for admins.
+    pub fn private(user: &user::Model) -> Self {
+        Self {
+            email: Some(user.email.clone()),
+            ..Self::public(user)
+        }
+    }
+
+    pub fn public(user: &user::Model) -> Self {
+        Self {
+            id: user.id,
+            username: user.username.clone(),
+            email: None,
+            role: user.role,
+            avatar_url: format!("/users/{}/avatar", user.id),
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/users/me",
+    tag = "users",
+    summary = "Your profile",
+    responses((status = 200, description = "Profile", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<UserView>> {
+    let user = users::find(&state.db, caller.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(UserView::private(&user)))
+}
+
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateMe {
+    #[validate(
+        email(message = "must be an email address"),
+        length(max = 254, message = "must be at most 254 characters")
+    )]
+    email: Option<String>,
+    #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    password: Option<String>,
+    #[validate(length(max = 128, message = "must be at most 128 characters"))]
+    current_password: String,
+}
+
+#[utoipa::path(
+    patch,
+    path = "/users/me",
+    tag = "users",
+    summary = "Change email and/or password (current_password required)",
+    request_body = UpdateMe,
+    responses((status = 200, description = "Updated", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// Changes email and/or password; the current password is always required.
+async fn update_me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Valid(req): Valid<UpdateMe>,
+) -> Result<Json<UserView>> {
+    caller.require_registered()?;
+    let user = users::find(&state.db, caller.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let Some(phc) = user.password_hash.clone() else {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "this account has no password",
+        ));
+    };
+    if !password::verify(req.current_password, phc).await? {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "the current password is wrong",
+        ));
+    }
+    if let Some(email) = &req.email
+        && users::find_by_email(&state.db, email)
+            .await?
+            .is_some_and(|other| other.id != user.id)
+    {
+        return Err(ApiError::conflict(
+            "email_taken",
+            "that email is already registered",
+        ));
+    }
+    let hash = match req.password {
+        Some(new) => Some(password::hash(new).await?),
+        None => None,
+    };
+    let user = users::update_account(&state.db, user, req.email, hash).await?;
+    Ok(Json(UserView::private(&user)))
+}
+
+#[utoipa::path(
+    delete,
+    path = "/users/me",
+    tag = "users",
+    summary = "Delete your account; messages stay with sender null",
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// Deletes the account; its messages stay, from a deleted user (`sender: null`).
+async fn delete_me(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode> {
+    users::delete(&state.db, caller.id).await?;
+    tracing::info!(user = %caller.id, "account deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    summary = "A public profile",
+    params(("id" = uuid::Uuid, Path, description = "User id")),
+    responses((status = 200, description = "Profile", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn show(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<Json<UserView>> {
+    let user = users::find(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(UserView::public(&user)))
+}
+
+/// Where an avatar is served.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AvatarUrl {
+    avatar_url: String,
+}
+
+/// The multipart form of an avatar upload (for the API description).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct AvatarUpload {
+    /// PNG, JPEG or WebP, at most 1 MiB.
+    #[schema(format = Binary, value_type = String)]
+    file: Vec<u8>,
+}
+
+/// Room for the multipart envelope around a file at the size limit.
+const MULTIPART_OVERHEAD: usize = 16 * 1024;
+
+#[utoipa::path(
+    put,
+    path = "/users/me/avatar",
+    tag = "users",
+    summary = "Upload an avatar: multipart part `file`, PNG/JPEG/WebP up to 1 MiB",
+    request_body(content((AvatarUpload = "multipart/form-data"))),
+    responses((status = 200, description = "Stored", body = AvatarUrl), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "Unsupported media type", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// `PUT /users/me/avatar`, multipart with a `file` part.
+async fn upload_avatar(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    mut form: Multipart,
+) -> Result<Json<AvatarUrl>> {
+    caller.require_registered()?;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("avatars are at most {} bytes", avatar::MAX_UPLOAD),
+        )
+    };
+    let unreadable = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::bad_request("invalid_multipart", e.body_text())
+        }
+    };
+    let mut file = None;
+    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+        if field.name() == Some("file") {
+            file = Some(field.bytes().await.map_err(unreadable)?);
+            break;
+        }
+    }
+    let file = file.ok_or_else(|| {
+        ApiError::invalid_field("file", "send the image as the multipart part `file`")
+    })?;
+    if file.len() > avatar::MAX_UPLOAD {
+        return Err(too_large());
+    }
+    let png = tokio::task::spawn_blocking(move || avatar::normalise(&file))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e: AvatarError| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_image",
+                e.to_string(),
+            )
+        })?;
+    users::set_avatar(&state.db, caller.id, png).await?;
+    Ok(Json(AvatarUrl {
+        avatar_url: format!("/users/{}/avatar", caller.id),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/users/{id}/avatar",
+    tag = "users",
+    summary = "The avatar (a generated one until one is set)",
+    params(("id" = uuid::Uuid, Path, description = "User id")),
+    responses((status = 200, description = "PNG image", body = Vec<u8>, content_type = "image/png"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// `GET /users/{id}/avatar`: the uploaded image, or a generated one.
+async fn avatar(
+    State(state): State<AppState>,
+    _caller: AuthUser,
+    Path(id): Path<Uuid>,
+) -> Result<impl IntoResponse> {
+    let user = users::find(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let png = match user.avatar {
+        Some(png) => png,
+        None => tokio::task::spawn_blocking(move || avatar::generated(id))
+            .await
+            .map_err(ApiError::internal)?,
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, max-age=60"),
+            ),
+        ],
+        png,
+    ))
+}

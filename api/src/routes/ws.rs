@@ -1,0 +1,496 @@
+//! The WebSocket endpoint, `/ws/{room}` (alias `/updates/{room}`), as DESIGN.md §5.
+//!
+//! Everything that can refuse a client happens before the upgrade, as an HTTP
+//! problem+json answer. After it, one task per socket: it subscribes to the
+//! hub first, then replays history or `since`, so a message stored meanwhile
+//! arrives both ways and the `seq` check drops the second copy.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        Path, State,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+    },
+    http::HeaderMap,
+    response::Response,
+};
+use chrono::Utc;
+use consumer::{
+    event::{MessageView, RoomEvent, SenderView},
+    hub::Subscription,
+};
+use entity::room::{self, RoomKind};
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    auth::{AuthUser, extractor::socket_user},
+    error::{ApiError, Result},
+    extract::QueryParams,
+    ingest,
+    state::AppState,
+    store::{
+        messages::{self, Page},
+        rooms::{self, Added},
+    },
+};
+
+/// Room a text frame has for its JSON envelope beyond `MAX_MESSAGE_BYTES` of content.
+const ENVELOPE_ALLOWANCE: usize = 512;
+/// A socket whose writes stall this long is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const REPLAY_PAGE: u64 = 200;
+/// Frames refused in a row for rate before the socket is closed (1008).
+const RATE_STRIKES: u32 = 20;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(connect))
+        .routes(routes!(connect_updates))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct WsQuery {
+    token: Option<String>,
+    since: Option<i64>,
+    history: Option<u32>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/ws/{room}",
+    tag = "sockets",
+    summary = "Open the room's WebSocket (see the WebSocket protocol); refusals come before the upgrade",
+    params(("room" = String, Path, description = "The room's UUID or name"), WsQuery),
+    responses((status = 101, description = "Switching protocols"), (status = 400, description = "Malformed request", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many socket connects by this user", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn connect(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    QueryParams(q): QueryParams<WsQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response> {
+    let user = socket_user(&state, &headers, q.token.clone()).await?;
+    state.limits.check_connect(user.id)?;
+    let room = enter_room(&state, &user, &key).await?;
+
+    let limit = state.config.max_message_bytes as usize + ENVELOPE_ALLOWANCE;
+    let history = q
+        .history
+        .unwrap_or(state.config.history_on_connect)
+        .min(REPLAY_PAGE as u32);
+    Ok(upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let tracked = state.sockets.clone();
+            tracked.track_future(async move {
+                let session = Session { state, user, room };
+                session.run(socket, q.since, history).await;
+            })
+        }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/updates/{room}",
+    tag = "sockets",
+    summary = "Alias of /ws/{room}",
+    params(("room" = String, Path, description = "The room's UUID or name"), WsQuery),
+    responses((status = 101, description = "Switching protocols"), (status = 400, description = "Malformed request", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many socket connects by this user", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+async fn connect_updates(
+    state: State<AppState>,
+    room: Path<String>,
+    query: QueryParams<WsQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response> {
+    connect(state, room, query, headers, upgrade).await
+}
+
+/// Resolves the room (creating it when allowed) and lets the user in, or says why not.
+async fn enter_room(state: &AppState, user: &AuthUser, key: &str) -> Result<room::Model> {
+    let room = match rooms::find(&state.db, key).await? {
+        Some(room) => room,
+        None if state.config.rooms_auto_create && user.claims.room.is_none() => {
+            crate::domain::validate_room_name(key).map_err(|_| ApiError::not_found("room"))?;
+            match rooms::create(&state.db, key, RoomKind::Private, user.id).await {
+                Ok(room) => room,
+                // Someone created it a moment ago: use theirs.
+                Err(err) if err.code == "name_taken" => rooms::get(&state.db, key).await?,
+                Err(err) => return Err(err),
+            }
+        }
+        None => return Err(ApiError::not_found("room")),
+    };
+    if let Some(guest_room) = user.claims.room
+        && guest_room != room.id
+    {
+        return Err(ApiError::forbidden(
+            "not_a_member",
+            "this guest token is for another room",
+        ));
+    }
+    if room.kind == RoomKind::Public || rooms::is_member(&state.db, room.id, user.id).await? {
+        return Ok(room);
+    }
+    if room.kind == RoomKind::Private {
+        return match rooms::add_member(&state.db, room.id, user.id).await {
+            Ok(Added::Added | Added::AlreadyMember) => Ok(room),
+            Err(err) if err.code == "room_full" => Err(ApiError::forbidden(
+                "room_full",
+                "this private room already has two members",
+            )),
+            Err(err) => Err(err),
+        };
+    }
+    Err(ApiError::forbidden(
+        "not_a_member",
+        "you are not a member of this room",
+    ))
+}
+
+/// What a client may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Message {
+        content: String,
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+    Ping,
+}
+
+struct Session {
+    state: AppState,
+    user: AuthUser,
+    room: room::Model,
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Why the loop ended, and what to tell the client.
+enum End {
+    Close(u16, &'static str),
+    /// The client closed; the protocol layer has queued the answering close.
+    ClosedByPeer,
+    Gone,
+}
+
+impl Session {
+    async fn run(self, socket: WebSocket, since: Option<i64>, history: u32) {
+        let (mut sink, mut stream) = socket.split();
+        let mut sub = self.state.hub.subscribe(self.room.id, self.user.id);
+        let _gauge = SocketGauge::open();
+        let me = SenderView {
+            id: self.user.id,
+            username: self.user.username.clone(),
+        };
+
+        let end = match self.start(&mut sink, since, history).await {
+            Ok(last_seq) => {
+                super::announce(
+                    &self.state,
+                    RoomEvent::Join {
+                        room_id: self.room.id,
+                        user: me.clone(),
+                    },
+                )
+                .await;
+                let end = self.serve(&mut sink, &mut stream, &mut sub, last_seq).await;
+                super::announce(
+                    &self.state,
+                    RoomEvent::Leave {
+                        room_id: self.room.id,
+                        user: me,
+                    },
+                )
+                .await;
+                end
+            }
+            Err(end) => end,
+        };
+        drop(sub);
+        match end {
+            End::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame))))
+                    .await;
+            }
+            // Flushing sends the queued close and then ends the TCP connection.
+            End::ClosedByPeer => {
+                let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+            }
+            End::Gone => {}
+        }
+    }
+
+    /// Sends `welcome` and the replay; returns the last `seq` sent.
+    async fn start(&self, sink: &mut Sink, since: Option<i64>, history: u32) -> Result<i64, End> {
+        let online = self
+            .online()
+            .await
+            .map_err(|_| End::Close(1011, "internal error"))?;
+        let welcome = json!({
+            "type": "welcome",
+            "room": {"id": self.room.id, "name": self.room.name, "kind": self.room.kind},
+            "user": {"id": self.user.id, "username": self.user.username},
+            "online": online,
+        });
+        send_json(sink, &welcome).await?;
+
+        let db_error = |_| End::Close(1011, "internal error");
+        let mut last_seq = since.unwrap_or(0).max(0);
+        if since.is_some() {
+            loop {
+                let page = messages::history(
+                    &self.state.db,
+                    self.room.id,
+                    Page::After(last_seq),
+                    REPLAY_PAGE,
+                )
+                .await
+                .map_err(db_error)?;
+                let Some(last) = page.last() else { break };
+                last_seq = last.seq;
+                self.replay(sink, &page).await?;
+            }
+        } else if history > 0 {
+            let mut page = messages::history(
+                &self.state.db,
+                self.room.id,
+                Page::Before(None),
+                u64::from(history),
+            )
+            .await
+            .map_err(db_error)?;
+            page.reverse();
+            last_seq = page.last().map_or(0, |m| m.seq);
+            self.replay(sink, &page).await?;
+        }
+        Ok(last_seq)
+    }
+
+    async fn replay(&self, sink: &mut Sink, page: &[MessageView]) -> Result<(), End> {
+        for message in page {
+            let mut frame =
+                serde_json::to_value(RoomEvent::Message(message.clone())).unwrap_or(Value::Null);
+            frame["replay"] = Value::Bool(true);
+            send_json(sink, &frame).await?;
+        }
+        Ok(())
+    }
+
+    /// The socket's life after the replay.
+    async fn serve(
+        &self,
+        sink: &mut Sink,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        sub: &mut Subscription,
+        mut last_seq: i64,
+    ) -> End {
+        let limiter = crate::limits::socket_limiter();
+        let mut refused_in_a_row = 0u32;
+        let expires_in = (self.user.claims.exp - Utc::now().timestamp()).max(0) as u64;
+        let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
+        tokio::pin!(expiry);
+        loop {
+            // Biased: a close (shutdown, expiry, removal, full queue) wins
+            // over sending what is still queued.
+            tokio::select! {
+                biased;
+                () = self.state.stop.cancelled() => return End::Close(1012, "server shutting down"),
+                () = &mut expiry => return End::Close(4001, "token expired"),
+                _ = sub.close.changed() => {
+                    if let Some(reason) = *sub.close.borrow() {
+                        return End::Close(reason.code, reason.reason);
+                    }
+                }
+                outbound = sub.events.recv() => {
+                    let Some(outbound) = outbound else { return End::Gone };
+                    if let Some(seq) = outbound.seq {
+                        if seq <= last_seq {
+                            continue; // already sent (replay overlap or redelivery)
+                        }
+                        last_seq = seq;
+                    }
+                    let Ok(text) = Utf8Bytes::try_from(outbound.frame) else { continue };
+                    if let Err(end) = send(sink, Message::Text(text)).await {
+                        return end;
+                    }
+                }
+                inbound = stream.next() => {
+                    let reply = match inbound {
+                        None => return End::Gone,
+                        Some(Err(err)) => return closing_error(&err),
+                        Some(Ok(Message::Text(_))) if limiter.check().is_err() => {
+                            refused_in_a_row += 1;
+                            if refused_in_a_row > RATE_STRIKES {
+                                return End::Close(1008, "rate limit exceeded");
+                            }
+                            Some(error_frame("rate_limited", "too many messages; slow down", None))
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            refused_in_a_row = 0;
+                            self.handle_text(text.as_str()).await
+                        }
+                        Some(Ok(Message::Binary(_))) => return End::Close(1003, "binary frames are not supported"),
+                        Some(Ok(Message::Close(_))) => return End::ClosedByPeer,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    };
+                    if let Some(reply) = reply
+                        && let Err(end) = send_json(sink, &reply).await
+                    {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One client text frame; returns the reply frame, if any.
+    async fn handle_text(&self, text: &str) -> Option<Value> {
+        let frame = if text.trim_start().starts_with('{') {
+            match serde_json::from_str::<Value>(text) {
+                Err(err) => {
+                    return Some(error_frame(
+                        "malformed_json",
+                        &format!("not valid JSON: {err}"),
+                        None,
+                    ));
+                }
+                Ok(value) => match serde_json::from_value::<ClientFrame>(value.clone()) {
+                    Ok(frame) => frame,
+                    Err(err) => {
+                        let client_id = value
+                            .get("client_id")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned);
+                        let code = if value
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| t == "message" || t == "ping")
+                        {
+                            "invalid_frame"
+                        } else {
+                            "unknown_type"
+                        };
+                        return Some(error_frame(code, &err.to_string(), client_id));
+                    }
+                },
+            }
+        } else {
+            // Plain text is content as it stands, for people typing into a terminal client.
+            ClientFrame::Message {
+                content: text.to_owned(),
+                client_id: None,
+            }
+        };
+        match frame {
+            ClientFrame::Ping => Some(json!({"type": "pong"})),
+            ClientFrame::Message { content, client_id } => {
+                match ingest::publish(
+                    &self.state,
+                    &self.user,
+                    &self.room,
+                    content,
+                    client_id.clone(),
+                )
+                .await
+                {
+                    Ok(accepted) => {
+                        Some(json!({"type": "ack", "client_id": client_id, "id": accepted.id}))
+                    }
+                    Err(err) => Some(error_frame(err.code, &err.detail, client_id)),
+                }
+            }
+        }
+    }
+
+    /// The users with a socket in this room on this node, in one query.
+    async fn online(&self) -> Result<Vec<SenderView>, ApiError> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        let ids = self.state.hub.online(self.room.id);
+        let users = entity::User::find()
+            .filter(entity::user::Column::Id.is_in(ids))
+            .all(&self.state.db)
+            .await?;
+        Ok(users
+            .into_iter()
+            .map(|u| SenderView {
+                id: u.id,
+                username: u.username,
+            })
+            .collect())
+    }
+}
+
+fn error_frame(code: &str, detail: &str, client_id: Option<String>) -> Value {
+    json!({"type": "error", "code": code, "detail": detail, "client_id": client_id})
+}
+
+/// A read error's close.
+fn closing_error(err: &axum::Error) -> End {
+    read_error_close(err).map_or(End::Gone, |(code, reason)| End::Close(code, reason))
+}
+
+/// The close a read error calls for (RFC 6455 §7.4.1): 1009 over the size
+/// limit, 1007 for text that is not UTF-8, 1002 for any other protocol
+/// violation; `None` when the client is already gone.
+pub(super) fn read_error_close(err: &axum::Error) -> Option<(u16, &'static str)> {
+    use std::error::Error as _;
+    use tokio_tungstenite::tungstenite::{Error, error::ProtocolError};
+    match err.source()?.downcast_ref::<Error>()? {
+        Error::Capacity(_) => Some((1009, "message too big")),
+        Error::Utf8(_) => Some((1007, "invalid UTF-8")),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        Error::Protocol(_) => Some((1002, "protocol error")),
+        _ => None,
+    }
+}
+
+async fn send_json(sink: &mut Sink, value: &Value) -> Result<(), End> {
+    send(sink, Message::Text(value.to_string().into())).await
+}
+
+async fn send(sink: &mut Sink, message: Message) -> Result<(), End> {
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => {
+            // The client stopped reading; the hub may not have noticed yet.
+            metrics::counter!(consumer::metrics::SLOW_CONSUMER_DISCONNECTS).increment(1);
+            Err(End::Close(1013, "slow_consumer"))
+        }
+    }
+}
+
+/// Counts an open socket in `roomcast_sockets` for as long as it lives.
+struct SocketGauge;
+
+impl SocketGauge {
+    fn open() -> Self {
+        metrics::gauge!(crate::metrics::SOCKETS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for SocketGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::SOCKETS).decrement(1.0);
+    }
+}

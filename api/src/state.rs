@@ -1,0 +1,25 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use consumer::{Broker, Hub};
+use sea_orm::DatabaseConnection;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{auth::TokenKeys, config::Config, limits::Limits};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub config: Arc<Config>,
+    pub tokens: Arc<TokenKeys>,
+    pub broker: Arc<dyn Broker>,
+    /// This node's sockets.
+    pub hub: Arc<Hub>,
+    pub node_id: Arc<str>,
+    /// Cancelled when the server shuts down: sockets close with 1012.
+    pub stop: CancellationToken,
+    pub limits: Arc<Limits>,
+    /// Open sockets, so shutdown can wait for their close frames.
+    pub sockets: TaskTracker,
+}

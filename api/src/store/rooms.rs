@@ -1,0 +1,267 @@
+//! Rooms and their members, and the two-member rule of private rooms.
+//!
+//! The rule holds under any concurrency, across processes: a seat is taken by
+//! one conditional `UPDATE rooms SET member_count = member_count + 1 WHERE …
+//! (kind <> 'private' OR member_count < 2)`. PostgreSQL row-locks the room and
+//! re-checks the condition after a concurrent writer commits; SQLite has one
+//! writer at a time. A CHECK constraint on `rooms` refuses a third member even
+//! if some future code path forgot this.
+
+use chrono::Utc;
+use entity::{
+    room::{self, RoomKind},
+    room_member, user,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QueryOrder,
+    QuerySelect, RelationTrait, Set, TransactionSession, TransactionTrait,
+    sea_query::{Expr, ExprTrait, Func, LikeExpr, Query},
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{is_unique_violation, like_pattern};
+use crate::error::ApiError;
+
+/// Outcome of adding a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    Added,
+    AlreadyMember,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct Member {
+    pub user_id: Uuid,
+    pub username: String,
+    pub joined_at: chrono::DateTime<Utc>,
+}
+
+/// Finds a room by its UUID or, failing that, by name (ignoring case).
+pub async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<room::Model>, ApiError> {
+    if key.contains('\0') {
+        return Ok(None); // no name holds NUL, and databases refuse it
+    }
+    if let Ok(id) = Uuid::parse_str(key) {
+        return Ok(room::Entity::find_by_id(id).one(db).await?);
+    }
+    Ok(room::Entity::find()
+        .filter(
+            Expr::expr(Func::lower(Expr::col(room::Column::Name)))
+                .eq(Expr::val(key.to_lowercase())),
+        )
+        .one(db)
+        .await?)
+}
+
+/// Like [`find`], but 404 when absent.
+pub async fn get(db: &impl ConnectionTrait, key: &str) -> Result<room::Model, ApiError> {
+    find(db, key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("room"))
+}
+
+pub async fn is_member(
+    db: &impl ConnectionTrait,
+    room_id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, ApiError> {
+    Ok(room_member::Entity::find_by_id((room_id, user_id))
+        .one(db)
+        .await?
+        .is_some())
+}
+
+/// Creates a room owned by `owner`, who becomes its first member.
+pub async fn create(
+    db: &(impl ConnectionTrait + TransactionTrait),
+    name: &str,
+    kind: RoomKind,
+    owner: Uuid,
+) -> Result<room::Model, ApiError> {
+    if find(db, name).await?.is_some() {
+        return Err(ApiError::conflict(
+            "name_taken",
+            "a room with that name exists",
+        ));
+    }
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let room = room::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(name.to_owned()),
+        kind: Set(kind),
+        owner_id: Set(Some(owner)),
+        last_seq: Set(0),
+        member_count: Set(1),
+        created_at: Set(now),
+    }
+    .insert(&txn)
+    .await;
+    let room = match room {
+        Ok(room) => room,
+        Err(err) if is_unique_violation(&err) => {
+            return Err(ApiError::conflict(
+                "name_taken",
+                "a room with that name exists",
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    room_member::ActiveModel {
+        room_id: Set(room.id),
+        user_id: Set(owner),
+        joined_at: Set(now),
+    }
+    .insert(&txn)
+    .await?;
+    txn.commit().await?;
+    Ok(room)
+}
+
+/// Makes `user_id` a member; 409 `room_full` if the room is private and has two.
+pub async fn add_member(
+    db: &(impl ConnectionTrait + TransactionTrait),
+    room_id: Uuid,
+    user_id: Uuid,
+) -> Result<Added, ApiError> {
+    if is_member(db, room_id, user_id).await? {
+        return Ok(Added::AlreadyMember);
+    }
+    let txn = db.begin().await?;
+    let seat = room::Entity::update_many()
+        .col_expr(
+            room::Column::MemberCount,
+            Expr::col(room::Column::MemberCount).add(1),
+        )
+        .filter(room::Column::Id.eq(room_id))
+        .filter(
+            room::Column::Kind
+                .ne(RoomKind::Private)
+                .or(room::Column::MemberCount.lt(2)),
+        )
+        .exec(&txn)
+        .await;
+    match seat {
+        Ok(result) if result.rows_affected == 1 => {}
+        Ok(_) => return Err(room_full()),
+        // The CHECK constraint caught what the condition should have.
+        Err(err) if err.to_string().to_lowercase().contains("check constraint") => {
+            return Err(room_full());
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let inserted = room_member::ActiveModel {
+        room_id: Set(room_id),
+        user_id: Set(user_id),
+        joined_at: Set(Utc::now()),
+    }
+    .insert(&txn)
+    .await;
+    match inserted {
+        Ok(_) => {
+            txn.commit().await?;
+            Ok(Added::Added)
+        }
+        // The same user joined concurrently: their seat stands, ours rolls back.
+        Err(err) if is_unique_violation(&err) => Ok(Added::AlreadyMember),
+        // The user (or the room) was deleted meanwhile.
+        Err(err) if super::is_foreign_key_violation(&err) => {
+            Err(ApiError::not_found("user or room"))
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn room_full() -> ApiError {
+    ApiError::conflict("room_full", "this private room already has two members")
+}
+
+/// Removes a member; true if they were one.
+pub async fn remove_member(
+    db: &(impl ConnectionTrait + TransactionTrait),
+    room_id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, ApiError> {
+    let txn = db.begin().await?;
+    let deleted = room_member::Entity::delete_by_id((room_id, user_id))
+        .exec(&txn)
+        .await?;
+    if deleted.rows_affected == 1 {
+        room::Entity::update_many()
+            .col_expr(
+                room::Column::MemberCount,
+                Expr::col(room::Column::MemberCount).sub(1),
+            )
+            .filter(room::Column::Id.eq(room_id))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(deleted.rows_affected == 1)
+}
+
+/// Members with their names, oldest first.
+pub async fn members(db: &impl ConnectionTrait, room_id: Uuid) -> Result<Vec<Member>, ApiError> {
+    let rows: Vec<(Uuid, String, chrono::DateTime<Utc>)> = room_member::Entity::find()
+        .select_only()
+        .column(room_member::Column::UserId)
+        .column(user::Column::Username)
+        .column(room_member::Column::JoinedAt)
+        .join(JoinType::InnerJoin, room_member::Relation::User.def())
+        .filter(room_member::Column::RoomId.eq(room_id))
+        .order_by_asc(room_member::Column::JoinedAt)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, username, joined_at)| Member {
+            user_id,
+            username,
+            joined_at,
+        })
+        .collect())
+}
+
+/// Rooms `user_id` may see (public ones and their own; all for admins),
+/// optionally filtered by a case-insensitive name fragment.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    user_id: Uuid,
+    all: bool,
+    search: Option<&str>,
+    limit: u64,
+    offset: u64,
+) -> Result<Vec<room::Model>, ApiError> {
+    let mut query = room::Entity::find();
+    if !all {
+        let mine = Query::select()
+            .column(room_member::Column::RoomId)
+            .from(room_member::Entity)
+            .and_where(room_member::Column::UserId.eq(user_id))
+            .to_owned();
+        query = query.filter(
+            room::Column::Kind
+                .eq(RoomKind::Public)
+                .or(room::Column::Id.in_subquery(mine)),
+        );
+    }
+    if let Some(search) = search.filter(|s| !s.is_empty()) {
+        query = query.filter(
+            Expr::expr(Func::lower(Expr::col(room::Column::Name)))
+                .like(LikeExpr::new(like_pattern(search)).escape('\\')),
+        );
+    }
+    Ok(query
+        .order_by_asc(Expr::expr(Func::lower(Expr::col(room::Column::Name))))
+        .limit(limit)
+        .offset(offset)
+        .all(db)
+        .await?)
+}
+
+pub async fn delete(db: &impl ConnectionTrait, room_id: Uuid) -> Result<(), ApiError> {
+    room::Entity::delete_by_id(room_id).exec(db).await?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Accounts.
+
+use chrono::Utc;
+use entity::user::{self, Role};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set,
+    sea_query::{Expr, ExprTrait, Func},
+};
+use uuid::Uuid;
+
+use super::is_unique_violation;
+use crate::error::ApiError;
+
+pub struct NewUser {
+    pub username: String,
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub role: Role,
+}
+
+/// Looks a user up by name, ignoring case.
+/// Text that cannot be in the database (NUL) matches nothing.
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
+}
+
+pub async fn find_by_username(
+    db: &impl ConnectionTrait,
+    username: &str,
+) -> Result<Option<user::Model>, ApiError> {
+    if !storable(username) {
+        return Ok(None);
+    }
+    Ok(user::Entity::find()
+        .filter(
+            Expr::expr(Func::lower(Expr::col(user::Column::Username)))
+                .eq(Expr::val(username.to_lowercase())),
+        )
+        .one(db)
+        .await?)
+}
+
+/// Looks a user up by email (stored lower-cased).
+pub async fn find_by_email(
+    db: &impl ConnectionTrait,
+    email: &str,
+) -> Result<Option<user::Model>, ApiError> {
+    if !storable(email) {
+        return Ok(None);
+    }
+    Ok(user::Entity::find()
+        .filter(user::Column::Email.eq(email.to_lowercase()))
+        .one(db)
+        .await?)
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<user::Model>, ApiError> {
+    Ok(user::Entity::find_by_id(id).one(db).await?)
+}
+
+/// Creates a user; 409 `username_taken` / `email_taken` if either is in use.
+pub async fn create(db: &impl ConnectionTrait, new: NewUser) -> Result<user::Model, ApiError> {
+    let taken = || async {
+        if find_by_username(db, &new.username).await?.is_some() {
+            return Ok::<_, ApiError>(Some(ApiError::conflict(
+                "username_taken",
+                "that username is taken",
+            )));
+        }
+        if find_by_email(db, &new.email).await?.is_some() {
+            return Ok(Some(ApiError::conflict(
+                "email_taken",
+                "that email is already registered",
+            )));
+        }
+        Ok(None)
+    };
+    if let Some(err) = taken().await? {
+        return Err(err);
+    }
+    let model = user::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        username: Set(new.username.clone()),
+        email: Set(new.email.to_lowercase()),
+        password_hash: Set(new.password_hash.clone()),
+        role: Set(new.role),
+        avatar: Set(None),
+        created_at: Set(Utc::now()),
+    };
+    match model.insert(db).await {
+        Ok(user) => Ok(user),
+        // Lost a race with a concurrent registration: say which name went.
+        Err(err) if is_unique_violation(&err) => Err(taken()
+            .await?
+            .unwrap_or_else(|| ApiError::conflict("username_taken", "that username is taken"))),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Changes a user's role.
+pub async fn set_role(
+    db: &impl ConnectionTrait,
+    user: user::Model,
+    role: Role,
+) -> Result<user::Model, ApiError> {
+    let mut active: user::ActiveModel = user.into();
+    active.role = Set(role);
+    active.update(db).await.map_err(|err| match err {
+        // Deleted since it was read.
+        sea_orm::DbErr::RecordNotUpdated => ApiError::not_found("user"),
+        err => err.into(),
+    })
+}
+
+/// Sets a new email and/or password hash.
+pub async fn update_account(
+    db: &impl ConnectionTrait,
+    user: user::Model,
+    email: Option<String>,
+    password_hash: Option<String>,
+) -> Result<user::Model, ApiError> {
+    let mut active: user::ActiveModel = user.into();
+    if let Some(email) = email {
+        active.email = Set(email.to_lowercase());
+    }
+    if let Some(hash) = password_hash {
+        active.password_hash = Set(Some(hash));
+    }
+    match active.update(db).await {
+        Ok(user) => Ok(user),
+        Err(err) if is_unique_violation(&err) => Err(ApiError::conflict(
+            "email_taken",
+            "that email is already registered",
+        )),
+        // Deleted since it was read.
+        Err(sea_orm::DbErr::RecordNotUpdated) => Err(ApiError::not_found("user")),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Deletes a user. Their memberships go; their messages stay with no sender,
+/// their rooms with no owner (foreign keys do both on either backend).
+pub async fn delete(
+    db: &(impl ConnectionTrait + sea_orm::TransactionTrait),
+    id: Uuid,
+) -> Result<(), ApiError> {
+    use entity::{room, room_member};
+    use sea_orm::{TransactionSession, sea_query::ExprTrait as _};
+    let txn = db.begin().await?;
+    // Keep each room's seat count in step with the memberships that vanish.
+    // A write first, so that SQLite takes its write lock at the start.
+    let memberships = sea_orm::sea_query::Query::select()
+        .column(room_member::Column::RoomId)
+        .from(room_member::Entity)
+        .and_where(room_member::Column::UserId.eq(id))
+        .to_owned();
+    room::Entity::update_many()
+        .col_expr(
+            room::Column::MemberCount,
+            Expr::col(room::Column::MemberCount).sub(1),
+        )
+        .filter(room::Column::Id.in_subquery(memberships))
+        .exec(&txn)
+        .await?;
+    user::Entity::delete_by_id(id).exec(&txn).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Users whose name or email contains `search`, by name.
+pub async fn search(
+    db: &impl ConnectionTrait,
+    search: Option<&str>,
+    limit: u64,
+    offset: u64,
+) -> Result<Vec<user::Model>, ApiError> {
+    use sea_orm::{Condition, QueryOrder, QuerySelect, sea_query::LikeExpr};
+    let mut query = user::Entity::find();
+    if let Some(search) = search.filter(|s| !s.is_empty()) {
+        let pattern = super::like_pattern(search);
+        query = query.filter(
+            Condition::any()
+                .add(
+                    Expr::expr(Func::lower(Expr::col(user::Column::Username)))
+                        .like(LikeExpr::new(pattern.clone()).escape('\\')),
+                )
+                .add(Expr::col(user::Column::Email).like(LikeExpr::new(pattern).escape('\\'))),
+        );
+    }
+    Ok(query
+        .order_by_asc(Expr::expr(Func::lower(Expr::col(user::Column::Username))))
+        .limit(limit)
+        .offset(offset)
+        .all(db)
+        .await?)
+}
+
+/// Stores a user's avatar (already normalised PNG bytes).
+pub async fn set_avatar(db: &impl ConnectionTrait, id: Uuid, png: Vec<u8>) -> Result<(), ApiError> {
+    user::Entity::update_many()
+        .col_expr(user::Column::Avatar, Expr::value(png))
+        .filter(user::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
+}

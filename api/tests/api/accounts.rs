@@ -1,0 +1,271 @@
+//! `/users/me`, `/users/{id}` and `/admin/users`.
+
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Backend, spawn_app, spawn_app_with},
+    messages::{post, wait_for_history},
+};
+
+async fn profile_update_and_password_change(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (alice_id, alice) = api.user("alice").await;
+    let (_, bob) = api.user("bob").await;
+    let patch = |body: Value| {
+        api.client
+            .patch(api.url("/users/me"))
+            .bearer_auth(&alice)
+            .json(&body)
+            .send()
+    };
+
+    let res = patch(json!({"email": "new@example.com", "current_password": "wrong-one"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "wrong_password");
+    let res = patch(json!({"email": "new@example.com"})).await.unwrap();
+    assert_eq!(res.status(), 422, "current_password is required");
+    let res = patch(json!({"email": "bob@example.com", "current_password": "password123"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let res = patch(json!({"password": "short", "current_password": "password123"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let res = patch(json!({"email": "New@Example.com", "password": "another-password", "current_password": "password123"})).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["email"],
+        "new@example.com"
+    );
+    let res = api
+        .client
+        .post(api.url("/auth/login"))
+        .json(&json!({"username": "alice", "password": "another-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // Others see a public profile: no email.
+    let res = api
+        .client
+        .get(api.url(&format!("/users/{alice_id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let profile: Value = res.json().await.unwrap();
+    assert_eq!(profile["username"], "alice");
+    assert!(profile.get("email").is_none());
+    let res = api
+        .client
+        .get(api.url(&format!("/users/{}", uuid::Uuid::new_v4())))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = api
+        .client
+        .get(api.url("/users/not-a-uuid"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+async fn deleted_account_keeps_its_messages(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let (_, bob) = api.user("bob").await;
+    api.create_room(&alice, "keep", "public").await;
+    api.client
+        .post(api.url("/rooms/keep/join"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    post(
+        &api,
+        &bob,
+        json!({"room_id": "keep", "content": "bob was here"}),
+    )
+    .await;
+    wait_for_history(&api, &alice, "keep", 1).await;
+
+    let res = api
+        .client
+        .delete(api.url("/users/me"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "the token stops working");
+    let history = wait_for_history(&api, &alice, "keep", 1).await;
+    assert_eq!(
+        (history[0]["content"].as_str(), &history[0]["sender"]),
+        (Some("bob was here"), &Value::Null)
+    );
+    let room: Value = api
+        .client
+        .get(api.url("/rooms/keep"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        room["member_count"], 1,
+        "the seat count follows the deleted membership"
+    );
+    // The name is free again.
+    api.register("bob").await;
+}
+
+async fn admin_manages_users_and_roles(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.admin_username = Some("root".into());
+        c.admin_password = Some("root-password".to_owned().into());
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let res = api
+        .client
+        .post(api.url("/auth/login"))
+        .json(&json!({"username": "root", "password": "root-password"}))
+        .send()
+        .await
+        .unwrap();
+    let root = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, alice) = api.user("alice").await;
+
+    let new_user = json!({"username": "mod1", "email": "mod1@example.com", "password": "password123", "role": "moderator"});
+    let res = api
+        .client
+        .post(api.url("/admin/users"))
+        .bearer_auth(&alice)
+        .json(&new_user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "admin_only");
+    let res = api
+        .client
+        .post(api.url("/admin/users"))
+        .bearer_auth(&root)
+        .json(&new_user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let created: Value = res.json().await.unwrap();
+    assert_eq!(created["role"], "moderator");
+    let res = api.client.post(api.url("/admin/users")).bearer_auth(&root).json(&json!({"username": "x1", "email": "x1@example.com", "password": "password123", "role": "king"})).send().await.unwrap();
+    assert_eq!(res.status(), 422);
+
+    let id = created["id"].as_str().unwrap();
+    let res = api
+        .client
+        .patch(api.url(&format!("/admin/users/{id}")))
+        .bearer_auth(&root)
+        .json(&json!({"role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["role"], "admin");
+    let res = api
+        .client
+        .patch(api.url(&format!("/admin/users/{id}")))
+        .bearer_auth(&alice)
+        .json(&json!({"role": "user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    let me: Value = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let res = api
+        .client
+        .patch(api.url(&format!("/admin/users/{}", me["id"].as_str().unwrap())))
+        .bearer_auth(&root)
+        .json(&json!({"role": "user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409, "an admin cannot demote themself");
+    let found: Vec<Value> = api
+        .client
+        .get(api.url("/admin/users?search=MOD"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["username"], "mod1");
+    let all: Vec<Value> = api
+        .client
+        .get(api.url("/admin/users"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let res = api
+        .client
+        .get(api.url("/admin/users"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+}
+
+crate::on_both_backends!(
+    profile_update_and_password_change,
+    deleted_account_keeps_its_messages,
+    admin_manages_users_and_roles
+);

@@ -1,0 +1,315 @@
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TEST_SECRET, spawn_app};
+
+async fn register_login_me_logout(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let user = api.register("Alice").await;
+    assert_eq!(user["username"], "Alice");
+    assert_eq!(user["role"], "user");
+    assert!(user.get("password_hash").is_none());
+
+    // JSON login, case-insensitive username.
+    let res = api
+        .client
+        .post(api.url("/auth/login"))
+        .json(&json!({"username": "alice", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.starts_with("roomcast_token=") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "bearer");
+    assert_eq!(body["expires_in"], 1800);
+    let token = body["access_token"].as_str().unwrap().to_owned();
+
+    // The cookie alone authenticates.
+    let cookie_pair = cookie.split(';').next().unwrap();
+    let res = api
+        .client
+        .get(api.url("/users/me"))
+        .header("cookie", cookie_pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["email"],
+        "alice@example.com"
+    );
+    // ...but not from another site.
+    let res = api
+        .client
+        .get(api.url("/users/me"))
+        .header("cookie", cookie_pair)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    let res = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let res = api
+        .client
+        .post(api.url("/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("roomcast_token=")
+    );
+    let res = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "token_revoked");
+}
+
+async fn oauth2_password_form_login(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("formuser").await;
+    let res = api
+        .client
+        .post(api.url("/auth/login"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "formuser"),
+            ("password", "password123"),
+            ("scope", ""),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.json::<Value>().await.unwrap()["access_token"].is_string());
+}
+
+async fn wrong_password_and_unknown_user_look_the_same(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("carol").await;
+    for (user, pass) in [("carol", "wrong-password"), ("nobody", "password123")] {
+        let res = api
+            .client
+            .post(api.url("/auth/login"))
+            .json(&json!({"username": user, "password": pass}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["code"],
+            "invalid_credentials"
+        );
+    }
+}
+
+async fn uniqueness_is_case_insensitive(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("dave").await;
+    let register = |username: &str, email: &str| {
+        api.client
+            .post(api.url("/auth/register"))
+            .json(&json!({"username": username, "email": email, "password": "password123"}))
+            .send()
+    };
+    let res = register("DAVE", "other@example.com").await.unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "username_taken");
+    let res = register("dave2", "Dave@Example.com").await.unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "email_taken");
+}
+
+async fn registration_validation_lists_fields(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let res = api
+        .client
+        .post(api.url("/auth/register"))
+        .json(&json!({"username": "a b", "email": "not-an-email", "password": "short"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "validation_failed");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["email", "password", "username"]);
+
+    let res = api
+        .client
+        .post(api.url("/auth/register"))
+        .json(&json!({"username": "eve", "email": "eve@example.com", "password": "x".repeat(129)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+}
+
+/// Every forged, broken or stale token is refused with 401 and a code.
+async fn hostile_tokens_are_refused(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (user_id, good) = api.user("mallory").await;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = chrono_now();
+    let claims = |exp: i64| json!({"sub": user_id, "name": "mallory", "role": "admin", "iat": now, "exp": exp, "jti": uuid::Uuid::new_v4()});
+
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let mut payload: Value = serde_json::from_slice(&b64.decode(&parts[1]).unwrap()).unwrap();
+    payload["role"] = json!("admin");
+    parts[1] = b64.encode(payload.to_string());
+    let tampered = parts.join(".");
+
+    let alg_none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims(now + 600).to_string())
+    );
+    let other_key = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(now + 600),
+        &EncodingKey::from_secret(b"some-other-key-some-other-key-some-other-key"),
+    )
+    .unwrap();
+    let hs512 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS512),
+        &claims(now + 600),
+        &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let expired = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(now - 60),
+        &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let no_exp = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": user_id, "name": "m", "role": "user", "iat": now, "jti": uuid::Uuid::new_v4()}),
+        &EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .unwrap();
+
+    for (what, token, code) in [
+        ("tampered payload", tampered.as_str(), "invalid_token"),
+        ("alg none", alg_none.as_str(), "invalid_token"),
+        ("another key", other_key.as_str(), "invalid_token"),
+        ("HS512 instead of HS256", hs512.as_str(), "invalid_token"),
+        ("expired", expired.as_str(), "token_expired"),
+        ("no exp", no_exp.as_str(), "invalid_token"),
+        ("garbage", "not.a.jwt", "invalid_token"),
+    ] {
+        let res = api
+            .client
+            .get(api.url("/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer", "{what}");
+        assert_eq!(res.json::<Value>().await.unwrap()["code"], code, "{what}");
+    }
+    let res = api.client.get(api.url("/users/me")).send().await.unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "missing_token");
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+async fn bootstrap_admin_is_created(backend: Backend) {
+    let Some(app) = crate::helpers::spawn_app_with(backend, |c| {
+        c.admin_username = Some("root".into());
+        c.admin_password = Some("root-password".to_owned().into());
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let res = api
+        .client
+        .post(api.url("/auth/login"))
+        .json(&json!({"username": "root", "password": "root-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let token = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "admin");
+}
+
+crate::on_both_backends!(
+    register_login_me_logout,
+    oauth2_password_form_login,
+    wrong_password_and_unknown_user_look_the_same,
+    uniqueness_is_case_insensitive,
+    registration_validation_lists_fields,
+    hostile_tokens_are_refused,
+    bootstrap_admin_is_created,
+);

@@ -1,0 +1,120 @@
+//! The web client in a real browser: two `roomcast` processes on PostgreSQL
+//! and RabbitMQ, and `web/e2e/chat.spec.mjs` driving Debian's chromium
+//! (through playwright-core) as two users, one on each node.
+//!
+//! Needs `node`, `/usr/bin/chromium` and `web/e2e/node_modules` (`npm ci
+//! --prefix web/e2e`); without them the test says `SKIPPED` and passes
+//! locally, and fails under `CI=true`. The script saves the screenshot the
+//! README shows, `docs/screenshot.png`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use crate::helpers::{Backend, TestEnv, spawn_env_node};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The script gives itself 60 s; this is the backstop if node itself hangs.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the api crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// What the browser test needs that is not there, if anything.
+fn missing_prerequisites(e2e: &Path) -> Vec<String> {
+    let mut missing = Vec::new();
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !node.is_ok_and(|s| s.success()) {
+        missing.push("`node` on PATH".to_owned());
+    }
+    if !Path::new(CHROMIUM).exists() {
+        missing.push(format!("{CHROMIUM} (apt-get install chromium)"));
+    }
+    if !e2e
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        missing.push(format!(
+            "{}/node_modules (npm ci --prefix web/e2e)",
+            e2e.display()
+        ));
+    }
+    missing
+}
+
+/// Alice on node 1 and Bob on node 2 register, meet in a public room, talk,
+/// edit, delete, reconnect and scroll back, all through the web client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_chat_across_two_nodes_in_chromium() {
+    let root = repo_root();
+    let e2e = root.join("web/e2e");
+    let missing = missing_prerequisites(&e2e);
+    if !missing.is_empty() {
+        let what = missing.join(", ");
+        if in_ci() {
+            panic!("the browser test needs {what}; .ci/run installs them");
+        }
+        eprintln!("SKIPPED: browser test needs {what}");
+        return;
+    }
+
+    let Some(env) = TestEnv::new(Backend::Postgres).await else {
+        return;
+    };
+    // The first node migrates the database; the second starts on the ready schema.
+    let node1 = spawn_env_node(&env, &[("NODE_ID", "web1")]);
+    let node2 = spawn_env_node(&env, &[("NODE_ID", "web2")]);
+    let url1 = format!("http://{}", node1.addr);
+    let url2 = format!("http://{}", node2.addr);
+
+    let started = Instant::now();
+    let mut script = tokio::process::Command::new("node");
+    script
+        .arg(e2e.join("chat.spec.mjs"))
+        .current_dir(&e2e)
+        .env("ROOMCAST_NODE1_URL", &url1)
+        .env("ROOMCAST_NODE2_URL", &url2)
+        .env("ROOMCAST_SCREENSHOT", root.join("docs/screenshot.png"))
+        .env("CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = script.spawn().expect("start node");
+    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
+        Ok(output) => output.expect("wait for node"),
+        Err(_) => panic!(
+            "web/e2e/chat.spec.mjs did not finish in {} s (nodes {url1} and {url2})",
+            SCRIPT_TIMEOUT.as_secs()
+        ),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "web/e2e/chat.spec.mjs failed ({}) after {:.1} s against {url1} and {url2}:\n{stderr}",
+        output.status,
+        started.elapsed().as_secs_f64(),
+    );
+    assert!(
+        stdout.contains("PASSED"),
+        "the script exited 0 without saying PASSED:\n{stdout}"
+    );
+    drop((node1, node2));
+}

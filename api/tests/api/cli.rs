@@ -1,0 +1,221 @@
+//! The `roomcast` binary itself: configuration errors, subcommands, signals.
+
+use std::{process::Command, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Api, Backend, TEST_SECRET, TestDb, spawn_node};
+
+/// `roomcast <args>` with a clean environment plus `env`.
+fn roomcast(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ROOMCAST")
+            || [
+                "AMQP_URL",
+                "DATABASE_URL",
+                "BIND",
+                "SECRET_KEY",
+                "ADMIN_USERNAME",
+                "ADMIN_PASSWORD",
+            ]
+            .contains(&key.as_str())
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("run roomcast")
+}
+
+#[test]
+fn a_bad_value_stops_start_up_with_one_line_naming_it() {
+    for (var, value) in [
+        ("BIND", "not-an-address"),
+        ("MAX_MESSAGE_BYTES", "abc"),
+        ("MAX_MESSAGE_BYTES", "0"),
+        ("ACCESS_TOKEN_TTL", "forever"),
+        ("ROOMS_AUTO_CREATE", "maybe"),
+        ("LOG_FORMAT", "xml"),
+        ("SECRET_KEY", "short"),
+        ("DATABASE_URL", "mysql://localhost/db"),
+        ("AMQP_URL", "http://localhost"),
+    ] {
+        let out = roomcast(
+            &[],
+            &[
+                (var, value),
+                (
+                    "SECRET_KEY",
+                    if var == "SECRET_KEY" {
+                        value
+                    } else {
+                        TEST_SECRET
+                    },
+                ),
+            ],
+        );
+        assert!(!out.status.success(), "{var}={value} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") && first.contains(var),
+            "{var}={value}: {stderr}"
+        );
+    }
+    // A broker needs a shared key.
+    let out = roomcast(&[], &[("AMQP_URL", "amqp://127.0.0.1:5672")]);
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: SECRET_KEY"));
+}
+
+#[test]
+fn help_documents_commands_and_variables() {
+    let out = roomcast(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "migrate",
+        "seed-demo",
+        "admin",
+        "DATABASE_URL",
+        "AMQP_URL",
+        "SECRET_KEY",
+        "MAX_MESSAGE_BYTES",
+        "GUEST_TOKENS",
+        "LOG_FORMAT",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+}
+
+async fn migrate_up_down_status(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let out = roomcast(&["migrate", "up"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = |out: std::process::Output| {
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let listed = status(roomcast(&["migrate", "status"], &env));
+    assert!(
+        listed.contains("m20261122_000002_public_room") && listed.contains("Applied"),
+        "{listed}"
+    );
+    assert!(roomcast(&["migrate", "down"], &env).status.success());
+    let listed = status(roomcast(&["migrate", "status"], &env));
+    assert!(listed.contains("Pending"), "{listed}");
+    assert!(roomcast(&["migrate", "up"], &env).status.success());
+}
+
+async fn seed_demo_and_admin_create(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let env = [("DATABASE_URL", db.url.as_str())];
+    for _ in 0..2 {
+        let out = roomcast(&["seed-demo"], &env);
+        assert!(
+            out.status.success(),
+            "seed-demo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = roomcast(
+        &[
+            "admin",
+            "create",
+            "--username",
+            "boss",
+            "--email",
+            "boss@example.com",
+            "--password",
+            "boss-password",
+        ],
+        &env,
+    );
+    assert!(
+        out.status.success(),
+        "admin create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let node = spawn_node(&db.url, &[]);
+    let api = Api::new(node.addr);
+    let login = |user: &'static str, password: &'static str| {
+        let api = &api;
+        async move {
+            let res = api
+                .client
+                .post(api.url("/auth/login"))
+                .json(&json!({"username": user, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{user}");
+            res.json::<Value>().await.unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let alice = login("alice", "demo-password").await;
+    let rooms: Vec<Value> = api
+        .client
+        .get(api.url("/rooms"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = rooms.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice-bob", "lobby", "public", "team"]);
+    let boss = login("boss", "boss-password").await;
+    let me: Value = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&boss)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "admin");
+}
+
+crate::on_both_backends!(migrate_up_down_status, seed_demo_and_admin_create);
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let mut node = spawn_node(&db.url, &[]);
+    let status = Command::new("kill")
+        .args(["-TERM", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(code) = node.try_wait() {
+            assert!(code.success(), "exit status {code}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

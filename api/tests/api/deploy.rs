@@ -1,0 +1,558 @@
+//! Running roomcast for real: nginx in front of two `roomcast` processes
+//! (`deploy/`), the compose file, and the RabbitMQ definitions (`rabbitmq/`).
+//!
+//! The tools these tests drive (`nginx`, `docker-compose`) are Debian packages
+//! that `.ci/run` installs; without one, its tests say `SKIPPED` and pass
+//! locally, and fail under `CI=true`.
+
+use std::{
+    collections::HashSet,
+    fs,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use consumer::{Broker, BrokerStatus, broker::amqp::AmqpBroker};
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Api, Backend, TestEnv, TestVhost, client, spawn_env_node},
+    messages::post,
+    ws_client::Ws,
+};
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace holds the api crate")
+        .to_path_buf()
+}
+
+/// `preferred` if it exists, else `name` on `PATH`.
+fn find_tool(name: &str, preferred: Option<&str>) -> Option<PathBuf> {
+    if let Some(path) = preferred.map(PathBuf::from)
+        && path.is_file()
+    {
+        return Some(path);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// The tool, or `None` after a `SKIPPED` line; panics in CI, which installs it.
+fn require_tool(name: &str, preferred: Option<&str>) -> Option<PathBuf> {
+    let found = find_tool(name, preferred);
+    if found.is_none() {
+        if in_ci() {
+            panic!(
+                "`{name}` is required in CI (.ci/run installs the Debian package) but is not installed"
+            );
+        }
+        eprintln!("SKIPPED: `{name}` is not installed (apt-get install {name})");
+    }
+    found
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} did not start: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+// --- nginx --------------------------------------------------------------------
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// `deploy/nginx.local.conf.template` with exactly its four placeholders filled in.
+fn render_template(node1: u16, node2: u16, nginx_port: u16, prefix: &Path) -> String {
+    let template = fs::read_to_string(repo_root().join("deploy/nginx.local.conf.template"))
+        .expect("read deploy/nginx.local.conf.template");
+    let prefix = prefix.to_str().expect("a UTF-8 temp path");
+    let rendered = [
+        ("${NODE1_PORT}", node1.to_string()),
+        ("${NODE2_PORT}", node2.to_string()),
+        ("${NGINX_PORT}", nginx_port.to_string()),
+        ("${NGINX_PREFIX}", prefix.to_owned()),
+    ]
+    .iter()
+    .fold(template, |text, (placeholder, value)| {
+        assert!(
+            text.contains(placeholder),
+            "the template uses {placeholder}"
+        );
+        text.replace(placeholder, value)
+    });
+    assert!(
+        !rendered.contains("${"),
+        "the template has a placeholder besides the four:\n{rendered}"
+    );
+    rendered
+}
+
+/// `nginx -t` on `conf` with `prefix` as its prefix; panics with nginx's words on failure.
+fn nginx_test(nginx: &Path, prefix: &Path, conf: &Path) {
+    let (ok, output) = run(Command::new(nginx)
+        .arg("-t")
+        .arg("-p")
+        .arg(format!("{}/", prefix.display()))
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .arg("-c")
+        .arg(conf));
+    assert!(ok, "nginx -t -c {} failed:\n{output}", conf.display());
+}
+
+/// An nginx in the foreground on a rendered template; stopped when dropped.
+struct Nginx {
+    addr: SocketAddr,
+    child: Child,
+    prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn logs(&self) -> String {
+        ["stderr.log", "error.log"]
+            .iter()
+            .map(|f| fs::read_to_string(self.prefix.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Renders the template, checks it with `nginx -t`, runs it and waits until
+    /// `/healthz` answers through it. Retries on another port if the one picked
+    /// was taken in the meantime.
+    async fn start(nginx: &Path, node1: u16, node2: u16) -> Self {
+        for attempt in 1..=3 {
+            let prefix = tempfile::Builder::new()
+                .prefix("roomcast-nginx-")
+                .tempdir()
+                .expect("temp dir");
+            // nginx run as root hands its workers to `nobody`: let them reach the temp dirs.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(prefix.path(), fs::Permissions::from_mode(0o755))
+                    .expect("chmod prefix");
+            }
+            let port = free_port();
+            let conf = prefix.path().join("nginx.conf");
+            fs::write(&conf, render_template(node1, node2, port, prefix.path()))
+                .expect("write nginx.conf");
+            nginx_test(nginx, prefix.path(), &conf);
+
+            let stderr = fs::File::create(prefix.path().join("stderr.log")).expect("stderr log");
+            let child = Command::new(nginx)
+                .arg("-p")
+                .arg(format!("{}/", prefix.path().display()))
+                .arg("-e")
+                .arg(prefix.path().join("error.log"))
+                .arg("-c")
+                .arg(&conf)
+                .args(["-g", "daemon off;"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("start nginx");
+            let mut proxy = Self {
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                child,
+                prefix,
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some(status) = proxy.child.try_wait().expect("nginx status") {
+                    let logs = proxy.logs();
+                    if logs.contains("Address already in use") && attempt < 3 {
+                        break;
+                    }
+                    panic!("nginx exited at start ({status}):\n{logs}");
+                }
+                let res = client()
+                    .get(format!("http://{}/healthz", proxy.addr))
+                    .send()
+                    .await;
+                if let Ok(res) = res {
+                    assert_eq!(res.status(), 200, "/healthz through nginx");
+                    return proxy;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "nginx did not answer on {}:\n{}",
+                    proxy.addr,
+                    proxy.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        unreachable!("the last attempt panics or returns")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers and exits (a SIGKILL would leave
+        // the workers running, holding the port).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..50 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines of `text` from the first line containing `from` up to (not
+/// including) the first line after it containing `to`.
+fn section<'a>(text: &'a str, from: &str, to: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains(from))
+        .unwrap_or_else(|| panic!("no line with {from:?}"));
+    let end = lines[start..]
+        .iter()
+        .position(|l| l.contains(to))
+        .map_or(lines.len(), |i| start + i);
+    lines[start..end].to_vec()
+}
+
+/// The local template proxies exactly as `deploy/nginx.conf` does: only the
+/// paths, ports, upstream addresses and sizes differ.
+#[test]
+fn the_local_template_proxies_like_the_deployed_config() {
+    let deployed = fs::read_to_string(repo_root().join("deploy/nginx.conf")).unwrap();
+    let template =
+        fs::read_to_string(repo_root().join("deploy/nginx.local.conf.template")).unwrap();
+    for (from, to) in [
+        ("log_format upstreamlog", "access_log"),
+        ("client_max_body_size", "upstream roomcast {"),
+        ("upstream roomcast {", "server "),
+        ("keepalive 64", "listen "),
+        ("server_name _;", "\u{0}"),
+    ] {
+        assert_eq!(
+            section(&deployed, from, to),
+            section(&template, from, to),
+            "deploy/nginx.conf and the local template differ from {from:?} to {to:?}"
+        );
+    }
+}
+
+/// `deploy/nginx.conf` itself passes `nginx -t`, with the compose service names
+/// (which only resolve inside compose) and the container's log and pid paths
+/// pointed at loopback and a temp dir.
+#[test]
+fn deployed_nginx_conf_passes_nginx_t() {
+    let Some(nginx) = require_tool("nginx", Some("/usr/sbin/nginx")) else {
+        return;
+    };
+    let prefix = tempfile::tempdir().unwrap();
+    let deployed = fs::read_to_string(repo_root().join("deploy/nginx.conf")).unwrap();
+    for host in ["server roomcast1:8000", "server roomcast2:8000"] {
+        assert!(deployed.contains(host), "deploy/nginx.conf has `{host}`");
+    }
+    let dir = prefix.path().display().to_string();
+    let copy = deployed
+        .replace("server roomcast1:", "server 127.0.0.1:")
+        .replace("server roomcast2:", "server 127.0.0.1:")
+        .replace("/var/log/nginx/", &format!("{dir}/"))
+        .replace("/run/nginx.pid", &format!("{dir}/nginx.pid"));
+    let conf = prefix.path().join("nginx.conf");
+    fs::write(&conf, copy).unwrap();
+    nginx_test(&nginx, prefix.path(), &conf);
+}
+
+/// Two nodes behind nginx: health, accounts, requests reaching both nodes, and
+/// a WebSocket through nginx that receives messages posted through nginx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_behind_nginx() {
+    let Some(nginx) = require_tool("nginx", Some("/usr/sbin/nginx")) else {
+        return;
+    };
+    let Some(env) = TestEnv::new(Backend::Postgres).await else {
+        return;
+    };
+    // The first node migrates; the second starts against the ready schema.
+    let node1 = spawn_env_node(&env, &[("NODE_ID", "edge1")]);
+    let node2 = spawn_env_node(&env, &[("NODE_ID", "edge2")]);
+    let proxy = Nginx::start(&nginx, node1.addr.port(), node2.addr.port()).await;
+    let api = Api::new(proxy.addr);
+
+    let res = api.client.get(api.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], "ok");
+
+    // Requests reach both nodes (each /readyz names its node).
+    let mut seen = HashSet::new();
+    let mut answers = Vec::new();
+    for _ in 0..200 {
+        let res = api.client.get(api.url("/readyz")).send().await.unwrap();
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if status == 200 {
+            seen.insert(body["node"].as_str().unwrap_or_default().to_owned());
+        }
+        answers.push(format!("{status} {body}"));
+        if seen.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        seen,
+        HashSet::from(["edge1".to_owned(), "edge2".to_owned()]),
+        "requests through nginx reached both nodes; answers: {answers:?}\n{}",
+        proxy.logs()
+    );
+
+    // Accounts through nginx.
+    let (_, token) = api.user("edgeuser").await;
+    let me: Value = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["username"], "edgeuser");
+
+    // A socket through nginx gets messages posted through nginx (whichever
+    // node takes each POST).
+    let (mut ws, welcome) = Ws::join(proxy.addr, "/ws/public?history=0", &token).await;
+    assert_eq!(welcome["room"]["name"], "public", "{welcome}");
+    for i in 0..4 {
+        let (status, body) = post(
+            &api,
+            &token,
+            json!({"room_id": "public", "content": format!("via nginx {i}")}),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for i in 0..4 {
+        let frame = ws.next_of(&["message"]).await;
+        assert_eq!(frame["content"], format!("via nginx {i}"), "{frame}");
+        assert_eq!(frame["seq"], i + 1, "{frame}");
+    }
+    ws.close().await;
+
+    // nginx logged which upstream served each request: both did.
+    let access = fs::read_to_string(proxy.prefix.path().join("access.log")).unwrap_or_default();
+    for node in [node1.addr, node2.addr] {
+        assert!(
+            access.contains(&format!("upstream={node}")),
+            "no request went to {node}:\n{access}"
+        );
+    }
+}
+
+// --- docker compose -------------------------------------------------------------
+
+fn compose_config(compose: &Path, profile: Option<&str>) {
+    let mut cmd = Command::new(compose);
+    cmd.current_dir(repo_root())
+        .args(["-f", "docker-compose.yml"]);
+    if let Some(profile) = profile {
+        cmd.args(["--profile", profile]);
+    }
+    cmd.args(["config", "-q"]);
+    let (ok, output) = run(&mut cmd);
+    assert!(ok, "{cmd:?} failed:\n{output}");
+}
+
+#[test]
+fn compose_file_is_valid() {
+    let Some(compose) = require_tool("docker-compose", None) else {
+        return;
+    };
+    compose_config(&compose, None);
+    compose_config(&compose, Some("monitoring"));
+}
+
+/// Every file the compose file mounts is in the repository.
+#[test]
+fn compose_mounts_exist() {
+    let root = repo_root();
+    let compose = fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let sources: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- ./"))
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert!(
+        sources.contains(&"rabbitmq/definitions.json") && sources.contains(&"deploy/nginx.conf"),
+        "{sources:?}"
+    );
+    for source in sources {
+        assert!(
+            root.join(source).exists(),
+            "docker-compose.yml mounts ./{source}, which is missing"
+        );
+    }
+}
+
+// --- RabbitMQ definitions -----------------------------------------------------
+
+fn rabbitmq_api() -> String {
+    std::env::var("TEST_RABBITMQ_API")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+}
+
+fn definitions_file() -> Value {
+    let text = fs::read_to_string(repo_root().join("rabbitmq/definitions.json"))
+        .expect("read rabbitmq/definitions.json");
+    serde_json::from_str(&text).expect("rabbitmq/definitions.json is JSON")
+}
+
+/// The file's queues, exchanges and bindings, moved to `vhost` (its users,
+/// permissions and vhosts stay out: the test vhost and user exist already).
+fn topology_for(definitions: &Value, vhost: &str) -> Value {
+    let mut out = json!({});
+    for key in ["queues", "exchanges", "bindings"] {
+        let items: Vec<Value> = definitions[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("definitions.json has a `{key}` list"))
+            .iter()
+            .map(|item| {
+                let mut item = item.clone();
+                item["vhost"] = json!(vhost);
+                item
+            })
+            .collect();
+        out[key] = Value::Array(items);
+    }
+    out
+}
+
+async fn import(vhost: &TestVhost, topology: &Value) {
+    let res = client()
+        .post(format!("{}/api/definitions/{}", rabbitmq_api(), vhost.name))
+        .json(topology)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    assert!(
+        status.is_success(),
+        "import definitions: {status} {}",
+        res.text().await.unwrap_or_default()
+    );
+}
+
+/// `rabbitmq/definitions.json` declares what every node declares: a node
+/// starts on a vhost the file set up (RabbitMQ would refuse its redeclare of a
+/// queue with other arguments) and publishes into the file's `messages` queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_match_what_nodes_declare() {
+    let Some(vhost) = TestVhost::new().await else {
+        return;
+    };
+    let definitions = definitions_file();
+    import(&vhost, &topology_for(&definitions, &vhost.name)).await;
+
+    // The import itself made the topology, with the file's arguments.
+    let queue = vhost
+        .get(&format!("/api/queues/{}/messages", vhost.name))
+        .await;
+    let in_file = definitions["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "messages")
+        .expect("definitions.json declares `messages`");
+    assert_eq!(queue["arguments"], in_file["arguments"], "{queue}");
+    assert_eq!(queue["durable"], true, "{queue}");
+    let dlq = vhost
+        .get(&format!("/api/queues/{}/messages.dlq", vhost.name))
+        .await;
+    assert_eq!(dlq["durable"], true, "{dlq}");
+    let exchange = vhost
+        .get(&format!("/api/exchanges/{}/room.events", vhost.name))
+        .await;
+    assert_eq!(exchange["type"], "topic", "{exchange}");
+    assert_eq!(exchange["durable"], true, "{exchange}");
+
+    let broker = AmqpBroker::start(&vhost.amqp_url, "definitions-check").await;
+    assert_eq!(
+        broker.status(),
+        BrokerStatus::Up,
+        "a node's declarations were refused on the topology of definitions.json"
+    );
+    let payload = json!({"room_id": "public", "content": "definitions check"}).to_string();
+    broker
+        .publish(payload.as_bytes())
+        .await
+        .expect("publish into the file's `messages` queue");
+
+    // It is in the queue the file declared.
+    let got: Value = client()
+        .post(format!(
+            "{}/api/queues/{}/messages/get",
+            rabbitmq_api(),
+            vhost.name
+        ))
+        .json(&json!({"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got[0]["payload"], payload, "{got}");
+    broker.close().await;
+}
+
+/// The check above can fail: with different arguments in the definitions, a
+/// node's declaration is refused and it stays not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_with_other_arguments_are_refused() {
+    let Some(vhost) = TestVhost::new().await else {
+        return;
+    };
+    let mut topology = topology_for(&definitions_file(), &vhost.name);
+    for queue in topology["queues"].as_array_mut().unwrap() {
+        if queue["name"] == "messages" {
+            queue["arguments"]["x-single-active-consumer"] = json!(false);
+        }
+    }
+    import(&vhost, &topology).await;
+
+    let broker = AmqpBroker::start(&vhost.amqp_url, "definitions-mismatch").await;
+    match broker.status() {
+        BrokerStatus::Down(reason) => assert!(
+            reason.contains("PRECONDITION_FAILED") || reason.contains("inequivalent"),
+            "{reason}"
+        ),
+        BrokerStatus::Up => panic!("a node declared `messages` over different arguments"),
+    }
+    assert!(broker.publish(b"{}").await.is_err());
+    broker.close().await;
+}

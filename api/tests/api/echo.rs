@@ -1,0 +1,153 @@
+//! The echo channel, locally and through an upstream relay.
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    helpers::{Backend, spawn_app, spawn_app_with},
+    ws_client::Ws,
+};
+
+/// A loopback WebSocket server that answers each text frame in upper case,
+/// so a test can tell relayed frames from local echoes.
+async fn upstream_shouter() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    if ws
+                        .send(Message::Text(text.to_uppercase().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn transcripts(api: &crate::helpers::Api, token: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: Vec<Value> = api
+            .client
+            .get(api.url("/echo/history"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list.len() >= n || tokio::time::Instant::now() > deadline {
+            assert_eq!(list.len(), n);
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn echoes_and_keeps_a_transcript(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("echoer").await;
+    let url: Value = api
+        .client
+        .get(api.url("/echo_ws"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(url["url"], format!("ws://{}/echo", app.addr));
+    let url: Value = api
+        .client
+        .get(api.url("/pub_ws"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(url["url"], format!("ws://{}/ws/public", app.addr));
+    assert_eq!(
+        api.client
+            .get(api.url("/echo_ws"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        Ws::connect(app.addr, "/echo", None)
+            .await
+            .err()
+            .unwrap()
+            .status,
+        401
+    );
+
+    let mut ws = Ws::connect(app.addr, "/echo", Some(&token)).await.unwrap();
+    ws.send_text(r#"{"hello":"there"}"#).await;
+    assert_eq!(ws.next_json().await["hello"], "there");
+    ws.send_text(r#"{"n":2}"#).await;
+    assert_eq!(ws.next_json().await["n"], 2);
+    ws.close().await;
+
+    let list = transcripts(&api, &token, 1).await;
+    let frames = list[0]["frames"].as_array().unwrap();
+    let dirs: Vec<&str> = frames.iter().map(|f| f["dir"].as_str().unwrap()).collect();
+    assert_eq!(dirs, ["in", "out", "in", "out"]);
+    assert_eq!(frames[0]["text"], r#"{"hello":"there"}"#);
+    // Others' transcripts are not yours.
+    let (_, other) = api.user("nosy").await;
+    let theirs: Vec<Value> = api
+        .client
+        .get(api.url("/echo/history"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(theirs.is_empty());
+}
+
+async fn relays_through_the_upstream(backend: Backend) {
+    let upstream = upstream_shouter().await;
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.echo_upstream_url = Some(format!("ws://{upstream}"))
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("relayed").await;
+    let mut ws = Ws::connect(app.addr, "/echo", Some(&token)).await.unwrap();
+    ws.send_text(r#"{"say":"quiet"}"#).await;
+    assert_eq!(ws.next_json().await["SAY"], "QUIET");
+    ws.close().await;
+    let list = transcripts(&api, &token, 1).await;
+    assert_eq!(list[0]["frames"][1]["text"], r#"{"SAY":"QUIET"}"#);
+}
+
+crate::on_both_backends!(echoes_and_keeps_a_transcript, relays_through_the_upstream);

@@ -1,0 +1,150 @@
+//! Editing and deleting messages.
+
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Backend, spawn_app_with},
+    messages::{post, wait_for_history},
+    ws_client::Ws,
+};
+
+async fn edit_and_delete_rules_and_events(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.admin_username = Some("root".into());
+        c.admin_password = Some("root-password".to_owned().into());
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let (_, bob) = api.user("bob").await;
+    let (_, carol) = api.user("carol").await;
+    api.create_room(&alice, "edits", "public").await; // alice owns it
+    let (mut ws, _) = Ws::join(app.addr, "/ws/edits?history=0", &carol).await;
+    let (_, by_bob) = post(
+        &api,
+        &bob,
+        json!({"room_id": "edits", "content": "first draft"}),
+    )
+    .await;
+    let (_, by_carol) = post(
+        &api,
+        &carol,
+        json!({"room_id": "edits", "content": "carol's"}),
+    )
+    .await;
+    wait_for_history(&api, &bob, "edits", 2).await;
+    let bob_msg = by_bob["id"].as_str().unwrap();
+    let carol_msg = by_carol["id"].as_str().unwrap();
+
+    let patch = |token: &str, id: &str, body: Value| {
+        api.client
+            .patch(api.url(&format!("/messages/{id}")))
+            .bearer_auth(token.to_owned())
+            .json(&body)
+            .send()
+    };
+    let res = patch(&alice, bob_msg, json!({"content": "hijacked"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        403,
+        "only the author edits, not even the room owner"
+    );
+    let res = patch(&bob, bob_msg, json!({"content": ""})).await.unwrap();
+    assert_eq!(res.status(), 422);
+    let res = patch(&bob, bob_msg, json!({"content": "x".repeat(5000)}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let res = patch(
+        &bob,
+        &uuid::Uuid::new_v4().to_string(),
+        json!({"content": "x"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = patch(&bob, bob_msg, json!({"content": "final text"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let edited: Value = res.json().await.unwrap();
+    assert_eq!(edited["content"], "final text");
+    assert!(edited["edited_at"].is_string());
+
+    let event = ws.next_of(&["message_edited"]).await;
+    assert_eq!(
+        (event["id"].as_str(), event["content"].as_str()),
+        (Some(bob_msg), Some("final text"))
+    );
+
+    let delete = |token: &str, id: &str| {
+        api.client
+            .delete(api.url(&format!("/messages/{id}")))
+            .bearer_auth(token.to_owned())
+            .send()
+    };
+    assert_eq!(
+        delete(&bob, carol_msg).await.unwrap().status(),
+        403,
+        "not the author, owner or a moderator"
+    );
+    assert_eq!(
+        delete(&alice, carol_msg).await.unwrap().status(),
+        204,
+        "the room owner may"
+    );
+    let event = ws.next_of(&["message_deleted"]).await;
+    assert_eq!(
+        (
+            event["id"].as_str(),
+            event["deleted"].as_bool(),
+            &event["content"]
+        ),
+        (Some(carol_msg), Some(true), &Value::Null)
+    );
+    assert_eq!(
+        delete(&alice, carol_msg).await.unwrap().status(),
+        204,
+        "idempotent"
+    );
+    assert_eq!(
+        patch(&carol, carol_msg, json!({"content": "undo"}))
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+
+    let res = api
+        .client
+        .post(api.url("/auth/login"))
+        .json(&json!({"username": "root", "password": "root-password"}))
+        .send()
+        .await
+        .unwrap();
+    let root = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        delete(&root, bob_msg).await.unwrap().status(),
+        204,
+        "an admin may"
+    );
+
+    // History keeps tombstones in place.
+    let history = wait_for_history(&api, &bob, "edits", 2).await;
+    assert!(
+        history
+            .iter()
+            .all(|m| m["deleted"] == true && m["content"].is_null()),
+        "{history:?}"
+    );
+}
+
+crate::on_both_backends!(edit_and_delete_rules_and_events);

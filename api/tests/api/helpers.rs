@@ -1,0 +1,556 @@
+//! Test support: fresh databases on PostgreSQL or SQLite, the application on
+//! port 0 in-process (`spawn_app`), and real `roomcast` processes (`spawn_node`).
+//!
+//! A service that is absent fails the test under `CI=true` and skips it, loudly,
+//! otherwise.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use api::{Application, Config, cli::Cli};
+use clap::Parser;
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const TEST_SECRET: &str = "test-secret-key-that-is-long-enough-for-hs256";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates `mod <name> { sqlite, postgres }` tests that run `<name>(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A database of its own for one test; PostgreSQL ones are dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    postgres: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The backing services of one test: SQLite + the in-process broker, or
+/// PostgreSQL + RabbitMQ (a database and a vhost of its own).
+pub struct TestEnv {
+    pub db: TestDb,
+    pub vhost: Option<TestVhost>,
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> Option<Self> {
+        let db = TestDb::new(backend).await?;
+        let vhost = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TestVhost::new().await?),
+        };
+        Some(Self { db, vhost })
+    }
+
+    pub fn amqp_url(&self) -> Option<String> {
+        self.vhost.as_ref().map(|v| v.amqp_url.clone())
+    }
+}
+
+/// A RabbitMQ vhost of its own for one test, made and removed through the
+/// management API.
+pub struct TestVhost {
+    pub name: String,
+    pub amqp_url: String,
+    api: String,
+}
+
+fn rabbitmq_api() -> String {
+    std::env::var("TEST_RABBITMQ_API")
+        .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into())
+}
+
+impl TestVhost {
+    pub async fn new() -> Option<Self> {
+        let api = rabbitmq_api();
+        let prefix = std::env::var("ROOMCAST_TEST_RUN").unwrap_or_else(|_| "local".into());
+        let name = format!("rc_{prefix}_{}", Uuid::new_v4().simple());
+        let http = client();
+        let created = http.put(format!("{api}/api/vhosts/{name}")).send().await;
+        match created {
+            Ok(res) if res.status().is_success() => {}
+            other => {
+                let why = match other {
+                    Ok(res) => format!("HTTP {}", res.status()),
+                    Err(err) => err.to_string(),
+                };
+                if in_ci() {
+                    panic!("RabbitMQ (with the management plugin) is required in CI: {why}");
+                }
+                eprintln!(
+                    "SKIPPED: RabbitMQ management API not reachable at {api} ({why}); set TEST_RABBITMQ_API"
+                );
+                return None;
+            }
+        }
+        let res = http
+            .put(format!("{api}/api/permissions/{name}/guest"))
+            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .send()
+            .await
+            .expect("set vhost permissions");
+        assert!(
+            res.status().is_success(),
+            "vhost permissions: {}",
+            res.status()
+        );
+        let base = std::env::var("TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
+        Some(Self {
+            amqp_url: format!("{base}/{name}"),
+            name,
+            api,
+        })
+    }
+
+    /// GETs a management API path (e.g. `/api/queues/{vhost}/messages`).
+    pub async fn get(&self, path: &str) -> Value {
+        client()
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (up to 15 s) until the management API lists `n` connections to
+    /// this vhost; its listing lags behind the broker by a few seconds.
+    pub async fn wait_for_connections(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let conns = self
+                .get(&format!("/api/vhosts/{}/connections", self.name))
+                .await;
+            let listed = conns.as_array().map_or(0, Vec::len);
+            if listed >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {listed} of {n} connections listed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Force-closes every client connection to this vhost.
+    pub async fn close_connections(&self) -> usize {
+        let conns = self
+            .get(&format!("/api/vhosts/{}/connections", self.name))
+            .await;
+        let names: Vec<String> = conns
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in &names {
+            let encoded: String = name
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            let _ = client()
+                .delete(format!("{}/api/connections/{encoded}", self.api))
+                .send()
+                .await;
+        }
+        names.len()
+    }
+
+    /// Publishes a message by hand into `queue`, as an operator would from the console.
+    pub async fn publish_by_hand(&self, queue: &str, payload: &str) {
+        let res = client()
+            .post(format!("{}/api/exchanges/{}/amq.default/publish", self.api, self.name))
+            .json(&json!({"properties": {"delivery_mode": 2}, "routing_key": queue, "payload": payload, "payload_encoding": "string"}))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["routed"], true, "published by hand: {body}");
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let url = format!("{}/api/vhosts/{}", self.api, self.name);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let _ = client().delete(url).send().await;
+            });
+        })
+        .join();
+    }
+}
+
+impl TestDb {
+    /// `None` when the backend is unavailable outside CI.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("roomcast.db").display()
+                );
+                Some(Self {
+                    url,
+                    postgres: None,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let base = std::env::var("TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+                let admin_url = format!("{base}/postgres");
+                let admin = match Database::connect(&admin_url).await {
+                    Ok(db) => db,
+                    Err(err) => {
+                        if in_ci() {
+                            panic!("PostgreSQL is required in CI but {admin_url} refused: {err}");
+                        }
+                        eprintln!(
+                            "SKIPPED: PostgreSQL not reachable at {admin_url} ({err}); set TEST_POSTGRES_URL"
+                        );
+                        return None;
+                    }
+                };
+                let prefix = std::env::var("ROOMCAST_TEST_RUN").unwrap_or_else(|_| "local".into());
+                let name = format!("rc_{prefix}_{}", Uuid::new_v4().simple());
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                Some(Self {
+                    url: format!("{base}/{name}"),
+                    postgres: Some((admin_url, name)),
+                    _dir: None,
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop is not async: drop the database from a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(db) = Database::connect(&admin_url).await {
+                    let _ = db
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await;
+                    db.close().await.ok();
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The test configuration: loopback port 0, the given database, no broker.
+pub fn test_config(db_url: &str) -> Config {
+    let mut config = Cli::try_parse_from([
+        "roomcast",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        db_url,
+    ])
+    .expect("test arguments parse")
+    .config;
+    config.amqp_url = None;
+    config.secret_key = Some(TEST_SECRET.to_owned().into());
+    config.admin_username = None;
+    config.admin_password = None;
+    config.allowed_origins = Vec::new();
+    config
+}
+
+/// A running application and a client for it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    /// Kept alive for as long as the app runs.
+    _env: TestEnv,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the application in this process with a config the caller may adjust.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let env = TestEnv::new(backend).await?;
+    let mut config = test_config(&env.db.url);
+    config.amqp_url = env.amqp_url();
+    adjust(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    Some(TestApp {
+        addr,
+        client: client(),
+        _env: env,
+        stop: Some(stop),
+    })
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+impl TestApp {
+    /// Sends the shutdown signal, as SIGTERM would.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// What tests do against any roomcast base URL (in-process or a process).
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            client: client(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn register(&self, username: &str) -> Value {
+        let res = self
+            .client
+            .post(self.url("/auth/register"))
+            .json(&json!({"username": username, "email": format!("{username}@example.com"), "password": "password123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            201,
+            "register {username}: {}",
+            res.text().await.unwrap()
+        );
+        res.json().await.unwrap()
+    }
+
+    pub async fn login(&self, username: &str) -> String {
+        let res = self
+            .client
+            .post(self.url("/auth/login"))
+            .json(&json!({"username": username, "password": "password123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "login {username}");
+        res.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Registers and logs in; returns (user id, token).
+    pub async fn user(&self, username: &str) -> (Uuid, String) {
+        let user = self.register(username).await;
+        let id = user["id"].as_str().unwrap().parse().unwrap();
+        (id, self.login(username).await)
+    }
+
+    pub async fn create_room(&self, token: &str, name: &str, kind: &str) -> Value {
+        let res = self
+            .client
+            .post(self.url("/rooms"))
+            .bearer_auth(token)
+            .json(&json!({"name": name, "kind": kind}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "create room {name}");
+        res.json().await.unwrap()
+    }
+}
+
+impl TestApp {
+    pub fn api(&self) -> Api {
+        Api::new(self.addr)
+    }
+}
+
+/// A `roomcast` process; killed when dropped.
+pub struct Node {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Node {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a `roomcast` process on the test's database and broker.
+pub fn spawn_env_node(test_env: &TestEnv, extra: &[(&str, &str)]) -> Node {
+    let amqp = test_env.amqp_url();
+    let mut env: Vec<(&str, &str)> = amqp
+        .as_deref()
+        .map(|url| vec![("AMQP_URL", url)])
+        .unwrap_or_default();
+    env.extend_from_slice(extra);
+    spawn_node(&test_env.db.url, &env)
+}
+
+/// Starts the real binary on a loopback port against `db_url`, with `env` on top.
+pub fn spawn_node(db_url: &str, env: &[(&str, &str)]) -> Node {
+    // ROOMCAST_TEST_BIN runs another build (a release one for soak figures).
+    let bin = std::env::var("ROOMCAST_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_roomcast").to_owned());
+    let mut cmd = Command::new(bin);
+    for var in [
+        "AMQP_URL",
+        "DATABASE_URL",
+        "BIND",
+        "ADMIN_USERNAME",
+        "ADMIN_PASSWORD",
+        "NODE_ID",
+        "ALLOWED_ORIGINS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", db_url)
+        .env("SECRET_KEY", TEST_SECRET)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("start roomcast");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read the address from the start-up line, then keep draining so the pipe never fills.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1)
+                && let Some(tx) = tx.take()
+            {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                let _ = tx.send(addr);
+            }
+            if std::env::var_os("ROOMCAST_TEST_NODE_LOGS").is_some() {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("roomcast printed its address");
+    Node {
+        addr: addr.parse().expect("address"),
+        child,
+    }
+}

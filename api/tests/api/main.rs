@@ -1,0 +1,28 @@
+//! The API's tests, one binary: each module is one resource, and most tests
+//! run twice, on SQLite and on PostgreSQL (`on_both_backends!`).
+
+mod helpers;
+mod ws_client;
+
+mod accounts;
+mod auth;
+mod authz;
+mod avatars;
+mod browser;
+mod cli;
+mod cluster;
+mod conformance;
+mod deploy;
+mod echo;
+mod edits;
+mod errors;
+mod faults;
+mod fuzz;
+mod health;
+mod hostile;
+mod limits;
+mod messages;
+mod openapi;
+mod postman;
+mod rooms;
+mod ws;

@@ -1,0 +1,461 @@
+//! The sending side: which message goes when ([`Schedule`]), what was
+//! accepted ([`Published`]), and the publishers over HTTP and WebSocket.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt, TryStreamExt, stream};
+use serde_json::json;
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{
+    report::{content, now_nanos},
+    setup::{Api, World},
+    subscribe::{self, Frame},
+};
+
+/// How long a WebSocket publish waits for its `ack`.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The wait before retrying after a transport error or a 503 without Retry-After.
+const RETRY_DEFAULT: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// The wait after a WebSocket frame was refused for rate (the server frees a
+/// slot every 50 ms).
+const RATE_LIMITED_WAIT: Duration = Duration::from_millis(100);
+
+/// Hands out message numbers `0..total`, message `n` going to room `n % rooms`,
+/// each no earlier than `n / rate` seconds after the start when a rate is set.
+pub struct Schedule {
+    total: u64,
+    rooms: u64,
+    rate: Option<f64>,
+    start: Instant,
+    deadline: Instant,
+    next: AtomicU64,
+    next_in_room: Vec<AtomicU64>,
+}
+
+impl Schedule {
+    /// Starts the clock now; nothing is handed out after `limit`.
+    pub fn new(total: u64, rooms: u64, rate: Option<f64>, limit: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            total,
+            rooms,
+            rate,
+            start,
+            deadline: start + limit,
+            next: AtomicU64::new(0),
+            next_in_room: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// The next message of the run, whatever its room; waits for its turn.
+    pub async fn next(&self) -> Option<u64> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.admit(n).await
+    }
+
+    /// The next message of `room`; waits for its turn.
+    pub async fn next_in(&self, room: usize) -> Option<u64> {
+        let k = self.next_in_room[room].fetch_add(1, Ordering::Relaxed);
+        self.admit(k.saturating_mul(self.rooms).saturating_add(room as u64))
+            .await
+    }
+
+    async fn admit(&self, n: u64) -> Option<u64> {
+        if n >= self.total || Instant::now() >= self.deadline {
+            return None;
+        }
+        if let Some(rate) = self.rate {
+            let at = self.start + Duration::from_secs_f64(n as f64 / rate);
+            if at >= self.deadline {
+                return None;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+        Some(n)
+    }
+}
+
+/// What the publishers achieved, shared between them.
+pub struct Published {
+    start: Instant,
+    accepted: AtomicU64,
+    per_room: Vec<AtomicU64>,
+    retries: AtomicU64,
+    /// Microseconds from the start to the last acceptance.
+    last_accept_us: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    errors: AtomicU64,
+}
+
+impl Published {
+    pub fn new(start: Instant, rooms: usize) -> Self {
+        Self {
+            start,
+            accepted: AtomicU64::new(0),
+            per_room: (0..rooms).map(|_| AtomicU64::new(0)).collect(),
+            retries: AtomicU64::new(0),
+            last_accept_us: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn accept(&self, room: usize) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.per_room[room].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_accept_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message given up on (or a publisher that stopped), with why.
+    pub fn error(&self, why: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().expect("error slot");
+        first.get_or_insert(why);
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn accepted_in(&self, room: usize) -> u64 {
+        self.per_room[room].load(Ordering::Relaxed)
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// From the start to the last acceptance.
+    pub fn publish_time(&self) -> Duration {
+        Duration::from_micros(self.last_accept_us.load(Ordering::Relaxed))
+    }
+
+    /// How many things went wrong, and the first of them.
+    pub fn errors(&self) -> (u64, Option<String>) {
+        (
+            self.errors.load(Ordering::Relaxed),
+            self.first_error.lock().expect("error slot").clone(),
+        )
+    }
+}
+
+/// What every publisher needs to know.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The run prefix, in every `client_id`.
+    pub prefix: String,
+    /// Content padded to this many bytes.
+    pub size: usize,
+    pub max_retries: u32,
+    pub concurrency: usize,
+    /// Most messages per second one publisher socket sends.
+    pub ws_socket_rate: Option<f64>,
+}
+
+impl Plan {
+    fn client_id(&self, n: u64) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+}
+
+/// `concurrency` tasks posting `POST /message`, each one request at a time.
+pub async fn over_http(
+    api: &Api,
+    world: &World,
+    plan: &Plan,
+    schedule: Arc<Schedule>,
+    published: Arc<Published>,
+) {
+    let rooms: Arc<Vec<String>> = Arc::new(world.rooms.iter().map(|r| r.id.clone()).collect());
+    let token: Arc<str> = world.publisher.token.as_str().into();
+    let plan = Arc::new(plan.clone());
+    let mut tasks = JoinSet::new();
+    for _ in 0..plan.concurrency {
+        let (api, rooms, token, plan, schedule, published) = (
+            api.clone(),
+            rooms.clone(),
+            token.clone(),
+            plan.clone(),
+            schedule.clone(),
+            published.clone(),
+        );
+        tasks.spawn(async move {
+            let url = api.url("/message");
+            while let Some(n) = schedule.next().await {
+                let room = (n % rooms.len() as u64) as usize;
+                let client_id = plan.client_id(n);
+                let mut attempt = 0;
+                loop {
+                    let body = json!({
+                        "room_id": rooms[room],
+                        "content": content(now_nanos(), n, plan.size),
+                        "client_id": client_id,
+                    });
+                    let res = api
+                        .client
+                        .post(&url)
+                        .bearer_auth(&*token)
+                        .json(&body)
+                        .send()
+                        .await;
+                    // Retrying is safe: the same client_id gives the same message id.
+                    let (wait, why) = match res {
+                        Ok(res) if res.status() == 202 => {
+                            // Read the body so the connection goes back to the pool.
+                            let _ = res.bytes().await;
+                            published.accept(room);
+                            break;
+                        }
+                        Ok(res) if res.status() == 503 => {
+                            (retry_after(&res), "HTTP 503".to_owned())
+                        }
+                        Ok(res) => {
+                            let status = res.status();
+                            let body = res.text().await.unwrap_or_default();
+                            published.error(format!("POST /message: HTTP {status} {body}"));
+                            break;
+                        }
+                        Err(err) => (RETRY_DEFAULT, err.to_string()),
+                    };
+                    if attempt >= plan.max_retries {
+                        published.error(format!("POST /message: {why} after {attempt} retries"));
+                        break;
+                    }
+                    attempt += 1;
+                    published.retry();
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The wait a 503 asks for, within reason.
+fn retry_after(res: &reqwest::Response) -> Duration {
+    res.headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .unwrap_or(RETRY_DEFAULT)
+        .min(RETRY_MAX)
+}
+
+/// Publisher sockets, opened before the clock starts: `ceil(concurrency /
+/// rooms)` in each room, since a socket publishes only into its own room.
+pub struct WsPublishers {
+    sockets: Vec<(usize, subscribe::Socket)>,
+}
+
+impl WsPublishers {
+    pub async fn open(api: &Api, world: &World, concurrency: usize) -> anyhow::Result<Self> {
+        let per_room = concurrency.div_ceil(world.rooms.len()).max(1);
+        let ws_base = api.ws_base();
+        let token = &world.publisher.token;
+        let plan: Vec<usize> = (0..world.rooms.len())
+            .flat_map(|room| std::iter::repeat_n(room, per_room))
+            .collect();
+        let sockets = stream::iter(plan)
+            .map(|room| {
+                let ws_base = &ws_base;
+                async move {
+                    subscribe::open(ws_base, &world.rooms[room].id, token)
+                        .await
+                        .map(|socket| (room, socket))
+                }
+            })
+            .buffer_unordered(32)
+            .try_collect()
+            .await
+            .context("publisher sockets")?;
+        Ok(Self { sockets })
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Each socket sends `message` frames for its room, one unacked at a time;
+    /// a semaphore keeps at most `concurrency` unacked over all of them.
+    pub async fn run(self, plan: &Plan, schedule: Arc<Schedule>, published: Arc<Published>) {
+        let plan = Arc::new(plan.clone());
+        let in_flight = Arc::new(Semaphore::new(plan.concurrency));
+        let mut tasks = JoinSet::new();
+        for (room, socket) in self.sockets {
+            let (plan, schedule, published, in_flight) = (
+                plan.clone(),
+                schedule.clone(),
+                published.clone(),
+                in_flight.clone(),
+            );
+            tasks.spawn(async move {
+                ws_publisher(room, socket, &plan, &schedule, &published, &in_flight).await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One publisher socket: a reader task passes `ack` and `error` frames on
+/// (and drains the room's broadcasts, which a publisher gets too); this task
+/// sends and waits.
+async fn ws_publisher(
+    room: usize,
+    socket: subscribe::Socket,
+    plan: &Plan,
+    schedule: &Schedule,
+    published: &Published,
+    in_flight: &Semaphore,
+) {
+    let (mut sink, mut source) = socket.split();
+    let (replies_tx, mut replies) = mpsc::channel::<Frame>(64);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(frame)) = source.next().await {
+            let Message::Text(text) = frame else { continue };
+            // Cheap filter first: most frames are the room's broadcasts.
+            if !(text.contains("\"ack\"") || text.contains("\"error\"")) {
+                continue;
+            }
+            if let Ok(frame) = serde_json::from_str::<Frame>(&text)
+                && matches!(frame.kind.as_str(), "ack" | "error")
+                && replies_tx.send(frame).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    // Keep under the server's per-socket message rate, so frames are not refused.
+    let spacing = plan
+        .ws_socket_rate
+        .map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let mut next_send = Instant::now();
+    'messages: loop {
+        tokio::time::sleep_until(next_send).await;
+        let Some(n) = schedule.next_in(room).await else {
+            break;
+        };
+        let Ok(_permit) = in_flight.acquire().await else {
+            break;
+        };
+        let client_id = plan.client_id(n);
+        let mut attempt = 0;
+        loop {
+            tokio::time::sleep_until(next_send).await;
+            let frame = json!({
+                "type": "message",
+                "content": content(now_nanos(), n, plan.size),
+                "client_id": client_id,
+            });
+            if let Some(spacing) = spacing {
+                next_send = Instant::now() + spacing;
+            }
+            if let Err(err) = sink.send(Message::Text(frame.to_string().into())).await {
+                published.error(format!("publisher socket: {err}"));
+                break 'messages;
+            }
+            // One frame is in flight on this socket: an error without a
+            // client_id (a rate refusal) is about it too.
+            let reply = tokio::time::timeout(ACK_TIMEOUT, async {
+                while let Some(reply) = replies.recv().await {
+                    match reply.client_id.as_deref() {
+                        Some(id) if id == client_id => return Some(reply),
+                        None if reply.kind == "error" => return Some(reply),
+                        _ => {}
+                    }
+                }
+                None
+            })
+            .await;
+            let (wait, why) = match reply {
+                Ok(Some(reply)) if reply.kind == "ack" => {
+                    published.accept(room);
+                    break;
+                }
+                Ok(Some(reply)) => match reply.code.as_deref() {
+                    Some("broker_unavailable") => (RETRY_DEFAULT, "broker_unavailable".to_owned()),
+                    Some("rate_limited") => (RATE_LIMITED_WAIT, "rate_limited".to_owned()),
+                    _ => {
+                        published.error(format!(
+                            "WS publish: error {} {}",
+                            reply.code.unwrap_or_default(),
+                            reply.detail.unwrap_or_default()
+                        ));
+                        break;
+                    }
+                },
+                Ok(None) => {
+                    published.error("publisher socket closed".to_owned());
+                    break 'messages;
+                }
+                Err(_) => (RETRY_DEFAULT, format!("no ack within {ACK_TIMEOUT:?}")),
+            };
+            if attempt >= plan.max_retries {
+                published.error(format!("WS publish: {why} after {attempt} retries"));
+                break;
+            }
+            attempt += 1;
+            published.retry();
+            next_send = next_send.max(Instant::now() + wait);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+    reader.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_message_once_whether_by_room_or_not() {
+        let by_room = Schedule::new(10, 3, None, Duration::from_secs(5));
+        let mut seen = Vec::new();
+        for room in 0..3 {
+            while let Some(n) = by_room.next_in(room).await {
+                assert_eq!(n % 3, room as u64);
+                seen.push(n);
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+
+        let any = Schedule::new(4, 3, None, Duration::from_secs(5));
+        let mut all = Vec::new();
+        while let Some(n) = any.next().await {
+            all.push(n);
+        }
+        assert_eq!(all, vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_rate_spaces_messages_out() {
+        let paced = Schedule::new(5, 1, Some(50.0), Duration::from_secs(60));
+        while paced.next().await.is_some() {}
+        let took = paced.start().elapsed();
+        assert!(took >= Duration::from_millis(80), "{took:?}");
+    }
+}

@@ -1,0 +1,498 @@
+//! The RabbitMQ broker, through lapin.
+//!
+//! A supervisor task owns the connection: it connects, declares the topology
+//! (the same as `rabbitmq/definitions.json`), publishes the live session on a
+//! `watch` channel, and when the connection dies clears it and reconnects with
+//! backoff. Publishers fail fast with `Unavailable` while there is no session,
+//! so ingest answers 503 rather than a false 202. Consumers are tasks that
+//! re-subscribe on every new session; unacked messages of a dead session are
+//! redelivered by RabbitMQ and stored once thanks to idempotent ids.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Event, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{BoxStream, Broker, BrokerError, BrokerStatus, Delivery, Settle};
+use crate::event::{
+    DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, REASON_HEADER, routing_key,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a publish waits for its confirm before the caller is told 503.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The arguments of the `messages` queue; `rabbitmq/definitions.json` declares
+/// the same, and RabbitMQ refuses a redeclare with different ones.
+pub fn messages_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(DEAD_LETTER_QUEUE)),
+    );
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    args
+}
+
+fn classic_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    args
+}
+
+/// A live connection and its confirm-mode publishing channel.
+struct Session {
+    connection: Connection,
+    publisher: Channel,
+}
+
+struct Inner {
+    url: String,
+    node_id: String,
+    session: watch::Sender<Option<Arc<Session>>>,
+    last_error: std::sync::Mutex<String>,
+    stop: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+impl AmqpBroker {
+    /// Starts the connection supervisor; waits up to `CONNECT_TIMEOUT` for the
+    /// first session but returns either way (the node then starts not ready).
+    pub async fn start(url: &str, node_id: &str) -> Self {
+        let (session, mut ready) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            url: url.to_owned(),
+            node_id: node_id.to_owned(),
+            session,
+            last_error: std::sync::Mutex::new("connecting".into()),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(inner.clone()));
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, ready.wait_for(Option::is_some)).await;
+        Self { inner }
+    }
+
+    /// Name of this node's exclusive event queue.
+    pub fn node_queue(&self) -> String {
+        format!("{EVENTS_EXCHANGE}.{}", self.inner.node_id)
+    }
+
+    fn session(&self) -> Result<Arc<Session>, BrokerError> {
+        self.inner.session.borrow().clone().ok_or_else(|| {
+            BrokerError::Unavailable(self.inner.last_error.lock().expect("error slot").clone())
+        })
+    }
+
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let session = self.session()?;
+        let unavailable = |e: lapin::Error| BrokerError::Unavailable(e.to_string());
+        let confirm = async {
+            let confirm = session
+                .publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    properties,
+                )
+                .await
+                .map_err(unavailable)?;
+            confirm.await.map_err(unavailable)
+        };
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
+            Ok(Ok(_)) => Err(BrokerError::Nacked),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(BrokerError::Unavailable(
+                "no confirm from the broker in time".into(),
+            )),
+        }
+    }
+}
+
+fn persistent_json() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+}
+
+/// Connects, declares, serves the session until the connection dies; repeats.
+async fn supervise(inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        match open_session(&inner).await {
+            Ok(session) => {
+                backoff = Duration::from_millis(100);
+                if connected_before {
+                    metrics::counter!(crate::metrics::BROKER_RECONNECTS).increment(1);
+                }
+                connected_before = true;
+                let mut events = session.connection.events_listener();
+                let session = Arc::new(session);
+                inner.session.send_replace(Some(session.clone()));
+                tracing::info!(node = %inner.node_id, "broker connected");
+                // Wait for the connection to fail (or for shutdown).
+                let mut poll = tokio::time::interval(Duration::from_millis(500));
+                let reason = loop {
+                    tokio::select! {
+                        () = inner.stop.cancelled() => break None,
+                        event = events.next() => match event {
+                            Some(Event::Error(err)) => break Some(err.to_string()),
+                            Some(_) => {}
+                            None => break Some("connection closed".to_owned()),
+                        },
+                        _ = poll.tick() => {
+                            if !session.connection.status().connected() {
+                                break Some("connection lost".to_owned());
+                            }
+                        }
+                    }
+                };
+                inner.session.send_replace(None);
+                match reason {
+                    // Shutting down: `close()` closes the connection.
+                    None => return,
+                    Some(reason) => {
+                        tracing::warn!(node = %inner.node_id, %reason, "broker connection lost; reconnecting");
+                        *inner.last_error.lock().expect("error slot") = reason;
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(node = %inner.node_id, error = %err, "broker connect failed; retrying in {backoff:?}");
+                *inner.last_error.lock().expect("error slot") = err;
+            }
+        }
+        tokio::select! {
+            () = inner.stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn open_session(inner: &Inner) -> Result<Session, String> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("roomcast {}", inner.node_id).into());
+    let connection =
+        tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&inner.url, properties))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+    let setup = async {
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare_topology(&publisher).await?;
+        Ok::<_, lapin::Error>(publisher)
+    };
+    match setup.await {
+        Ok(publisher) => Ok(Session {
+            connection,
+            publisher,
+        }),
+        Err(err) => {
+            let _ = connection.close(200, "setup failed".into()).await;
+            Err(err.to_string())
+        }
+    }
+}
+
+/// Declares the shared topology; idempotent, with the same arguments as
+/// `rabbitmq/definitions.json`.
+pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(MESSAGES_QUEUE.into(), durable, messages_queue_arguments())
+        .await?;
+    channel
+        .queue_declare(DEAD_LETTER_QUEUE.into(), durable, classic_queue_arguments())
+        .await?;
+    channel
+        .exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+struct AmqpSettle(lapin::Acker);
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.0
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    async fn publish(&self, message: &[u8]) -> Result<(), BrokerError> {
+        self.publish_confirmed("", MESSAGES_QUEUE, message, persistent_json())
+            .await
+    }
+
+    async fn dead_letter(&self, message: &[u8], reason: &str) -> Result<(), BrokerError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
+        self.publish_confirmed(
+            "",
+            DEAD_LETTER_QUEUE,
+            message,
+            persistent_json().with_headers(headers),
+        )
+        .await
+    }
+
+    async fn publish_event(&self, room_id: Uuid, event: &[u8]) -> Result<(), BrokerError> {
+        let properties =
+            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        self.publish_confirmed(EVENTS_EXCHANGE, &routing_key(room_id), event, properties)
+            .await
+    }
+
+    async fn publish_events(&self, events: &[(Uuid, Vec<u8>)]) -> Result<(), BrokerError> {
+        // Send all in order, then wait for the confirms together: one round
+        // trip for the batch instead of one per event.
+        let session = self.session()?;
+        let unavailable = |e: lapin::Error| BrokerError::Unavailable(e.to_string());
+        let properties =
+            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        let mut confirms = Vec::with_capacity(events.len());
+        for (room_id, event) in events {
+            let confirm = session
+                .publisher
+                .basic_publish(
+                    EVENTS_EXCHANGE.into(),
+                    routing_key(*room_id).into(),
+                    BasicPublishOptions::default(),
+                    event,
+                    properties.clone(),
+                )
+                .await
+                .map_err(unavailable)?;
+            confirms.push(confirm);
+        }
+        let all = async {
+            for confirm in confirms {
+                if !confirm.await.map_err(unavailable)?.is_ack() {
+                    return Err(BrokerError::Nacked);
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, all)
+            .await
+            .map_err(|_| BrokerError::Unavailable("no confirm from the broker in time".into()))?
+    }
+
+    fn consume_messages(&self, prefetch: u16) -> BoxStream<Delivery> {
+        let (tx, rx) = mpsc::channel(usize::from(prefetch.max(1)));
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut sessions = inner.session.subscribe();
+            loop {
+                let Some(session) = next_session(&mut sessions, &inner.stop).await else {
+                    return;
+                };
+                let consumer = async {
+                    let channel = session.connection.create_channel().await?;
+                    channel
+                        .basic_qos(prefetch, BasicQosOptions::default())
+                        .await?;
+                    let tag = format!("store-{}", inner.node_id);
+                    channel
+                        .basic_consume(
+                            MESSAGES_QUEUE.into(),
+                            tag.into(),
+                            BasicConsumeOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await
+                };
+                let mut consumer = match consumer.await {
+                    Ok(consumer) => consumer,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot consume messages yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                while let Some(delivery) = consumer.next().await {
+                    let Ok(d) = delivery else { break };
+                    let delivery = Delivery::new(
+                        Bytes::from(d.data),
+                        d.redelivered,
+                        Box::new(AmqpSettle(d.acker)),
+                    );
+                    if tx.send(delivery).await.is_err() {
+                        return; // the store stage stopped
+                    }
+                }
+            }
+        });
+        ReceiverStream::new(rx).boxed()
+    }
+
+    fn subscribe_events(&self) -> BoxStream<Bytes> {
+        let (tx, rx) = mpsc::channel(1024);
+        let inner = self.inner.clone();
+        let queue = self.node_queue();
+        tokio::spawn(async move {
+            let mut sessions = inner.session.subscribe();
+            loop {
+                let Some(session) = next_session(&mut sessions, &inner.stop).await else {
+                    return;
+                };
+                let consumer = async {
+                    let channel = session.connection.create_channel().await?;
+                    let exclusive = QueueDeclareOptions {
+                        exclusive: true,
+                        auto_delete: true,
+                        ..QueueDeclareOptions::default()
+                    };
+                    channel
+                        .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
+                        .await?;
+                    channel
+                        .queue_bind(
+                            queue.as_str().into(),
+                            EVENTS_EXCHANGE.into(),
+                            "room.*".into(),
+                            QueueBindOptions::default(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                    // Events are not acked one by one: a node that dies loses
+                    // only what its sockets will fetch again with `since`.
+                    let no_ack = BasicConsumeOptions {
+                        no_ack: true,
+                        exclusive: true,
+                        ..BasicConsumeOptions::default()
+                    };
+                    channel
+                        .basic_consume(
+                            queue.as_str().into(),
+                            "".into(),
+                            no_ack,
+                            FieldTable::default(),
+                        )
+                        .await
+                };
+                let mut consumer = match consumer.await {
+                    Ok(consumer) => consumer,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot subscribe to room events yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                while let Some(delivery) = consumer.next().await {
+                    let Ok(d) = delivery else { break };
+                    if tx.send(Bytes::from(d.data)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        ReceiverStream::new(rx).boxed()
+    }
+
+    fn status(&self) -> BrokerStatus {
+        match self.session() {
+            Ok(_) => BrokerStatus::Up,
+            Err(err) => BrokerStatus::Down(err.to_string()),
+        }
+    }
+
+    async fn close(&self) {
+        // Take the session before stopping the supervisor, which would clear
+        // it; then say "down" at once and close it here.
+        let session = self.inner.session.send_replace(None);
+        self.inner.stop.cancel();
+        if let Some(session) = session {
+            // Bounded: a broker that does not answer must not hold up shutdown.
+            let connection = &session.connection;
+            let closed = async {
+                let _ = connection.close(200, "shutting down".into()).await;
+                // Until the broker has let go, it may still hand this node messages.
+                while !(connection.status().closed() || connection.status().errored()) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, closed).await;
+        }
+    }
+}
+
+/// The next live session: the current one if it is new to this consumer, or
+/// the next to come. `None` on shutdown.
+async fn next_session(
+    sessions: &mut watch::Receiver<Option<Arc<Session>>>,
+    stop: &CancellationToken,
+) -> Option<Arc<Session>> {
+    loop {
+        if let Some(session) = sessions.borrow_and_update().clone()
+            && session.connection.status().connected()
+        {
+            return Some(session);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            changed = sessions.changed() => if changed.is_err() { return None },
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The [`Broker`]: the one interface between roomcast and its message broker.
+//!
+//! Two first-class implementations pass the same conformance suite
+//! (`consumer/tests/broker.rs`): [`amqp::AmqpBroker`] on RabbitMQ, chosen when
+//! `AMQP_URL` is set, and [`memory::MemoryBroker`], the embedded default.
+
+pub mod amqp;
+pub mod memory;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use uuid::Uuid;
+
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Not connected right now; the caller may retry shortly.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the publish (a negative confirm).
+    #[error("broker refused the message")]
+    Nacked,
+}
+
+/// Whether the broker can take work now, for `/readyz` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerStatus {
+    Up,
+    Down(String),
+}
+
+/// Settles one delivery from the `messages` queue.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// The message is handled; the broker may forget it.
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+}
+
+/// One message taken from the `messages` queue, to be acked once handled.
+pub struct Delivery {
+    pub payload: Bytes,
+    /// The broker delivered it before (the earlier consumer died before acking).
+    pub redelivered: bool,
+    settle: Box<dyn Settle>,
+}
+
+impl Delivery {
+    pub fn new(payload: Bytes, redelivered: bool, settle: Box<dyn Settle>) -> Self {
+        Self {
+            payload,
+            redelivered,
+            settle,
+        }
+    }
+
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        self.settle.ack().await
+    }
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes a persistent message to `messages`; returns once the broker confirmed it.
+    async fn publish(&self, message: &[u8]) -> Result<(), BrokerError>;
+
+    /// Publishes to `messages.dlq` with `reason` in a header; returns once confirmed.
+    async fn dead_letter(&self, message: &[u8], reason: &str) -> Result<(), BrokerError>;
+
+    /// Publishes a room event to `room.events` (routing key `room.<room_id>`).
+    async fn publish_event(&self, room_id: Uuid, event: &[u8]) -> Result<(), BrokerError>;
+
+    /// Publishes several room events, in order; returns once all are confirmed.
+    async fn publish_events(&self, events: &[(Uuid, Vec<u8>)]) -> Result<(), BrokerError> {
+        for (room_id, event) in events {
+            self.publish_event(*room_id, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Consumes `messages` with manual acks, up to `prefetch` unacked at a time.
+    /// The stream outlives reconnects: it resumes when the broker is back.
+    fn consume_messages(&self, prefetch: u16) -> BoxStream<Delivery>;
+
+    /// Every room event, through this node's own queue. Outlives reconnects.
+    fn subscribe_events(&self) -> BoxStream<Bytes>;
+
+    fn status(&self) -> BrokerStatus;
+
+    /// Closes connections; in-flight publishes fail with `Unavailable`.
+    async fn close(&self);
+}

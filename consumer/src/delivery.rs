@@ -1,0 +1,22 @@
+//! The delivery stage: this node's room events, from the broker into the [`Hub`].
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Broker, Hub};
+
+/// Runs until `stop` is cancelled.
+pub async fn run(broker: Arc<dyn Broker>, hub: Arc<Hub>, stop: CancellationToken) {
+    let mut events = broker.subscribe_events();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            event = events.next() => match event {
+                Some(frame) => hub.dispatch(frame),
+                None => return,
+            },
+        }
+    }
+}

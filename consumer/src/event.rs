@@ -1,0 +1,154 @@
+//! Wire formats of the message path.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Name of the durable work queue that ingest publishes to.
+pub const MESSAGES_QUEUE: &str = "messages";
+/// Where messages that break a rule go, with the reason in a header.
+pub const DEAD_LETTER_QUEUE: &str = "messages.dlq";
+/// Topic exchange of room events; routing key `room.<room_id>`.
+pub const EVENTS_EXCHANGE: &str = "room.events";
+/// Header that carries a dead-letter reason.
+pub const REASON_HEADER: &str = "x-roomcast-reason";
+
+/// Namespace of client-id message ids: id = UUIDv5(NS, sender ‖ client_id).
+pub const CLIENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0b_3c1e_9a55_4d8e_b1f2_7a6c_2e9d_4b10);
+
+/// A message on its way to the store stage, as published to `messages`.
+///
+/// Ingest fills every field. A message published by hand (for example from
+/// the RabbitMQ management console) may give only `room_id` and `content`: it
+/// becomes a system message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Envelope {
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// The room's UUID (or, from the console, its name).
+    pub room_id: String,
+    #[serde(default)]
+    pub sender_id: Option<Uuid>,
+    pub content: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// The id a message gets: stable for a (sender, room, client_id) triple so
+/// that a retried publish is stored and delivered once; time-ordered
+/// otherwise. The room is part of it so that a client reusing a `client_id`
+/// in another room gets a second message, not a silently dropped one.
+pub fn message_id(sender: Option<Uuid>, room: Uuid, client_id: Option<&str>) -> Uuid {
+    match client_id {
+        Some(client_id) => {
+            let mut name = sender.map(|s| s.as_bytes().to_vec()).unwrap_or_default();
+            name.extend_from_slice(room.as_bytes());
+            name.extend_from_slice(client_id.as_bytes());
+            Uuid::new_v5(&CLIENT_ID_NAMESPACE, &name)
+        }
+        None => Uuid::now_v7(),
+    }
+}
+
+/// Who sent a message, as clients see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct SenderView {
+    pub id: Uuid,
+    pub username: String,
+}
+
+/// A message as clients see it (history and the `message` event).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct MessageView {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub seq: i64,
+    pub sender: Option<SenderView>,
+    pub content: Option<String>,
+    pub client_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub edited_at: Option<DateTime<Utc>>,
+    pub deleted: bool,
+}
+
+impl MessageView {
+    /// From a stored row; tombstones carry no content.
+    pub fn from_model(m: &entity::message::Model, sender: Option<SenderView>) -> Self {
+        let deleted = m.deleted_at.is_some();
+        Self {
+            id: m.id,
+            room_id: m.room_id,
+            seq: m.seq,
+            sender,
+            content: (!deleted).then(|| m.content.clone()),
+            client_id: m.client_id.clone(),
+            created_at: m.created_at,
+            edited_at: m.edited_at,
+            deleted,
+        }
+    }
+}
+
+/// Every event a room's sockets can receive, as sent on `room.events` and
+/// then, unchanged, to the sockets.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RoomEvent {
+    Message(MessageView),
+    MessageEdited(MessageView),
+    MessageDeleted(MessageView),
+    Join {
+        room_id: Uuid,
+        user: SenderView,
+    },
+    Leave {
+        room_id: Uuid,
+        user: SenderView,
+    },
+    /// The user's sockets in the room close with 4403.
+    MemberRemoved {
+        room_id: Uuid,
+        user_id: Uuid,
+    },
+    /// Every socket in the room closes with 4404.
+    RoomDeleted {
+        room_id: Uuid,
+    },
+}
+
+impl RoomEvent {
+    pub fn room_id(&self) -> Uuid {
+        match self {
+            Self::Message(m) | Self::MessageEdited(m) | Self::MessageDeleted(m) => m.room_id,
+            Self::Join { room_id, .. }
+            | Self::Leave { room_id, .. }
+            | Self::MemberRemoved { room_id, .. }
+            | Self::RoomDeleted { room_id } => *room_id,
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("room events always serialise")
+    }
+}
+
+/// The few fields the hub routes on, read without parsing the whole event.
+#[derive(Debug, Deserialize)]
+pub struct EventHeader {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub room_id: Uuid,
+    #[serde(default)]
+    pub seq: Option<i64>,
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// Routing key of a room's events.
+pub fn routing_key(room_id: Uuid) -> String {
+    format!("room.{room_id}")
+}

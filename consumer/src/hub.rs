@@ -1,0 +1,270 @@
+//! The [`Hub`]: this node's sockets, by room.
+//!
+//! Each socket has a bounded queue. Handing an event to a room never waits: a
+//! socket whose queue is full is told to close (1013, `slow_consumer`) and
+//! dropped, so one slow reader never stalls the room.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::event::EventHeader;
+
+/// Events a socket may fall behind by before it is closed as a slow consumer.
+pub const SOCKET_QUEUE: usize = 1024;
+
+/// Why the hub closes a socket: a WebSocket close code and reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    pub const SLOW_CONSUMER: Self = Self {
+        code: 1013,
+        reason: "slow_consumer",
+    };
+    pub const REMOVED: Self = Self {
+        code: 4403,
+        reason: "removed from room",
+    };
+    pub const ROOM_DELETED: Self = Self {
+        code: 4404,
+        reason: "room deleted",
+    };
+}
+
+/// One event for one socket: the JSON text as published, and its `seq` if it
+/// is a new message (the socket drops a `seq` it already has).
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub seq: Option<i64>,
+    pub frame: Bytes,
+}
+
+struct Member {
+    user_id: Uuid,
+    tx: mpsc::Sender<Outbound>,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+/// A socket's place in the hub; leaving it (drop) unsubscribes.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    room_id: Uuid,
+    id: u64,
+    pub events: mpsc::Receiver<Outbound>,
+    /// Becomes `Some` when the hub wants the socket closed.
+    pub close: watch::Receiver<Option<CloseReason>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(self.room_id, self.id);
+    }
+}
+
+#[derive(Default)]
+pub struct Hub {
+    rooms: RwLock<HashMap<Uuid, HashMap<u64, Member>>>,
+    next_id: AtomicU64,
+    slow_consumers: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers a socket of `user_id` in `room_id`.
+    pub fn subscribe(self: &Arc<Self>, room_id: Uuid, user_id: Uuid) -> Subscription {
+        let (tx, events) = mpsc::channel(SOCKET_QUEUE);
+        let (close_tx, close) = watch::channel(None);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.rooms
+            .write()
+            .expect("hub lock")
+            .entry(room_id)
+            .or_default()
+            .insert(
+                id,
+                Member {
+                    user_id,
+                    tx,
+                    close: close_tx,
+                },
+            );
+        Subscription {
+            hub: self.clone(),
+            room_id,
+            id,
+            events,
+            close,
+        }
+    }
+
+    fn remove(&self, room_id: Uuid, id: u64) {
+        let mut rooms = self.rooms.write().expect("hub lock");
+        if let Some(members) = rooms.get_mut(&room_id) {
+            members.remove(&id);
+            if members.is_empty() {
+                rooms.remove(&room_id);
+            }
+        }
+    }
+
+    /// The distinct users with a socket in `room_id` on this node.
+    pub fn online(&self, room_id: Uuid) -> Vec<Uuid> {
+        let rooms = self.rooms.read().expect("hub lock");
+        let mut users: Vec<Uuid> = rooms
+            .get(&room_id)
+            .map(|m| m.values().map(|m| m.user_id).collect())
+            .unwrap_or_default();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+
+    /// Open sockets on this node.
+    pub fn sockets(&self) -> usize {
+        self.rooms
+            .read()
+            .expect("hub lock")
+            .values()
+            .map(HashMap::len)
+            .sum()
+    }
+
+    /// Sockets closed so far for falling behind.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    /// Hands one room event (JSON, as published) to the room's sockets here.
+    pub fn dispatch(&self, frame: Bytes) {
+        let header: EventHeader = match serde_json::from_slice(&frame) {
+            Ok(header) => header,
+            Err(err) => {
+                tracing::warn!(error = %err, "unreadable room event dropped");
+                return;
+            }
+        };
+        let seq = if header.kind == "message" {
+            header.seq
+        } else {
+            None
+        };
+        let close_all = (header.kind == "room_deleted").then_some(CloseReason::ROOM_DELETED);
+        let removed = if header.kind == "member_removed" {
+            header.user_id
+        } else {
+            None
+        };
+
+        if let (Some(_), Some(created_at)) = (seq, header.created_at) {
+            let latency = (chrono::Utc::now() - created_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!(crate::metrics::DELIVERY_LATENCY).record(latency.as_secs_f64());
+        }
+        let rooms = self.rooms.read().expect("hub lock");
+        let Some(members) = rooms.get(&header.room_id) else {
+            return;
+        };
+        for member in members.values() {
+            if let Some(reason) = close_all {
+                member.close.send_replace(Some(reason));
+                continue;
+            }
+            if removed == Some(member.user_id) {
+                member.close.send_replace(Some(CloseReason::REMOVED));
+                continue;
+            }
+            let sent = member.tx.try_send(Outbound {
+                seq,
+                frame: frame.clone(),
+            });
+            if sent.is_ok() && seq.is_some() {
+                metrics::counter!(crate::metrics::MESSAGES_DELIVERED).increment(1);
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = sent {
+                if member.close.borrow().is_none() {
+                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(crate::metrics::SLOW_CONSUMER_DISCONNECTS).increment(1);
+                    tracing::info!(room = %header.room_id, user = %member.user_id, "closing slow consumer");
+                }
+                member.close.send_replace(Some(CloseReason::SLOW_CONSUMER));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(room: Uuid, seq: i64) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"type":"message","room_id":"{room}","seq":{seq},"content":"x"}}"#
+        ))
+    }
+
+    #[tokio::test]
+    async fn routes_by_room_and_unsubscribes_on_drop() {
+        let hub = Hub::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut in_a = hub.subscribe(a, Uuid::new_v4());
+        let mut in_b = hub.subscribe(b, Uuid::new_v4());
+        hub.dispatch(event(a, 1));
+        assert_eq!(in_a.events.recv().await.unwrap().seq, Some(1));
+        assert!(in_b.events.try_recv().is_err());
+        drop(in_a);
+        assert_eq!(hub.sockets(), 1);
+        assert!(hub.online(a).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_only_that_socket() {
+        let hub = Hub::new();
+        let room = Uuid::new_v4();
+        let slow = hub.subscribe(room, Uuid::new_v4());
+        let mut fast = hub.subscribe(room, Uuid::new_v4());
+        for seq in 1..=(SOCKET_QUEUE as i64 + 1) {
+            hub.dispatch(event(room, seq));
+            fast.events.recv().await.unwrap();
+        }
+        assert_eq!(*slow.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
+        assert_eq!(*fast.close.borrow(), None);
+        assert_eq!(hub.slow_consumers(), 1);
+    }
+
+    #[tokio::test]
+    async fn removal_and_deletion_close_sockets() {
+        let hub = Hub::new();
+        let room = Uuid::new_v4();
+        let (bob, carol) = (Uuid::new_v4(), Uuid::new_v4());
+        let bobs = hub.subscribe(room, bob);
+        let mut carols = hub.subscribe(room, carol);
+        hub.dispatch(Bytes::from(format!(
+            r#"{{"type":"member_removed","room_id":"{room}","user_id":"{bob}"}}"#
+        )));
+        assert_eq!(*bobs.close.borrow(), Some(CloseReason::REMOVED));
+        assert!(
+            carols.events.recv().await.is_some(),
+            "others see the removal"
+        );
+        hub.dispatch(Bytes::from(format!(
+            r#"{{"type":"room_deleted","room_id":"{room}"}}"#
+        )));
+        assert_eq!(*carols.close.borrow(), Some(CloseReason::ROOM_DELETED));
+    }
+}

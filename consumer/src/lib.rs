@@ -1,0 +1,23 @@
+//! roomcast's broker side: everything between "a message was accepted" and "a
+//! socket received it". It never speaks HTTP; the `api` crate calls into it.
+//!
+//! # Layout
+//! - [`event`]: the wire formats — the [`Envelope`](event::Envelope) published to
+//!   the `messages` queue, and the room events sent on the `room.events` exchange.
+//! - [`broker`]: the [`Broker`] trait and its two implementations,
+//!   [`broker::amqp`] (RabbitMQ through lapin) and [`broker::memory`] (in-process).
+//! - [`store`]: the store stage — consumes `messages`, checks the rules again,
+//!   assigns each room's next `seq`, persists idempotently, publishes the event, acks.
+//! - [`delivery`]: the delivery stage — consumes this node's event queue into the [`Hub`].
+//! - [`hub`]: this node's sockets by room, each behind a bounded queue.
+//! - [`metrics`]: the names of the metrics recorded here.
+
+pub mod broker;
+pub mod delivery;
+pub mod event;
+pub mod hub;
+pub mod metrics;
+pub mod store;
+
+pub use broker::{Broker, BrokerError, BrokerStatus};
+pub use hub::Hub;

@@ -1,0 +1,409 @@
+//! The store stage: `messages` → database → `room.events`.
+//!
+//! It takes what is waiting (up to [`BATCH_MAX`]), checks the rules again
+//! (the room exists, the sender still may post), gives each message its room's
+//! next `seq`, inserts the batch in one transaction, publishes the `message`
+//! events in order, and only then acks. A message stored before (a redelivery,
+//! a client's retry) is not stored again, but its event is published again:
+//! sockets drop a `seq` they already have, so nothing is lost or doubled.
+//! A message that breaks a rule goes to `messages.dlq` with the reason.
+//!
+//! The `messages` queue has a single active consumer, so one store stage works
+//! at a time cluster-wide and a room's order is one order.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::Utc;
+use entity::{message, room, room_member, user};
+use futures_util::{FutureExt, StreamExt};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect, Set,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    Broker,
+    broker::Delivery,
+    event::{Envelope, MessageView, RoomEvent, SenderView},
+};
+
+/// Messages the broker may hand over before the first is acked.
+pub const PREFETCH: u16 = 512;
+/// Most messages stored in one transaction.
+pub const BATCH_MAX: usize = 256;
+/// Ceiling for content that did not come through ingest (which applies
+/// `MAX_MESSAGE_BYTES`), e.g. published by hand from the console.
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until `stop` is cancelled.
+///
+/// Two tasks in a pipeline: this one takes batches and writes them to the
+/// database; the settler publishes each batch's events and acks it, in the
+/// same order, while the next batch is being written.
+pub async fn run(db: DatabaseConnection, broker: Arc<dyn Broker>, stop: CancellationToken) {
+    let mut deliveries = broker.consume_messages(PREFETCH);
+    let (to_settle, mut settling) = tokio::sync::mpsc::channel::<(Vec<Delivery>, Outcome)>(2);
+    let settler = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            while let Some((batch, outcome)) = settling.recv().await {
+                settle(broker.as_ref(), batch, outcome).await;
+            }
+        })
+    };
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => break,
+            next = deliveries.next() => match next {
+                Some(delivery) => delivery,
+                None => break,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match deliveries.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery),
+                _ => break,
+            }
+        }
+        let Some(outcome) = persist(&db, &batch, &stop).await else {
+            break;
+        };
+        if to_settle.send((batch, outcome)).await.is_err() {
+            break;
+        }
+    }
+    drop(to_settle);
+    let _ = settler.await;
+}
+
+/// A parsed message with the id it will be stored under.
+struct Incoming {
+    index: usize,
+    id: Uuid,
+    envelope: Envelope,
+}
+
+fn has_nul(envelope: &Envelope) -> bool {
+    [
+        Some(envelope.room_id.as_str()),
+        Some(envelope.content.as_str()),
+        envelope.client_id.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|text| text.contains('\0'))
+}
+
+/// Parses and stores a batch, retrying database errors with backoff. `None`
+/// on shutdown: the batch stays unacked and the broker redelivers it.
+async fn persist(
+    db: &DatabaseConnection,
+    batch: &[Delivery],
+    stop: &CancellationToken,
+) -> Option<Outcome> {
+    let mut rejected = Vec::new();
+    let mut incoming = Vec::with_capacity(batch.len());
+    for (index, delivery) in batch.iter().enumerate() {
+        match serde_json::from_slice::<Envelope>(&delivery.payload) {
+            Ok(envelope) if has_nul(&envelope) => {
+                // Databases refuse NUL in text; retrying would never succeed.
+                rejected.push((index, "invalid_text: NUL character".to_owned()));
+            }
+            Ok(envelope) => {
+                // Hand-published messages have no id; give one now, so that
+                // retries of this batch keep it.
+                let id = envelope.id.unwrap_or_else(Uuid::now_v7);
+                incoming.push(Incoming {
+                    index,
+                    id,
+                    envelope,
+                });
+            }
+            Err(err) => rejected.push((index, format!("unparseable: {err}"))),
+        }
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store_batch(db, &incoming).await {
+            Ok(mut outcome) => {
+                outcome.rejected.extend(rejected);
+                return Some(outcome);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "store stage: database error; retrying in {backoff:?}");
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Dead-letters the rejects, publishes the events in order, then acks the
+/// whole batch. On a broker error nothing more is acked: the broker
+/// redelivers, and the store stage stores nothing twice.
+async fn settle(broker: &dyn Broker, batch: Vec<Delivery>, outcome: Outcome) {
+    for (index, reason) in &outcome.rejected {
+        let label = reason.split(':').next().unwrap_or("unknown").to_owned();
+        metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => label).increment(1);
+        if let Err(err) = broker.dead_letter(&batch[*index].payload, reason).await {
+            tracing::warn!(error = %err, "store stage: cannot dead-letter; the batch will be redelivered");
+            return;
+        }
+    }
+    if let Err(err) = broker.publish_events(&outcome.events).await {
+        tracing::warn!(error = %err, "store stage: cannot publish events; the batch will be redelivered");
+        return;
+    }
+    // Acks are independent frames: send them together, not one round trip each.
+    let acks = futures_util::future::join_all(batch.into_iter().map(Delivery::ack)).await;
+    if let Some(Err(err)) = acks.into_iter().find(Result::is_err) {
+        tracing::warn!(error = %err, "store stage: ack failed; the message will be redelivered and not stored twice");
+    }
+}
+
+#[derive(Default)]
+struct Outcome {
+    /// `(room, message event)` in batch order, for every stored message.
+    events: Vec<(Uuid, Vec<u8>)>,
+    rejected: Vec<(usize, String)>,
+}
+
+async fn store_batch(db: &DatabaseConnection, incoming: &[Incoming]) -> Result<Outcome, DbErr> {
+    let mut outcome = Outcome::default();
+    if incoming.is_empty() {
+        return Ok(outcome);
+    }
+    let txn = db.begin().await?;
+
+    let rooms = resolve_rooms(&txn, incoming).await?;
+    let ids: Vec<Uuid> = incoming.iter().map(|m| m.id).collect();
+    let existing: HashMap<Uuid, message::Model> = message::Entity::find()
+        .filter(message::Column::Id.is_in(ids))
+        .all(&txn)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+    let senders: HashSet<Uuid> = incoming
+        .iter()
+        .filter_map(|m| m.envelope.sender_id)
+        .collect();
+    let names: HashMap<Uuid, String> = if senders.is_empty() {
+        HashMap::new()
+    } else {
+        user::Entity::find()
+            .select_only()
+            .column(user::Column::Id)
+            .column(user::Column::Username)
+            .filter(user::Column::Id.is_in(senders.iter().copied()))
+            .into_tuple::<(Uuid, String)>()
+            .all(&txn)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let room_ids: HashSet<Uuid> = rooms.values().map(|r| r.id).collect();
+    let memberships: HashSet<(Uuid, Uuid)> = if senders.is_empty() {
+        HashSet::new()
+    } else {
+        room_member::Entity::find()
+            .filter(room_member::Column::UserId.is_in(senders.iter().copied()))
+            .filter(room_member::Column::RoomId.is_in(room_ids.iter().copied()))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|m| (m.room_id, m.user_id))
+            .collect()
+    };
+
+    // Decide each message's fate, in batch order.
+    enum Fate<'a> {
+        Stored(&'a message::Model),
+        New(message::Model),
+    }
+    let mut fates: Vec<Fate> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut per_room: HashMap<Uuid, i64> = HashMap::new();
+    for m in incoming {
+        if !seen.insert(m.id) {
+            continue; // the same id twice in one batch: once is enough
+        }
+        if let Some(stored) = existing.get(&m.id) {
+            fates.push(Fate::Stored(stored));
+            continue;
+        }
+        let Some(room) = rooms.get(&m.envelope.room_id) else {
+            outcome.rejected.push((m.index, "unknown_room".into()));
+            continue;
+        };
+        let content = &m.envelope.content;
+        if content.trim().is_empty() {
+            outcome.rejected.push((m.index, "empty_content".into()));
+            continue;
+        }
+        if content.len() > MAX_CONTENT_BYTES {
+            outcome.rejected.push((m.index, "too_large".into()));
+            continue;
+        }
+        if let Some(sender) = m.envelope.sender_id {
+            if !names.contains_key(&sender) {
+                outcome.rejected.push((m.index, "unknown_sender".into()));
+                continue;
+            }
+            if room.kind != room::RoomKind::Public && !memberships.contains(&(room.id, sender)) {
+                outcome.rejected.push((m.index, "not_a_member".into()));
+                continue;
+            }
+        }
+        *per_room.entry(room.id).or_default() += 1;
+        fates.push(Fate::New(message::Model {
+            id: m.id,
+            room_id: room.id,
+            seq: 0, // assigned below
+            sender_id: m.envelope.sender_id,
+            content: content.clone(),
+            client_id: m.envelope.client_id.clone(),
+            created_at: m.envelope.created_at.unwrap_or_else(Utc::now),
+            edited_at: None,
+            deleted_at: None,
+        }));
+    }
+
+    // Take a block of seqs for every room of the batch in one UPDATE (which
+    // row-locks them), then read where each block ends.
+    let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
+    if !per_room.is_empty() {
+        let mut blocks = per_room.iter();
+        let (first, count) = blocks.next().expect("not empty");
+        let mut case = Expr::case(
+            room::Column::Id.eq(*first),
+            Expr::col(room::Column::LastSeq).add(*count),
+        );
+        for (room_id, count) in blocks {
+            case = case.case(
+                room::Column::Id.eq(*room_id),
+                Expr::col(room::Column::LastSeq).add(*count),
+            );
+        }
+        let room_ids: Vec<Uuid> = per_room.keys().copied().collect();
+        room::Entity::update_many()
+            .col_expr(
+                room::Column::LastSeq,
+                case.finally(Expr::col(room::Column::LastSeq)).into(),
+            )
+            .filter(room::Column::Id.is_in(room_ids.clone()))
+            .exec(&txn)
+            .await?;
+        let ends: Vec<(Uuid, i64)> = room::Entity::find()
+            .select_only()
+            .column(room::Column::Id)
+            .column(room::Column::LastSeq)
+            .filter(room::Column::Id.is_in(room_ids))
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        for (room_id, last) in ends {
+            next_seq.insert(room_id, last - per_room[&room_id] + 1);
+        }
+    }
+    let mut new_rows = Vec::new();
+    for fate in &mut fates {
+        if let Fate::New(model) = fate {
+            let seq = next_seq
+                .get_mut(&model.room_id)
+                .expect("every new message's room has a block");
+            model.seq = *seq;
+            *seq += 1;
+            new_rows.push(to_active(model));
+        }
+    }
+    for chunk in new_rows.chunks(500) {
+        message::Entity::insert_many(chunk.to_vec())
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    metrics::counter!(crate::metrics::MESSAGES_STORED).increment(new_rows.len() as u64);
+
+    for fate in &fates {
+        let model = match fate {
+            Fate::Stored(model) => model,
+            Fate::New(model) => model,
+        };
+        let sender = model.sender_id.and_then(|id| {
+            names.get(&id).map(|n| SenderView {
+                id,
+                username: n.clone(),
+            })
+        });
+        let event = RoomEvent::Message(MessageView::from_model(model, sender));
+        outcome.events.push((model.room_id, event.to_bytes()));
+    }
+    Ok(outcome)
+}
+
+fn to_active(m: &message::Model) -> message::ActiveModel {
+    message::ActiveModel {
+        id: Set(m.id),
+        room_id: Set(m.room_id),
+        seq: Set(m.seq),
+        sender_id: Set(m.sender_id),
+        content: Set(m.content.clone()),
+        client_id: Set(m.client_id.clone()),
+        created_at: Set(m.created_at),
+        edited_at: Set(m.edited_at),
+        deleted_at: Set(m.deleted_at),
+    }
+}
+
+/// The batch's rooms by the key each message gave: a UUID, or (by hand) a name.
+async fn resolve_rooms(
+    txn: &impl sea_orm::ConnectionTrait,
+    incoming: &[Incoming],
+) -> Result<HashMap<String, room::Model>, DbErr> {
+    let keys: HashSet<&str> = incoming
+        .iter()
+        .map(|m| m.envelope.room_id.as_str())
+        .collect();
+    let ids: Vec<Uuid> = keys
+        .iter()
+        .filter_map(|k| Uuid::parse_str(k).ok())
+        .collect();
+    let mut by_key = HashMap::new();
+    for room in room::Entity::find()
+        .filter(room::Column::Id.is_in(ids))
+        .all(txn)
+        .await?
+    {
+        for key in &keys {
+            if Uuid::parse_str(key).ok() == Some(room.id) {
+                by_key.insert((*key).to_owned(), room.clone());
+            }
+        }
+    }
+    for key in keys.iter().filter(|k| Uuid::parse_str(k).is_err()) {
+        let found = room::Entity::find()
+            .filter(
+                sea_orm::sea_query::Func::lower(Expr::col(room::Column::Name))
+                    .eq(Expr::val(key.to_lowercase())),
+            )
+            .one(txn)
+            .await?;
+        if let Some(room) = found {
+            by_key.insert((*key).to_owned(), room);
+        }
+    }
+    Ok(by_key)
+}
