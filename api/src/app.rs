@@ -57,6 +57,7 @@ impl Application {
             Some(url) => Arc::new(AmqpBroker::start(url, &node_id).await),
             None => Arc::new(MemoryBroker::new()),
         };
+        let limits = Limits::new(config.socket_connect_burst, config.socket_connect_rate);
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -66,7 +67,7 @@ impl Application {
             node_id,
             stop: CancellationToken::new(),
             sockets: TaskTracker::new(),
-            limits: Limits::new(),
+            limits,
         };
         Ok(Self { listener, state })
     }

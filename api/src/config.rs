@@ -64,6 +64,15 @@ pub struct Config {
     #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub http_header_timeout: u64,
 
+    /// Socket connects one user may open in a burst on one node, before
+    /// `SOCKET_CONNECT_RATE` applies (429 with `Retry-After` beyond).
+    #[arg(long, env = "SOCKET_CONNECT_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub socket_connect_burst: u32,
+
+    /// Socket connects a second one user may keep opening on one node.
+    #[arg(long, env = "SOCKET_CONNECT_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub socket_connect_rate: u32,
+
     /// Browser origins allowed to open sockets and use the cookie, comma-separated
     /// (the server's own host is always allowed).
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]

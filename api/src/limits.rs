@@ -24,9 +24,6 @@ use crate::error::ApiError;
 const LOGIN_PER_ACCOUNT: (u32, Duration) = (10, Duration::from_secs(6));
 /// Login attempts per client address: a burst of 30, then one a second.
 const LOGIN_PER_ADDRESS: (u32, Duration) = (30, Duration::from_secs(1));
-/// Socket connects per user: a burst of 60 (a user with a few tabs, a
-/// reconnect storm after a deploy), then 10 a second.
-const SOCKET_CONNECTS_PER_USER: (u32, Duration) = (60, Duration::from_millis(100));
 /// Messages per socket: a burst of 30, then 20 a second.
 const SOCKET_MESSAGES: (u32, Duration) = (30, Duration::from_millis(50));
 
@@ -43,11 +40,18 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new() -> Arc<Self> {
+    /// Socket connects per user: a burst of `connect_burst` (a user with a
+    /// few tabs, a reconnect storm after a deploy), then `connect_rate` a
+    /// second; `SOCKET_CONNECT_BURST` and `SOCKET_CONNECT_RATE` set them.
+    pub fn new(connect_burst: u32, connect_rate: u32) -> Arc<Self> {
+        let connects = (
+            connect_burst.max(1),
+            Duration::from_secs(1) / connect_rate.max(1),
+        );
         Arc::new(Self {
             login_by_account: RateLimiter::keyed(quota(LOGIN_PER_ACCOUNT)),
             login_by_address: RateLimiter::keyed(quota(LOGIN_PER_ADDRESS)),
-            connects_by_user: RateLimiter::keyed(quota(SOCKET_CONNECTS_PER_USER)),
+            connects_by_user: RateLimiter::keyed(quota(connects)),
         })
     }
 
