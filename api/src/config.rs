@@ -5,6 +5,7 @@
 
 use std::{fmt, net::SocketAddr, time::Duration};
 
+use axum_client_ip::ClientIpSource;
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
 
 /// The development key used when `SECRET_KEY` is unset and no broker is configured.
@@ -73,6 +74,14 @@ pub struct Config {
     #[arg(long, env = "SOCKET_CONNECT_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub socket_connect_rate: u32,
 
+    /// Where a client's address (for login limits) comes from: `ConnectInfo`
+    /// (the TCP peer) when clients connect directly; behind a proxy, the header
+    /// it sets: `XRealIp`, `RightmostXForwardedFor`, `CfConnectingIp`,
+    /// `TrueClientIp`, `FlyClientIp`, `CloudFrontViewerAddress` or
+    /// `XEnvoyExternalAddress`. A request without that header counts as from its TCP peer.
+    #[arg(long, env = "CLIENT_IP_SOURCE", default_value = "ConnectInfo", value_parser = parse_client_ip_source)]
+    pub client_ip_source: ClientIpSource,
+
     /// Browser origins allowed to open sockets and use the cookie, comma-separated
     /// (the server's own host is always allowed).
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -93,6 +102,16 @@ pub struct Config {
     /// Log output: `pretty` for people, `json` for collectors. Filter with RUST_LOG.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+}
+
+/// The sources `CLIENT_IP_SOURCE` accepts, as the error lists them.
+const CLIENT_IP_SOURCES: &str = "ConnectInfo, XRealIp, RightmostXForwardedFor, CfConnectingIp, \
+     TrueClientIp, FlyClientIp, CloudFrontViewerAddress, XEnvoyExternalAddress";
+
+fn parse_client_ip_source(value: &str) -> Result<ClientIpSource, String> {
+    value
+        .parse()
+        .map_err(|_| format!("expected one of {CLIENT_IP_SOURCES}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -12,12 +12,14 @@
 //! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
 //! - [`store`]: the queries behind the routes, one module per aggregate.
 //! - [`error`]: `ApiError`, which every failure becomes (problem+json).
-//! - [`extract`]: body and query extractors that fail as `ApiError`.
+//! - [`extract`]: body and query extractors that fail as `ApiError`;
+//!   [`client_addr`]: the client's address, from `CLIENT_IP_SOURCE`.
 
 pub mod app;
 pub mod auth;
 pub mod avatar;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -2,12 +2,10 @@
 
 use axum::{
     Json,
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::{HeaderMap, StatusCode},
     response::IntoResponse,
 };
-use std::net::SocketAddr;
-
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use chrono::{TimeZone, Utc};
 use entity::user::Role;
@@ -20,6 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::{AuthUser, COOKIE_NAME, password},
+    client_addr::ClientAddr,
     error::{ApiError, Result},
     extract::{Valid, body_bytes, is_json, parse_json},
     state::AppState,
@@ -109,7 +108,7 @@ struct TokenResponse {
 )]
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     jar: CookieJar,
     req: Request,
 ) -> Result<impl IntoResponse> {
@@ -137,7 +136,7 @@ async fn login(
     if login.username.len() > 254 || login.password.len() > 128 {
         return Err(invalid_credentials());
     }
-    state.limits.check_login(&login.username, peer.ip())?;
+    state.limits.check_login(&login.username, client)?;
 
     let user = if login.username.contains('@') {
         users::find_by_email(&state.db, &login.username).await?

@@ -190,5 +190,7 @@ pub fn router(state: AppState) -> Router {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Tells `ClientAddr` where the client's address comes from.
+        .layer(state.config.client_ip_source.clone().into_extension())
         .with_state(state)
 }

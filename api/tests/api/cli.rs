@@ -18,6 +18,7 @@ fn roomcast(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
                 "SECRET_KEY",
                 "ADMIN_USERNAME",
                 "ADMIN_PASSWORD",
+                "CLIENT_IP_SOURCE",
             ]
             .contains(&key.as_str())
         {
@@ -40,6 +41,7 @@ fn a_bad_value_stops_start_up_with_one_line_naming_it() {
         ("ACCESS_TOKEN_TTL", "forever"),
         ("ROOMS_AUTO_CREATE", "maybe"),
         ("LOG_FORMAT", "xml"),
+        ("CLIENT_IP_SOURCE", "X-Real-IP"),
         ("SECRET_KEY", "short"),
         ("DATABASE_URL", "mysql://localhost/db"),
         ("AMQP_URL", "http://localhost"),
@@ -85,6 +87,7 @@ fn help_documents_commands_and_variables() {
         "MAX_MESSAGE_BYTES",
         "GUEST_TOKENS",
         "LOG_FORMAT",
+        "CLIENT_IP_SOURCE",
     ] {
         assert!(help.contains(word), "--help lacks {word}");
     }

@@ -298,8 +298,9 @@ async fn two_nodes_behind_nginx() {
         return;
     };
     // The first node migrates; the second starts against the ready schema.
-    let node1 = spawn_env_node(&env, &[("NODE_ID", "edge1")]);
-    let node2 = spawn_env_node(&env, &[("NODE_ID", "edge2")]);
+    let behind = ("CLIENT_IP_SOURCE", "XRealIp");
+    let node1 = spawn_env_node(&env, &[("NODE_ID", "edge1"), behind]);
+    let node2 = spawn_env_node(&env, &[("NODE_ID", "edge2"), behind]);
     let proxy = Nginx::start(&nginx, node1.addr.port(), node2.addr.port()).await;
     let api = Api::new(proxy.addr);
 
@@ -375,6 +376,30 @@ async fn two_nodes_behind_nginx() {
 }
 
 // --- docker compose -------------------------------------------------------------
+
+/// The compose nodes take the client's address from the header nginx sets,
+/// and nginx sets it from the connection, replacing any a client sent.
+#[test]
+fn compose_nodes_read_the_client_address_nginx_sends() {
+    let compose = fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
+    let nginx = fs::read_to_string(repo_root().join("deploy/nginx.conf")).unwrap();
+    let source = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("CLIENT_IP_SOURCE:"))
+        .map(str::trim)
+        .expect("docker-compose.yml sets CLIENT_IP_SOURCE for the nodes");
+    let header = match source {
+        "XRealIp" => "proxy_set_header X-Real-IP         $remote_addr;",
+        "RightmostXForwardedFor" => {
+            "proxy_set_header X-Forwarded-For   $proxy_add_x_forwarded_for;"
+        }
+        other => panic!("CLIENT_IP_SOURCE: {other} is not a header deploy/nginx.conf sets"),
+    };
+    assert!(
+        nginx.lines().any(|l| l.trim() == header),
+        "deploy/nginx.conf lacks `{header}` for CLIENT_IP_SOURCE={source}"
+    );
+}
 
 fn compose_config(compose: &Path, profile: Option<&str>) {
     let mut cmd = Command::new(compose);

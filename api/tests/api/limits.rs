@@ -2,10 +2,42 @@
 
 use serde_json::{Value, json};
 
+use std::time::{Duration, Instant};
+
+use axum_client_ip::ClientIpSource;
+
 use crate::{
-    helpers::{Backend, spawn_app},
+    helpers::{Api, Backend, TestApp, spawn_app, spawn_app_with},
     ws_client::Ws,
 };
+
+/// The app with `CLIENT_IP_SOURCE=XRealIp`, as behind nginx, so a test can
+/// speak from any address.
+async fn spawn_behind_proxy(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |config| {
+        config.client_ip_source = ClientIpSource::XRealIp;
+    })
+    .await
+}
+
+/// Logs in as `user` from `address` (an `X-Real-IP`); returns the response.
+async fn login_from(api: &Api, address: &str, user: &str, password: &str) -> reqwest::Response {
+    api.client
+        .post(api.url("/auth/login"))
+        .header("x-real-ip", address)
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn retry_after(res: &reqwest::Response) -> u64 {
+    res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
 
 async fn login_is_throttled_per_account(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
@@ -38,18 +70,113 @@ async fn login_is_throttled_per_account(backend: Backend) {
         429,
         "even the right password waits out the limit"
     );
-    let retry: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&res);
     assert!((1..=6).contains(&retry), "retry after {retry}");
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "rate_limited");
     // Another account from the same address is not locked out.
     assert_eq!(login("other", "password123").await.unwrap().status(), 200);
     // The lock is short: one slot frees every 6 s.
-    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    tokio::time::sleep(Duration::from_secs(retry)).await;
     assert_eq!(login("victim", "password123").await.unwrap().status(), 200);
+}
+
+/// One address spraying many accounts: a burst of 30, then one a second;
+/// another address is not affected.
+async fn login_is_throttled_per_address(backend: Backend) {
+    let Some(app) = spawn_behind_proxy(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("sprayed").await;
+    let started = Instant::now();
+    let mut allowed = 0;
+    let refused = loop {
+        // Eight accounts in turn: each stays far below its own limit of 10.
+        let user = format!("sprayed{}", allowed % 8);
+        let res = login_from(&api, "198.51.100.7", &user, "guessing-wrong").await;
+        if res.status() != 401 {
+            break res;
+        }
+        allowed += 1;
+        assert!(allowed <= 200, "no limit after {allowed} attempts");
+    };
+    let most = 30 + started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(
+        (30..=most).contains(&allowed),
+        "{allowed} attempts allowed, at most {most} expected"
+    );
+    assert_eq!(refused.status(), 429);
+    assert!((1..=2).contains(&retry_after(&refused)));
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["code"],
+        "rate_limited"
+    );
+    // The limit is the address's, not the accounts': a real login from the
+    // same address waits too, one from elsewhere does not.
+    let same = login_from(&api, "198.51.100.7", "sprayed", "password123").await;
+    assert_eq!(same.status(), 429);
+    let elsewhere = login_from(&api, "198.51.100.8", "sprayed", "password123").await;
+    assert_eq!(elsewhere.status(), 200);
+}
+
+/// An attacker guessing from address A locks only A out of the account: its
+/// owner, from address B, logs in.
+async fn a_hammered_account_still_logs_in_from_another_address(backend: Backend) {
+    let Some(app) = spawn_behind_proxy(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("owner").await;
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        let res = login_from(&api, "192.0.2.66", "owner", "guessing-wrong").await;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(&statuses[..10], &[401; 10]);
+    assert!(statuses[11..].iter().all(|&s| s == 429), "{statuses:?}");
+    let attacker = login_from(&api, "192.0.2.66", "owner", "password123").await;
+    assert_eq!(attacker.status(), 429);
+    let owner = login_from(&api, "203.0.113.5", "owner", "password123").await;
+    assert_eq!(owner.status(), 200, "the owner was locked out");
+    // Through an IPv6 proxy too; and case does not make a new account.
+    let owner = login_from(&api, "2001:db8::5", "OWNER", "password123").await;
+    assert_eq!(owner.status(), 200);
+}
+
+/// Guesses at one account from many addresses, each within its own limits,
+/// are capped for the account as a whole: a burst of 100, then one a second.
+async fn login_is_capped_per_account_across_addresses(backend: Backend) {
+    let Some(app) = spawn_behind_proxy(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("popular").await;
+    let started = Instant::now();
+    let mut allowed = 0;
+    let refused = loop {
+        // Five attempts per address: below both the address's and the pair's limits.
+        let address = format!("198.18.{}.{}", allowed / 5 / 250, allowed / 5 % 250 + 1);
+        let res = login_from(&api, &address, "popular", "guessing-wrong").await;
+        if res.status() != 401 {
+            break res;
+        }
+        allowed += 1;
+        assert!(
+            allowed <= 1000,
+            "no account-wide limit after {allowed} attempts"
+        );
+    };
+    let most = 100 + started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(
+        (100..=most).contains(&allowed),
+        "{allowed} attempts allowed, at most {most} expected"
+    );
+    assert_eq!(refused.status(), 429);
+    assert!((1..=2).contains(&retry_after(&refused)));
+    // The cap is short: a second later the owner gets in.
+    tokio::time::sleep(Duration::from_secs(retry_after(&refused))).await;
+    let owner = login_from(&api, "203.0.113.5", "popular", "password123").await;
+    assert_eq!(owner.status(), 200);
 }
 
 async fn a_flooding_socket_is_told_then_closed(backend: Backend) {
@@ -94,7 +221,7 @@ async fn socket_connects_are_limited_per_user(backend: Backend) {
     let api = app.api();
     let (_, hasty) = api.user("hasty").await;
     let (_, calm) = api.user("calm").await;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut opened = 0;
     let refused = loop {
         match Ws::try_join(app.addr, "/ws/public?history=0", &hasty).await {
@@ -123,6 +250,9 @@ async fn socket_connects_are_limited_per_user(backend: Backend) {
 
 crate::on_both_backends!(
     login_is_throttled_per_account,
+    login_is_throttled_per_address,
+    a_hammered_account_still_logs_in_from_another_address,
+    login_is_capped_per_account_across_addresses,
     a_flooding_socket_is_told_then_closed,
     socket_connects_are_limited_per_user,
 );
