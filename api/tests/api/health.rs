@@ -1,4 +1,51 @@
-use crate::helpers::{Backend, spawn_app};
+//! Liveness, readiness and metrics; readiness with a dependency gone.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestApp, TestVhost, spawn_app, spawn_app_with};
+
+/// `/readyz`: status, body, `Retry-After`.
+async fn readyz(app: &TestApp) -> (u16, Value, Option<String>) {
+    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null), retry)
+}
+
+/// Polls `/readyz` until it answers `status` (up to `within`).
+async fn readyz_becomes(app: &TestApp, status: u16, within: Duration) -> (Value, Option<String>) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (got, body, retry) = readyz(app).await;
+        if got == status {
+            return (body, retry);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {got} {body} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A 503 `not_ready` whose detail names `down` and only it.
+fn assert_not_ready(body: &Value, retry: Option<String>, down: &str, up: &str) {
+    assert_eq!(body["code"], "not_ready", "{body}");
+    assert_eq!(body["status"], 503, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with(&format!("{down}: ")), "{body}");
+    assert!(!detail.contains(&format!("{up}: ")), "{body}");
+    assert!(
+        retry.is_some_and(|r| r.parse::<u64>().is_ok()),
+        "no Retry-After"
+    );
+}
 
 async fn healthz_and_readyz(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
@@ -30,7 +77,69 @@ async fn public_room_exists_after_migration(backend: Backend) {
     assert_eq!(room["kind"], "public");
 }
 
-crate::on_both_backends!(healthz_and_readyz, public_room_exists_after_migration);
+/// A node whose broker is gone answers 503 naming the broker, and is ready
+/// again once the broker is back. "Gone" is this test's vhost deleted:
+/// RabbitMQ closes the node's connection and refuses its reconnects, and no
+/// other test notices. Both database backends, each with RabbitMQ.
+async fn readyz_names_the_broker_while_it_is_down(backend: Backend) {
+    let Some(vhost) = TestVhost::new().await else {
+        return;
+    };
+    let url = vhost.amqp_url.clone();
+    let Some(app) = spawn_app_with(backend, |config| config.amqp_url = Some(url)).await else {
+        return;
+    };
+    let (body, _) = readyz_becomes(&app, 200, Duration::from_secs(10)).await;
+    assert_eq!(body["broker"], "up", "{body}");
+
+    vhost.remove().await;
+    let (body, retry) = readyz_becomes(&app, 503, Duration::from_secs(15)).await;
+    assert_not_ready(&body, retry, "broker", "database");
+    // /healthz is liveness: the process is fine, so it stays 200.
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+
+    vhost.restore().await;
+    let (body, _) = readyz_becomes(&app, 200, Duration::from_secs(20)).await;
+    assert_eq!(body["broker"], "up", "{body}");
+}
+
+/// A node started while its broker is unreachable (nothing listens on the
+/// port) starts anyway, not ready, and says why.
+async fn readyz_names_an_unreachable_broker_at_start(backend: Backend) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("amqp://guest:guest@{}/%2f", closed.local_addr().unwrap());
+    drop(closed);
+    let Some(app) = spawn_app_with(backend, |config| config.amqp_url = Some(url)).await else {
+        return;
+    };
+    let (status, body, retry) = readyz(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert_not_ready(&body, retry, "broker", "database");
+}
+
+/// A node whose database is gone answers 503 naming the database.
+/// PostgreSQL only: the test drops its own database (closing the node's
+/// connections); an SQLite database is a file the process holds open, which
+/// cannot be taken away from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_the_database_while_it_is_gone() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let (body, _) = readyz_becomes(&app, 200, Duration::from_secs(10)).await;
+    assert_eq!(body["database"], "up", "{body}");
+    assert!(app.env.db.drop_now().await);
+    let (body, retry) = readyz_becomes(&app, 503, Duration::from_secs(30)).await;
+    assert_not_ready(&body, retry, "database", "broker");
+}
+
+crate::on_both_backends!(
+    healthz_and_readyz,
+    public_room_exists_after_migration,
+    readyz_names_the_broker_while_it_is_down,
+    readyz_names_an_unreachable_broker_at_start,
+);
 
 async fn metrics_are_exported(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {

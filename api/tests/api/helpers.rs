@@ -93,26 +93,40 @@ impl TestVhost {
         let api = rabbitmq_api();
         let prefix = std::env::var("ROOMCAST_TEST_RUN").unwrap_or_else(|_| "local".into());
         let name = format!("rc_{prefix}_{}", Uuid::new_v4().simple());
+        let base = std::env::var("TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
+        let vhost = Self {
+            amqp_url: format!("{base}/{name}"),
+            name,
+            api,
+        };
+        if let Err(why) = vhost.create().await {
+            if in_ci() {
+                panic!("RabbitMQ (with the management plugin) is required in CI: {why}");
+            }
+            eprintln!(
+                "SKIPPED: RabbitMQ management API not reachable at {} ({why}); set TEST_RABBITMQ_API",
+                vhost.api
+            );
+            return None;
+        }
+        Some(vhost)
+    }
+
+    /// Creates the vhost and lets `guest` use it.
+    async fn create(&self) -> Result<(), String> {
         let http = client();
-        let created = http.put(format!("{api}/api/vhosts/{name}")).send().await;
+        let created = http
+            .put(format!("{}/api/vhosts/{}", self.api, self.name))
+            .send()
+            .await;
         match created {
             Ok(res) if res.status().is_success() => {}
-            other => {
-                let why = match other {
-                    Ok(res) => format!("HTTP {}", res.status()),
-                    Err(err) => err.to_string(),
-                };
-                if in_ci() {
-                    panic!("RabbitMQ (with the management plugin) is required in CI: {why}");
-                }
-                eprintln!(
-                    "SKIPPED: RabbitMQ management API not reachable at {api} ({why}); set TEST_RABBITMQ_API"
-                );
-                return None;
-            }
+            Ok(res) => return Err(format!("HTTP {}", res.status())),
+            Err(err) => return Err(err.to_string()),
         }
         let res = http
-            .put(format!("{api}/api/permissions/{name}/guest"))
+            .put(format!("{}/api/permissions/{}/guest", self.api, self.name))
             .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
             .send()
             .await
@@ -122,13 +136,23 @@ impl TestVhost {
             "vhost permissions: {}",
             res.status()
         );
-        let base = std::env::var("TEST_AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
-        Some(Self {
-            amqp_url: format!("{base}/{name}"),
-            name,
-            api,
-        })
+        Ok(())
+    }
+
+    /// Deletes the vhost: RabbitMQ closes its connections and refuses new
+    /// ones, as if the broker were gone, for this test alone.
+    pub async fn remove(&self) {
+        let res = client()
+            .delete(format!("{}/api/vhosts/{}", self.api, self.name))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "delete vhost: {}", res.status());
+    }
+
+    /// Creates the vhost again (empty) after [`TestVhost::remove`].
+    pub async fn restore(&self) {
+        self.create().await.expect("recreate the vhost");
     }
 
     /// GETs a management API path (e.g. `/api/queues/{vhost}/messages`).
@@ -225,6 +249,23 @@ impl Drop for TestVhost {
 }
 
 impl TestDb {
+    /// Drops a PostgreSQL test database now, closing its connections (this
+    /// test's alone); `false` on SQLite, whose open file cannot be taken away.
+    pub async fn drop_now(&self) -> bool {
+        let Some((admin_url, name)) = &self.postgres else {
+            return false;
+        };
+        let admin = Database::connect(admin_url)
+            .await
+            .expect("connect as admin");
+        admin
+            .execute_unprepared(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+            .await
+            .expect("drop the test database");
+        admin.close().await.ok();
+        true
+    }
+
     /// `None` when the backend is unavailable outside CI.
     pub async fn new(backend: Backend) -> Option<Self> {
         match backend {
@@ -323,7 +364,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     /// Kept alive for as long as the app runs.
-    _env: TestEnv,
+    pub env: TestEnv,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -356,7 +397,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     Some(TestApp {
         addr,
         client: client(),
-        _env: env,
+        env,
         stop: Some(stop),
     })
 }
