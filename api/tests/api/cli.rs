@@ -1,6 +1,11 @@
 //! The `roomcast` binary itself: configuration errors, subcommands, signals.
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use serde_json::{Value, json};
 
@@ -209,16 +214,111 @@ async fn sigterm_stops_the_server_cleanly() {
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(code) = node.try_wait() {
             assert!(code.success(), "exit status {code}");
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "still running 10 s after SIGTERM"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (up to 10 s) for `child` to exit; its status.
+async fn exit_status(child: &mut std::process::Child, after: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `roomcast` run from a fresh directory with nothing configured but what
+/// `.env` there says (BIND): it serves on the embedded SQLite default, creates
+/// `roomcast.db` beside it, warns loudly about the development key, and stops
+/// cleanly on SIGINT.
+#[tokio::test]
+async fn a_fresh_directory_serves_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    std::fs::write(dir.path().join(".env"), format!("BIND=127.0.0.1:{port}\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start roomcast");
+    let log = Arc::new(Mutex::new(String::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|pipe| {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    })
+    .collect();
+
+    let http = crate::helpers::client();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(res) = http.get(&url).send().await {
+            assert_eq!(res.status(), 200);
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("roomcast exited ({status}):\n{}", log.lock().unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer on {url} (.env not read?):\n{}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dir.path().join("roomcast.db").is_file(),
+        "no roomcast.db in the working directory"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = exit_status(&mut child, "SIGINT").await;
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let log = log.lock().unwrap();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(
+        log.contains("SECRET_KEY is not set") && log.contains("PUBLIC DEVELOPMENT KEY"),
+        "no development-key warning:\n{log}"
+    );
+    assert!(log.contains("roomcast stopped"), "{log}");
 }
