@@ -542,6 +542,30 @@ pub fn spawn_env_node(test_env: &TestEnv, extra: &[(&str, &str)]) -> Node {
 
 /// Starts the real binary on a loopback port against `db_url`, with `env` on top.
 pub fn spawn_node(db_url: &str, env: &[(&str, &str)]) -> Node {
+    start_node(db_url, env, None)
+}
+
+/// Every line a node wrote to stdout or stderr, so far.
+#[derive(Clone, Default)]
+pub struct NodeLogs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl NodeLogs {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("log lines").clone()
+    }
+
+    fn push(&self, line: String) {
+        self.0.lock().expect("log lines").push(line);
+    }
+}
+
+/// [`spawn_node`], keeping every line the node writes to stdout and stderr.
+pub fn spawn_node_with_logs(db_url: &str, env: &[(&str, &str)]) -> (Node, NodeLogs) {
+    let logs = NodeLogs::default();
+    (start_node(db_url, env, Some(logs.clone())), logs)
+}
+
+fn start_node(db_url: &str, env: &[(&str, &str)], keep: Option<NodeLogs>) -> Node {
     // ROOMCAST_TEST_BIN runs another build (a release one for soak figures).
     let bin = std::env::var("ROOMCAST_TEST_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_roomcast").to_owned());
@@ -554,6 +578,7 @@ pub fn spawn_node(db_url: &str, env: &[(&str, &str)]) -> Node {
         "ADMIN_PASSWORD",
         "NODE_ID",
         "ALLOWED_ORIGINS",
+        "CLIENT_IP_SOURCE",
     ] {
         cmd.env_remove(var);
     }
@@ -565,9 +590,20 @@ pub fn spawn_node(db_url: &str, env: &[(&str, &str)]) -> Node {
         .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(if keep.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
     let mut child = cmd.spawn().expect("start roomcast");
     let stdout = child.stdout.take().expect("piped stdout");
+    if let (Some(stderr), Some(keep)) = (child.stderr.take(), keep.clone()) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                keep.push(line);
+            }
+        });
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     // Read the address from the start-up line, then keep draining so the pipe never fills.
     std::thread::spawn(move || {
@@ -584,6 +620,9 @@ pub fn spawn_node(db_url: &str, env: &[(&str, &str)]) -> Node {
             }
             if std::env::var_os("ROOMCAST_TEST_NODE_LOGS").is_some() {
                 eprintln!("{line}");
+            }
+            if let Some(keep) = &keep {
+                keep.push(line);
             }
         }
     });

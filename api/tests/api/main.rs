@@ -25,4 +25,5 @@ mod messages;
 mod openapi;
 mod postman;
 mod rooms;
+mod telemetry;
 mod ws;
