@@ -633,7 +633,7 @@
           existing.view = { ...existing.view, ...view };
           renderMessage(existing.node, existing.view);
           if (update && !isMine(view)) {
-            const who = view.sender ? view.sender.username : 'system';
+            const who = authorName(view);
             announce(view.deleted ? `A message from ${who} was deleted.` : `${who} edited a message: ${view.content}`);
           }
         }
@@ -650,7 +650,7 @@
       if (live) {
         const mine = isMine(view);
         if (!mine) {
-          const who = view.sender ? view.sender.username : 'system';
+          const who = authorName(view);
           announce(`${who}: ${view.deleted ? 'message deleted' : view.content}`);
         }
         if (mine || isNearBottom()) scrollToBottom();
@@ -804,6 +804,8 @@
   // ---------------------------------------------------------------- message rendering
 
   const isMine = (view) => Boolean(state.me && view.sender && view.sender.id === state.me.id);
+  // No sender: a system message, or one whose author deleted their account.
+  const authorName = (view) => (view.sender ? view.sender.username : view.sender_deleted ? 'deleted user' : 'system');
 
   function renderMessage(node, view) {
     if (node.querySelector('.edit-form') && !view.deleted) {
@@ -812,9 +814,10 @@
       return;
     }
     const mine = isMine(view);
-    node.className = `msg${mine ? ' mine' : ''}${view.sender ? '' : ' system'}${view.deleted ? ' deleted' : ''}`;
+    const kind = view.sender ? '' : view.sender_deleted ? ' sender-deleted' : ' system';
+    node.className = `msg${mine ? ' mine' : ''}${kind}${view.deleted ? ' deleted' : ''}`;
     node.dataset.id = view.id;
-    const author = view.sender ? view.sender.username : 'system';
+    const author = authorName(view);
     const meta = el(
       'div',
       { class: 'meta' },

@@ -65,7 +65,14 @@ pub struct MessageView {
     pub id: Uuid,
     pub room_id: Uuid,
     pub seq: i64,
+    /// `null` for system messages (published from the broker's console) and
+    /// for messages whose author deleted their account; `sender_deleted` tells which.
     pub sender: Option<SenderView>,
+    /// True when the author deleted their account; false otherwise. Always
+    /// sent; absent only in events from a node older than this field.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub sender_deleted: bool,
     pub content: Option<String>,
     pub client_id: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -82,6 +89,7 @@ impl MessageView {
             room_id: m.room_id,
             seq: m.seq,
             sender,
+            sender_deleted: m.sender_deleted,
             content: (!deleted).then(|| m.content.clone()),
             client_id: m.client_id.clone(),
             created_at: m.created_at,

@@ -278,6 +278,7 @@ async fn store_batch(db: &DatabaseConnection, incoming: &[Incoming]) -> Result<O
             created_at: m.envelope.created_at.unwrap_or_else(Utc::now),
             edited_at: None,
             deleted_at: None,
+            sender_deleted: false,
         }));
     }
 
@@ -365,6 +366,7 @@ fn to_active(m: &message::Model) -> message::ActiveModel {
         created_at: Set(m.created_at),
         edited_at: Set(m.edited_at),
         deleted_at: Set(m.deleted_at),
+        sender_deleted: Set(m.sender_deleted),
     }
 }
 

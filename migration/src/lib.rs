@@ -10,6 +10,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_tables;
 mod m20261122_000002_public_room;
 mod m20261122_000003_echo_transcripts;
+mod m20261201_000004_sender_deleted;
 
 /// The ordered list of roomcast's migrations.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_tables::Migration),
             Box::new(m20261122_000002_public_room::Migration),
             Box::new(m20261122_000003_echo_transcripts::Migration),
+            Box::new(m20261201_000004_sender_deleted::Migration),
         ]
     }
 }

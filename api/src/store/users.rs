@@ -138,14 +138,15 @@ pub async fn update_account(
     }
 }
 
-/// Deletes a user. Their memberships go; their messages stay with no sender,
-/// their rooms with no owner (foreign keys do both on either backend).
+/// Deletes a user. Their memberships go; their messages stay with no sender
+/// (marked `sender_deleted`, unlike system messages), their rooms with no
+/// owner (foreign keys do both on either backend).
 pub async fn delete(
     db: &(impl ConnectionTrait + sea_orm::TransactionTrait),
     id: Uuid,
 ) -> Result<(), ApiError> {
-    use entity::{room, room_member};
-    use sea_orm::{TransactionSession, sea_query::ExprTrait as _};
+    use entity::{message, room, room_member};
+    use sea_orm::{QuerySelect, TransactionSession, sea_query::ExprTrait as _};
     let txn = db.begin().await?;
     // Keep each room's seat count in step with the memberships that vanish.
     // A write first, so that SQLite takes its write lock at the start.
@@ -160,6 +161,19 @@ pub async fn delete(
             Expr::col(room::Column::MemberCount).sub(1),
         )
         .filter(room::Column::Id.in_subquery(memberships))
+        .exec(&txn)
+        .await?;
+    // Lock the user before marking their messages: on PostgreSQL a message
+    // being stored meanwhile (its foreign key holds the row) then either
+    // committed already, and is marked below, or waits and then fails as from
+    // an unknown sender. SQLite has one writer at a time, which is already us.
+    user::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(&txn)
+        .await?;
+    message::Entity::update_many()
+        .col_expr(message::Column::SenderDeleted, Expr::value(true))
+        .filter(message::Column::SenderId.eq(id))
         .exec(&txn)
         .await?;
     user::Entity::delete_by_id(id).exec(&txn).await?;

@@ -89,7 +89,7 @@ async fn deleted_account_keeps_its_messages(backend: Backend) {
     let api = app.api();
     let (_, alice) = api.user("alice").await;
     let (_, bob) = api.user("bob").await;
-    api.create_room(&alice, "keep", "public").await;
+    let room = api.create_room(&alice, "keep", "public").await;
     api.client
         .post(api.url("/rooms/keep/join"))
         .bearer_auth(&bob)
@@ -102,7 +102,17 @@ async fn deleted_account_keeps_its_messages(backend: Backend) {
         json!({"room_id": "keep", "content": "bob was here"}),
     )
     .await;
-    wait_for_history(&api, &alice, "keep", 1).await;
+    post(
+        &api,
+        &alice,
+        json!({"room_id": "keep", "content": "alice stays"}),
+    )
+    .await;
+    let history = wait_for_history(&api, &alice, "keep", 2).await;
+    assert!(
+        history.iter().all(|m| m["sender_deleted"] == false),
+        "{history:?}"
+    );
 
     let res = api
         .client
@@ -120,10 +130,27 @@ async fn deleted_account_keeps_its_messages(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), 401, "the token stops working");
-    let history = wait_for_history(&api, &alice, "keep", 1).await;
+    // A system message (from the console: no sender) is not a deleted user's.
+    app.publish_by_hand(&json!({"room_id": room["id"], "content": "maintenance at 5"}))
+        .await;
+    let history = wait_for_history(&api, &alice, "keep", 3).await;
+    let view = |m: &Value| {
+        (
+            m["content"].as_str().map(str::to_owned),
+            m["sender"]["username"].as_str().map(str::to_owned),
+            m["sender"].is_null(),
+            m["sender_deleted"].as_bool(),
+        )
+    };
+    let text = |s: &str| Some(s.to_owned());
     assert_eq!(
-        (history[0]["content"].as_str(), &history[0]["sender"]),
-        (Some("bob was here"), &Value::Null)
+        history.iter().map(view).collect::<Vec<_>>(),
+        // Newest first.
+        [
+            (text("maintenance at 5"), None, true, Some(false)),
+            (text("alice stays"), text("alice"), false, Some(false)),
+            (text("bob was here"), None, true, Some(true)),
+        ]
     );
     let room: Value = api
         .client

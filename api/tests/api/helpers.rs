@@ -363,6 +363,8 @@ pub fn test_config(db_url: &str) -> Config {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The app's broker, to publish as an operator would (no sender).
+    pub broker: std::sync::Arc<dyn consumer::Broker>,
     /// Kept alive for as long as the app runs.
     pub env: TestEnv,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -390,6 +392,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         .await
         .expect("application builds");
     let addr = app.local_addr();
+    let broker = app.state().broker.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -397,6 +400,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     Some(TestApp {
         addr,
         client: client(),
+        broker,
         env,
         stop: Some(stop),
     })
@@ -419,6 +423,20 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Publishes `payload` into `messages` with no sender, as from the
+    /// RabbitMQ console (through it, on RabbitMQ).
+    pub async fn publish_by_hand(&self, payload: &Value) {
+        let payload = payload.to_string();
+        match &self.env.vhost {
+            Some(vhost) => vhost.publish_by_hand("messages", &payload).await,
+            None => self
+                .broker
+                .publish(payload.as_bytes())
+                .await
+                .expect("publish into the in-process broker"),
+        }
     }
 }
 

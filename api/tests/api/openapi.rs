@@ -84,6 +84,18 @@ async fn the_description_covers_every_route(backend: Backend) {
     }
     assert!(spec["components"]["schemas"]["Problem"].is_object());
     assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
+    // A message says whether a null sender is a deleted account.
+    let message = &spec["components"]["schemas"]["MessageView"];
+    assert_eq!(
+        message["properties"]["sender_deleted"]["type"], "boolean",
+        "{message}"
+    );
+    assert!(
+        message["required"]
+            .as_array()
+            .is_some_and(|r| r.contains(&Value::from("sender_deleted"))),
+        "{message}"
+    );
     // Unreadable requests and wrong media types are described where they can happen.
     assert!(paths["/auth/login"]["post"]["responses"]["415"].is_object());
     assert!(paths["/rooms"]["get"]["responses"]["400"].is_object());
