@@ -322,8 +322,10 @@ pub fn test_config(db_url: &str) -> Config {
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
+    /// The app's broker, to publish on it as an operator would.
+    pub broker: std::sync::Arc<dyn consumer::Broker>,
     /// Kept alive for as long as the app runs.
-    _env: TestEnv,
+    env: TestEnv,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -349,6 +351,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
         .await
         .expect("application builds");
     let addr = app.local_addr();
+    let broker = app.state().broker.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -356,7 +359,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Config)) 
     Some(TestApp {
         addr,
         client: client(),
-        _env: env,
+        broker,
+        env,
         stop: Some(stop),
     })
 }
@@ -378,6 +382,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The RabbitMQ vhost of the app (`None` on the in-process broker).
+    pub fn vhost(&self) -> Option<&TestVhost> {
+        self.env.vhost.as_ref()
     }
 }
 
