@@ -470,6 +470,8 @@ impl TestApp {
 /// A `roomcast` process; killed when dropped.
 pub struct Node {
     pub addr: SocketAddr,
+    /// The start-up line the address was read from, as printed.
+    pub startup_line: String,
     child: Child,
 }
 
@@ -548,18 +550,19 @@ pub fn spawn_node(db_url: &str, env: &[(&str, &str)]) -> Node {
                     .chars()
                     .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                     .collect();
-                let _ = tx.send(addr);
+                let _ = tx.send((addr, line.clone()));
             }
             if std::env::var_os("ROOMCAST_TEST_NODE_LOGS").is_some() {
                 eprintln!("{line}");
             }
         }
     });
-    let addr = rx
+    let (addr, startup_line) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("roomcast printed its address");
     Node {
         addr: addr.parse().expect("address"),
+        startup_line,
         child,
     }
 }
