@@ -103,6 +103,7 @@ impl Application {
             "roomcast listening on http://{addr} (web client /, API docs /docs, metrics /metrics)"
         );
         crate::metrics::handle();
+        crate::metrics::register();
         let stages = [
             tokio::spawn(consumer::store::run(
                 state.db.clone(),

@@ -27,9 +27,9 @@ pub enum Command {
         #[arg(value_enum)]
         action: MigrateAction,
     },
-    /// Create three demo users (alice, bob, carol; password `demo-password`) and a few rooms.
+    /// Create three demo users (alice, bob, carol; password `demo-password`) and a few rooms in DATABASE_URL.
     SeedDemo,
-    /// Manage accounts.
+    /// Manage the accounts in DATABASE_URL.
     Admin {
         #[command(subcommand)]
         action: AdminAction,

@@ -43,6 +43,24 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Describes every metric of the process and registers the counters and the
+/// gauge at zero (see [`consumer::metrics::register`]).
+pub fn register() {
+    metrics::describe_counter!(
+        MESSAGES_ACCEPTED,
+        "Messages accepted by ingest (the broker confirmed them)"
+    );
+    metrics::describe_gauge!(SOCKETS, "Open sockets on this node");
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request durations by method, route and status"
+    );
+    metrics::counter!(MESSAGES_ACCEPTED).increment(0);
+    metrics::gauge!(SOCKETS).increment(0.0);
+    consumer::metrics::register();
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(render))
 }

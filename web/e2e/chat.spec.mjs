@@ -1,13 +1,17 @@
 // Browser end-to-end test of the web client, run by api/tests/api/browser.rs.
 //
 // Two roomcast nodes share one database and one broker. Alice uses node 1 in
-// a desktop-sized window, Bob node 2 in a phone-sized one; both register
-// through the UI, meet in a public room, talk, edit and delete, and see each
-// other come and go. Debian's chromium, headless; every wait has a timeout and
-// the whole run a 60 s budget. Exit status 0 only if every step passed.
+// a desktop-sized window, Bob node 2 in a phone-sized one (390 px); both
+// register through the UI, Bob logs out and back in through the login form,
+// they meet in a public room, talk, edit and delete, and see each other come
+// and go; Bob's narrow window never scrolls sideways. Debian's chromium,
+// headless; every wait has a timeout and the whole run a 60 s budget. Exit
+// status 0 only if every step passed.
 //
 //   ROOMCAST_NODE1_URL, ROOMCAST_NODE2_URL   the two nodes (required)
-//   ROOMCAST_SCREENSHOT                      where Alice's window is saved (default docs/screenshot.png)
+//   ROOMCAST_SCREENSHOT                      where Alice's window is saved (default
+//                                            target/e2e/screenshot.png; docs/screenshot.png,
+//                                            the README's, with ROOMCAST_UPDATE_SCREENSHOT=1)
 //   ROOMCAST_SCREENSHOT_NARROW               where Bob's is saved (optional)
 //   CHROMIUM                                 the browser (default /usr/bin/chromium)
 
@@ -20,13 +24,16 @@ import { chromium } from 'playwright-core';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const NODE1 = process.env.ROOMCAST_NODE1_URL;
 const NODE2 = process.env.ROOMCAST_NODE2_URL;
-const SCREENSHOT = process.env.ROOMCAST_SCREENSHOT || path.join(here, '..', '..', 'docs', 'screenshot.png');
+const SCREENSHOT = process.env.ROOMCAST_SCREENSHOT || (process.env.ROOMCAST_UPDATE_SCREENSHOT === '1'
+  ? path.join(here, '..', '..', 'docs', 'screenshot.png')
+  : path.join(here, '..', '..', 'target', 'e2e', 'screenshot.png'));
 const SCREENSHOT_NARROW = process.env.ROOMCAST_SCREENSHOT_NARROW || '';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TOTAL_BUDGET_MS = 60_000;
 const WAIT_MS = 10_000;
 const PASSWORD = 'correct horse battery';
 const ROOM = 'launch-plan';
+const NARROW = 390;
 
 const started = Date.now();
 let currentStep = 'start-up';
@@ -120,6 +127,48 @@ async function registerThroughUi(page, base, username) {
   await page.locator('#chat-view').waitFor({ state: 'visible', timeout: WAIT_MS });
 }
 
+async function logInThroughUi(page, username, password) {
+  const form = page.locator('#login-form');
+  await form.getByLabel('Username or email', { exact: true }).fill(username, { timeout: WAIT_MS });
+  await form.getByLabel('Password', { exact: true }).fill(password);
+  await form.getByRole('button', { name: 'Log in' }).click();
+}
+
+/**
+ * At phone width nothing makes the page scroll sideways, no element reaches
+ * past the window's right edge (one inside a scroller would not widen the
+ * page, but would still be cut off), and the composer's input and Send button
+ * (when `composer`) are on screen.
+ */
+async function checkNarrowLayout(page, where, { composer = false } = {}) {
+  const layout = await page.evaluate(() => {
+    const width = window.innerWidth;
+    const wide = [...document.querySelectorAll('body *')]
+      .filter((el) => {
+        const r = el.getBoundingClientRect();
+        return r.width > 0 && r.right > width + 0.5;
+      })
+      .slice(0, 5)
+      .map((el) => `${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}.${el.className} right=${Math.round(el.getBoundingClientRect().right)}`);
+    return { width, height: window.innerHeight, scrollWidth: document.documentElement.scrollWidth, wide };
+  });
+  if (layout.width !== NARROW) throw new Error(`${where}: the window is ${layout.width} px wide, not ${NARROW}`);
+  if (layout.scrollWidth > layout.width || layout.wide.length) {
+    throw new Error(`${where}: the page is ${layout.scrollWidth} px wide in a ${layout.width} px window; past the edge: ${layout.wide.join('; ')}`);
+  }
+  if (!composer) return;
+  for (const [what, locator] of [
+    ['the message input', page.getByLabel('Message', { exact: true })],
+    ['the Send button', page.getByRole('button', { name: 'Send', exact: true })],
+  ]) {
+    await locator.waitFor({ state: 'visible', timeout: WAIT_MS });
+    const box = await locator.boundingBox();
+    if (!box || box.x < 0 || box.x + box.width > layout.width || box.y < 0 || box.y + box.height > layout.height) {
+      throw new Error(`${where}: ${what} is not on screen: ${JSON.stringify(box)} in ${layout.width}x${layout.height}`);
+    }
+  }
+}
+
 async function waitConnected(page, who) {
   await until(`${who} is connected`, async () =>
     (await page.locator('#conn').getAttribute('data-state', { timeout: 1000 })) === 'connected');
@@ -155,7 +204,7 @@ async function main() {
   });
 
   const alice = await browser.newContext({ viewport: { width: 1180, height: 760 }, colorScheme: 'light' });
-  const bob = await browser.newContext({ viewport: { width: 390, height: 780 }, colorScheme: 'light', hasTouch: true });
+  const bob = await browser.newContext({ viewport: { width: NARROW, height: 780 }, colorScheme: 'light', hasTouch: true });
   // Test instrumentation only: keep Alice's sockets in reach so that one can be cut.
   await alice.addInitScript(() => {
     const Native = window.WebSocket;
@@ -197,6 +246,19 @@ async function main() {
 
   await step('both register through the UI (alice on node 1, bob on node 2)', async () => {
     await Promise.all([registerThroughUi(a, NODE1, 'alice'), registerThroughUi(b, NODE2, 'bob')]);
+  });
+
+  await step('bob logs out and back in through the login form (a wrong password first)', async () => {
+    await b.getByRole('button', { name: 'Log out' }).click();
+    await b.locator('#auth-view').waitFor({ state: 'visible' });
+    await checkNarrowLayout(b, "bob's login page");
+    await logInThroughUi(b, 'bob', 'not the password');
+    await expectText(b.locator('#login-form .form-error'), 'wrong username or password', "bob's login error");
+    await logInThroughUi(b, 'bob', PASSWORD);
+    await expectText(b.locator('#me-name'), 'bob', "bob's signed-in name");
+    await b.locator('#chat-view').waitFor({ state: 'visible' });
+    const token = await b.evaluate(() => sessionStorage.getItem('roomcast.token'));
+    if (!token) throw new Error('the login form left no token');
   });
 
   await step('alice creates a public room and is in it', async () => {
@@ -288,9 +350,18 @@ async function main() {
     await a.screenshot({ path: SCREENSHOT, timeout: WAIT_MS });
     log(`saved ${SCREENSHOT}`);
     if (SCREENSHOT_NARROW) {
+      await mkdir(path.dirname(SCREENSHOT_NARROW), { recursive: true });
       await b.screenshot({ path: SCREENSHOT_NARROW, timeout: WAIT_MS });
       log(`saved ${SCREENSHOT_NARROW}`);
     }
+  });
+
+  // After the screenshot, so that the README's picture shows a tidy room.
+  const unbroken = `a-very-long-link-without-spaces-${'x'.repeat(120)}`;
+  await step("bob's 390 px window: composer on screen, nothing wider than the window", async () => {
+    await send(a, unbroken, 'enter');
+    await messageItem(b, unbroken).waitFor({ state: 'visible' });
+    await checkNarrowLayout(b, "bob's room", { composer: true });
   });
 
   const whileAway = 'Sent while alice was reconnecting';

@@ -164,6 +164,13 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, spec)
 }
 
+/// The Swagger UI at `/docs` loads only from this server: its default
+/// validator badge would send the description to an outside validator
+/// whenever the page is not served from localhost.
+fn swagger_config() -> utoipa_swagger_ui::Config<'static> {
+    utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none")
+}
+
 /// The whole application's router.
 pub fn router(state: AppState) -> Router {
     let (api, spec) = api();
@@ -171,7 +178,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .route("/openapi.json", get(move || async move { Json(spec.as_ref().clone()) }))
-        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
+        .merge(SwaggerUi::new("/docs").config(swagger_config()))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")

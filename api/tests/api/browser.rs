@@ -4,13 +4,15 @@
 //!
 //! Needs `node`, `/usr/bin/chromium` and `web/e2e/node_modules` (`npm ci
 //! --prefix web/e2e`); without them the test says `SKIPPED` and passes
-//! locally, and fails under `CI=true`. The script saves the screenshot the
-//! README shows, `docs/screenshot.png`.
+//! locally, and fails under `CI=true`. The script saves a screenshot of each
+//! window under the target directory (`e2e/`); with `ROOMCAST_UPDATE_SCREENSHOT=1`
+//! Alice's replaces the one the README shows, `docs/screenshot.png`, so a run
+//! leaves the committed tree as it was unless asked.
 
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::helpers::{Backend, TestEnv, spawn_env_node};
@@ -28,6 +30,40 @@ fn repo_root() -> PathBuf {
         .parent()
         .expect("the api crate sits in the workspace")
         .to_path_buf()
+}
+
+/// Where the run saves Alice's and Bob's windows.
+fn screenshots(root: &Path) -> (PathBuf, PathBuf) {
+    // CARGO_TARGET_TMPDIR is `<target>/tmp`; the shots sit beside it.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the tmp dir sits in the target dir")
+        .join("e2e");
+    let wide = if std::env::var("ROOMCAST_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        root.join("docs/screenshot.png")
+    } else {
+        target.join("screenshot.png")
+    };
+    (wide, target.join("screenshot-narrow.png"))
+}
+
+/// Fails unless `path` is a PNG written after `since`.
+fn assert_fresh_png(path: &Path, since: SystemTime) {
+    let meta = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("no screenshot at {}: {e}", path.display()));
+    let modified = meta.modified().expect("file times");
+    assert!(
+        modified >= since,
+        "{} was not written by this run",
+        path.display()
+    );
+    let bytes = std::fs::read(path).unwrap();
+    assert!(
+        bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG ({} bytes)",
+        path.display(),
+        bytes.len()
+    );
 }
 
 /// What the browser test needs that is not there, if anything.
@@ -56,8 +92,10 @@ fn missing_prerequisites(e2e: &Path) -> Vec<String> {
     missing
 }
 
-/// Alice on node 1 and Bob on node 2 register, meet in a public room, talk,
-/// edit, delete, reconnect and scroll back, all through the web client.
+/// Alice on node 1 and Bob on node 2 register, Bob logs out and back in
+/// through the login form, they meet in a public room, talk, edit, delete,
+/// reconnect and scroll back, all through the web client; Bob's 390 px window
+/// keeps the composer on screen and never scrolls sideways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_chat_across_two_nodes_in_chromium() {
     let root = repo_root();
@@ -81,6 +119,15 @@ async fn two_users_chat_across_two_nodes_in_chromium() {
     let url1 = format!("http://{}", node1.addr);
     let url2 = format!("http://{}", node2.addr);
 
+    let (screenshot, narrow) = screenshots(&root);
+    // File times can be coarser than the clock: allow a second.
+    let written_after = SystemTime::now() - Duration::from_secs(1);
+    // A stale shot cannot pass for a new one (the README's is only replaced).
+    for shot in [&screenshot, &narrow] {
+        if *shot != root.join("docs/screenshot.png") {
+            let _ = std::fs::remove_file(shot);
+        }
+    }
     let started = Instant::now();
     let mut script = tokio::process::Command::new("node");
     script
@@ -88,7 +135,8 @@ async fn two_users_chat_across_two_nodes_in_chromium() {
         .current_dir(&e2e)
         .env("ROOMCAST_NODE1_URL", &url1)
         .env("ROOMCAST_NODE2_URL", &url2)
-        .env("ROOMCAST_SCREENSHOT", root.join("docs/screenshot.png"))
+        .env("ROOMCAST_SCREENSHOT", &screenshot)
+        .env("ROOMCAST_SCREENSHOT_NARROW", &narrow)
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -116,5 +164,7 @@ async fn two_users_chat_across_two_nodes_in_chromium() {
         stdout.contains("PASSED"),
         "the script exited 0 without saying PASSED:\n{stdout}"
     );
+    assert_fresh_png(&screenshot, written_after);
+    assert_fresh_png(&narrow, written_after);
     drop((node1, node2));
 }

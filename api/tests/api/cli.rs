@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, Backend, TEST_SECRET, TestDb, spawn_node};
+use crate::helpers::{Api, Backend, TEST_SECRET, TestDb, TestEnv, spawn_env_node, spawn_node};
 
 /// `roomcast <args>` with a clean environment plus `env`.
 fn roomcast(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
@@ -78,25 +78,137 @@ fn a_bad_value_stops_start_up_with_one_line_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: SECRET_KEY"));
 }
 
+/// The variables README.md's configuration table lists (the backticked
+/// names of its first column).
+fn documented_variables() -> Vec<String> {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let table = readme
+        .split("| variable | default | meaning |")
+        .nth(1)
+        .expect("README has the configuration table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn help(args: &[&str]) -> String {
+    let out = roomcast(args, &[]);
+    assert!(out.status.success(), "roomcast {args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn help_documents_commands_and_variables() {
-    let out = roomcast(&["--help"], &[]);
-    let help = String::from_utf8_lossy(&out.stdout);
-    for word in [
-        "migrate",
-        "seed-demo",
-        "admin",
-        "DATABASE_URL",
-        "AMQP_URL",
-        "SECRET_KEY",
-        "MAX_MESSAGE_BYTES",
-        "GUEST_TOKENS",
-        "LOG_FORMAT",
-        "CLIENT_IP_SOURCE",
+    let variables = documented_variables();
+    assert!(
+        variables.len() >= 19
+            && variables
+                .iter()
+                .all(|v| v.chars().all(|c| c.is_ascii_uppercase() || c == '_')),
+        "README's table lists {variables:?}"
+    );
+    let top = help(&["--help"]);
+    for command in ["migrate", "seed-demo", "admin"] {
+        assert!(
+            top.contains(&format!("\n  {command} ")),
+            "--help lacks {command}"
+        );
+    }
+    for variable in &variables {
+        // An option shows its variable as `[env: NAME`; RUST_LOG is read by
+        // the log filter, not by an option, and is named in LOG_FORMAT's help.
+        let named = if variable == "RUST_LOG" {
+            top.contains(variable.as_str())
+        } else {
+            top.contains(&format!("[env: {variable}"))
+        };
+        assert!(named, "--help lacks {variable}");
+    }
+    // Each subcommand says what it works on.
+    for command in [
+        &["migrate", "--help"][..],
+        &["seed-demo", "--help"],
+        &["admin", "--help"],
     ] {
-        assert!(help.contains(word), "--help lacks {word}");
+        let text = help(command);
+        assert!(
+            text.contains("DATABASE_URL"),
+            "{command:?} does not name DATABASE_URL:\n{text}"
+        );
+    }
+    let text = help(&["admin", "create", "--help"]);
+    for word in [
+        "--username",
+        "--email",
+        "--password",
+        "ROOMCAST_NEW_ADMIN_PASSWORD",
+    ] {
+        assert!(text.contains(word), "admin create --help lacks {word}");
     }
 }
+
+/// The start-up line says where to go (the web client, the API docs, the
+/// metrics) and what the node runs on, and gives away no credential.
+async fn start_up_line_names_urls_database_and_broker(backend: Backend) {
+    let Some(env) = TestEnv::new(backend).await else {
+        return;
+    };
+    let node = spawn_env_node(&env, &[]);
+    let line = &node.startup_line;
+    let event: Value = serde_json::from_str(line).expect("a JSON log line");
+    let message = event["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("http://{}", node.addr)), "{line}");
+    for (what, path) in [
+        ("web client", "/"),
+        ("API docs", "/docs"),
+        ("metrics", "/metrics"),
+    ] {
+        assert!(
+            message.contains(&format!("{what} {path}")),
+            "{what} {path} in {line}"
+        );
+    }
+    let (database, broker) = match backend {
+        Backend::Sqlite => ("sqlite", "in-process"),
+        Backend::Postgres => ("postgres", "rabbitmq"),
+    };
+    assert_eq!(event["database"], database, "{line}");
+    assert_eq!(event["broker"], broker, "{line}");
+    let mut secrets = vec![env.db.url.clone(), TEST_SECRET.to_owned()];
+    if let Some(amqp) = env.amqp_url() {
+        let userinfo = amqp["amqp://".len()..]
+            .split('@')
+            .next()
+            .unwrap()
+            .to_owned();
+        secrets.extend([amqp, userinfo]);
+    }
+    for secret in &secrets {
+        assert!(
+            !line.contains(secret.as_str()),
+            "the start-up line shows {secret}: {line}"
+        );
+    }
+    assert!(
+        !line.contains("amqp://") && !line.contains("postgres://"),
+        "{line}"
+    );
+}
+
+crate::on_both_backends!(start_up_line_names_urls_database_and_broker);
 
 async fn migrate_up_down_status(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {

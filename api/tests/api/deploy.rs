@@ -444,6 +444,99 @@ fn compose_mounts_exist() {
     }
 }
 
+// --- Grafana dashboard -------------------------------------------------------
+
+/// The `roomcast_*` metric names the dashboard's PromQL reads, histogram
+/// series (`_bucket`, `_sum`, `_count`) folded into their metric.
+fn dashboard_metrics() -> Vec<String> {
+    let path = repo_root().join("deploy/grafana/dashboards/roomcast.json");
+    let dashboard: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    let mut pending = vec![&dashboard];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(expr)) = map.get("expr") {
+                    exprs.push(expr.clone());
+                }
+                pending.extend(map.values());
+            }
+            Value::Array(items) => pending.extend(items),
+            _ => {}
+        }
+    }
+    let mut names = Vec::new();
+    for expr in &exprs {
+        for (at, _) in expr.match_indices("roomcast_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let metric = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name)
+                .to_owned();
+            if !names.contains(&metric) {
+                names.push(metric);
+            }
+        }
+    }
+    names
+}
+
+/// Every metric a panel of the dashboard queries is one a live node exports
+/// (after a message went through it): a renamed metric leaves no panel empty.
+async fn dashboard_reads_exported_metrics(backend: Backend) {
+    let names = dashboard_metrics();
+    assert!(names.len() >= 9, "the dashboard queries only {names:?}");
+    let Some(env) = TestEnv::new(backend).await else {
+        return;
+    };
+    let node = spawn_env_node(&env, &[]);
+    let api = Api::new(node.addr);
+    let (_, token) = api.user("watcher").await;
+    let (mut ws, _) = Ws::join(node.addr, "/ws/public?history=0", &token).await;
+    let (status, body) = post(
+        &api,
+        &token,
+        json!({"room_id": "public", "content": "graph me"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    ws.next_of(&["message"]).await;
+
+    let text = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| {
+            let typed = text.contains(&format!("# TYPE {name} "));
+            let sampled = text.lines().any(|l| {
+                l.strip_prefix(name.as_str()).is_some_and(|rest| {
+                    ["{", " ", "_bucket{", "_sum ", "_count "]
+                        .iter()
+                        .any(|p| rest.starts_with(p))
+                })
+            });
+            !(typed && sampled)
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics the node does not export: {missing:?}\n{text}"
+    );
+}
+
+crate::on_both_backends!(dashboard_reads_exported_metrics);
+
 // --- RabbitMQ definitions -----------------------------------------------------
 
 fn rabbitmq_api() -> String {

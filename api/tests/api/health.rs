@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, TestVhost, spawn_app, spawn_app_with};
 
@@ -141,21 +141,122 @@ crate::on_both_backends!(
     readyz_names_an_unreachable_broker_at_start,
 );
 
+/// The metric names README.md lists, with `{a,b}` expanded.
+pub fn documented_metrics() -> Vec<String> {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let start = readme
+        .find("- **Metrics**")
+        .expect("README has a Metrics item");
+    let item = &readme[start..];
+    let item = &item[..item.find("\n- ").unwrap_or(item.len())];
+    let mut names = Vec::new();
+    for quoted in item.split('`').skip(1).step_by(2) {
+        if !quoted.starts_with("roomcast_") {
+            continue;
+        }
+        match (quoted.find('{'), quoted.find('}')) {
+            (Some(open), Some(close)) => {
+                for part in quoted[open + 1..close].split(',') {
+                    names.push(format!("{}{part}{}", &quoted[..open], &quoted[close + 1..]));
+                }
+            }
+            _ => names.push(quoted.to_owned()),
+        }
+    }
+    names
+}
+
+/// The value of one series (`name` or `name{labels}`) in a Prometheus text page.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}
+
+/// Scrapes until `series` reaches `at_least` (15 s at most).
+async fn wait_for_sample(app: &TestApp, series: &str, at_least: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape(app).await;
+        let value = sample(&text, series);
+        if value.is_some_and(|v| v >= at_least) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {value:?}, not {at_least}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const DEAD_LETTERED_UNPARSEABLE: &str =
+    r#"roomcast_messages_dead_lettered_total{reason="unparseable"}"#;
+
 async fn metrics_are_exported(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
+    let documented = documented_metrics();
+    assert_eq!(documented.len(), 9, "README lists {documented:?}");
+
+    // Counters and the gauge show from start-up, at zero.
+    let text = scrape(&app).await;
+    for series in [
+        "roomcast_messages_accepted_total",
+        "roomcast_messages_stored_total",
+        "roomcast_messages_delivered_total",
+        "roomcast_broker_reconnects_total",
+        "roomcast_slow_consumer_disconnects_total",
+        "roomcast_sockets",
+        DEAD_LETTERED_UNPARSEABLE,
+    ] {
+        assert_eq!(
+            sample(&text, series),
+            Some(0.0),
+            "{series} at start:\n{text}"
+        );
+    }
+
     let api = app.api();
     let (_, token) = api.user("counter").await;
     let (mut ws, _) = crate::ws_client::Ws::join(app.addr, "/ws/public?history=0", &token).await;
     let (status, _) = crate::messages::post(
         &api,
         &token,
-        serde_json::json!({"room_id": "public", "content": "count me"}),
+        json!({"room_id": "public", "content": "count me"}),
     )
     .await;
     assert_eq!(status, 202);
     ws.next_of(&["message"]).await;
+
+    // A message that is not JSON, published by hand, is dead-lettered.
+    match app.vhost() {
+        Some(vhost) => vhost.publish_by_hand("messages", "this is not json").await,
+        None => app.broker.publish(b"this is not json").await.unwrap(),
+    }
+    wait_for_sample(&app, DEAD_LETTERED_UNPARSEABLE, 1.0).await;
+
+    // A broker connection closed under the node is re-established and counted.
+    if let Some(vhost) = app.vhost() {
+        vhost.wait_for_connections(1).await;
+        assert!(vhost.close_connections().await > 0);
+        wait_for_sample(&app, "roomcast_broker_reconnects_total", 1.0).await;
+    }
+
     let res = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(
@@ -165,15 +266,32 @@ async fn metrics_are_exported(backend: Backend) {
             .starts_with("text/plain")
     );
     let text = res.text().await.unwrap();
-    for name in [
+    for name in &documented {
+        let histogram = name.ends_with("_seconds");
+        let series = if histogram {
+            format!("{name}_bucket")
+        } else {
+            name.clone()
+        };
+        assert!(
+            text.lines().any(|l| l.starts_with(&series)),
+            "/metrics lacks {series}"
+        );
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "{name} has no description"
+        );
+    }
+    for series in [
         "roomcast_messages_accepted_total",
         "roomcast_messages_stored_total",
         "roomcast_messages_delivered_total",
-        "roomcast_delivery_latency_seconds_bucket",
-        "roomcast_sockets",
-        "roomcast_http_request_duration_seconds_bucket",
+        "roomcast_delivery_latency_seconds_count",
     ] {
-        assert!(text.contains(name), "/metrics lacks {name}");
+        assert!(
+            sample(&text, series).is_some_and(|v| v >= 1.0),
+            "{series} did not count the message"
+        );
     }
     // Routes are labelled by pattern, never by raw path.
     assert!(

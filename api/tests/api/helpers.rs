@@ -438,6 +438,11 @@ impl TestApp {
                 .expect("publish into the in-process broker"),
         }
     }
+
+    /// The RabbitMQ vhost of the app (`None` on the in-process broker).
+    pub fn vhost(&self) -> Option<&TestVhost> {
+        self.env.vhost.as_ref()
+    }
 }
 
 /// What tests do against any roomcast base URL (in-process or a process).
@@ -520,6 +525,8 @@ impl TestApp {
 /// A `roomcast` process; killed when dropped.
 pub struct Node {
     pub addr: SocketAddr,
+    /// The start-up line the address was read from, as printed.
+    pub startup_line: String,
     child: Child,
 }
 
@@ -634,7 +641,7 @@ fn start_node(db_url: &str, env: &[(&str, &str)], keep: Option<NodeLogs>) -> Nod
                     .chars()
                     .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
                     .collect();
-                let _ = tx.send(addr);
+                let _ = tx.send((addr, line.clone()));
             }
             if std::env::var_os("ROOMCAST_TEST_NODE_LOGS").is_some() {
                 eprintln!("{line}");
@@ -644,11 +651,12 @@ fn start_node(db_url: &str, env: &[(&str, &str)], keep: Option<NodeLogs>) -> Nod
             }
         }
     });
-    let addr = rx
+    let (addr, startup_line) = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("roomcast printed its address");
     Node {
         addr: addr.parse().expect("address"),
+        startup_line,
         child,
     }
 }

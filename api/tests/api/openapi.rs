@@ -128,44 +128,124 @@ async fn the_description_covers_every_route(backend: Backend) {
     }
 }
 
+/// The values of the `src="…"` and `href="…"` attributes of an HTML page.
+fn attribute_urls(html: &str) -> Vec<String> {
+    let mut urls = Vec::new();
+    for attr in ["src=", "href="] {
+        for (at, _) in html.match_indices(attr) {
+            let rest = &html[at + attr.len()..];
+            let Some(quote) = rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                continue;
+            };
+            if let Some(value) = rest[1..].split(quote).next() {
+                urls.push(value.to_owned());
+            }
+        }
+    }
+    urls
+}
+
+/// The targets of the `url(…)` references of a stylesheet, `data:` ones left out.
+fn stylesheet_urls(css: &str) -> Vec<String> {
+    css.match_indices("url(")
+        .filter_map(|(at, _)| css[at + 4..].split(')').next())
+        .map(|v| v.trim().trim_matches(['"', '\'']).to_owned())
+        .filter(|v| !v.starts_with("data:"))
+        .collect()
+}
+
+/// Whether a URL the browser would fetch leaves `own` (`host:port`): an
+/// absolute http(s) URL to another authority, or a scheme-relative one.
+fn leaves_host(url: &str, own: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    let authority = if let Some(rest) = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+        .or_else(|| lower.strip_prefix("//"))
+    {
+        rest.split(['/', '?', '#']).next().unwrap_or_default()
+    } else {
+        return false;
+    };
+    authority != own
+}
+
+/// The string value of `"key": "…"` in the configuration the initializer
+/// inlines (pretty JSON spliced into a JavaScript object).
+fn config_field(initializer: &str, key: &str) -> Option<String> {
+    let at = initializer.find(&format!("\"{key}\":"))?;
+    let rest = initializer[at + key.len() + 3..].trim_start();
+    let value = rest.strip_prefix('"')?;
+    Some(value.split('"').next()?.to_owned())
+}
+
 async fn swagger_ui_is_served_without_other_hosts(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
+    let own = app.addr.to_string();
     let res = app.client.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let html = res.text().await.unwrap();
     assert!(html.contains("swagger-ui"), "not the Swagger UI page");
-    let mut assets = vec![html.clone()];
+
+    // Everything the page references is served here, and nothing it
+    // references (nor what its stylesheets reference) is elsewhere.
+    let referenced = attribute_urls(&html);
     for asset in [
         "swagger-initializer.js",
         "swagger-ui-bundle.js",
         "swagger-ui.css",
     ] {
-        let res = app
-            .client
-            .get(app.url(&format!("/docs/{asset}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "{asset}");
-        assert!(html.contains(asset), "the page does not load {asset}");
-        assets.push(res.text().await.unwrap());
+        assert!(
+            referenced.iter().any(|u| u.ends_with(asset)),
+            "the page does not load {asset}: {referenced:?}"
+        );
     }
-    // The page and what it loads point at no other host.
-    for text in &assets[..2] {
-        for scheme in ["http://", "https://"] {
-            assert!(
-                !text.contains(&format!("src=\"{scheme}"))
-                    && !text.contains(&format!("href=\"{scheme}")),
-                "a link to another host"
-            );
+    let mut initializer = None;
+    for url in &referenced {
+        assert!(!leaves_host(url, &own), "the page loads {url}");
+        let path = format!("/docs/{}", url.trim_start_matches("./"));
+        let res = app.client.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        if url.ends_with(".css") {
+            let css = res.text().await.unwrap();
+            for target in stylesheet_urls(&css) {
+                assert!(!leaves_host(&target, &own), "{path} loads {target}");
+            }
+        } else if url.ends_with("swagger-initializer.js") {
+            initializer = Some(res.text().await.unwrap());
         }
     }
-    assert!(
-        assets[1].contains("/openapi.json"),
-        "the UI does not load our description"
+
+    // The configuration: our description, no online validator, and no URL of
+    // another host anywhere in the initializer (it is ours, not the bundle's).
+    let initializer = initializer.expect("the initializer was fetched");
+    assert_eq!(
+        config_field(&initializer, "url").as_deref(),
+        Some("/openapi.json"),
+        "the UI does not load our description:\n{initializer}"
     );
+    assert_eq!(
+        config_field(&initializer, "validatorUrl").as_deref(),
+        Some("none"),
+        "the online validator is on:\n{initializer}"
+    );
+    if let Some(redirect) = config_field(&initializer, "oauth2RedirectUrl") {
+        assert!(
+            !leaves_host(&redirect, &own),
+            "OAuth redirect to {redirect}"
+        );
+    }
+    for scheme in ["http://", "https://"] {
+        for (at, _) in initializer.match_indices(scheme) {
+            let url: String = initializer[at..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && !matches!(c, '"' | '\'' | ')' | ','))
+                .collect();
+            assert!(!leaves_host(&url, &own), "the initializer names {url}");
+        }
+    }
 }
 
 crate::on_both_backends!(
