@@ -138,10 +138,7 @@ impl ApiError {
 impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
         // A database that is down is a temporary condition, not a bug.
-        if matches!(
-            err,
-            sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)
-        ) {
+        if database_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
             return Self::unavailable(
                 "database_unavailable",
@@ -150,6 +147,33 @@ impl From<sea_orm::DbErr> for ApiError {
             );
         }
         Self::internal(err)
+    }
+}
+
+/// True when `err` says the database cannot be reached right now (down,
+/// restarting, the connection cut mid-query) rather than that the query is
+/// wrong: such errors are a 503 the client may retry, never a 500.
+pub fn database_unavailable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx::Error};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match e.as_ref() {
+                Error::Io(_)
+                | Error::Tls(_)
+                | Error::PoolTimedOut
+                | Error::PoolClosed
+                | Error::WorkerCrashed
+                | Error::Protocol(_) => true,
+                // SQLSTATE class 08: connection exception; 57P: the server is
+                // shutting down, crashed or not yet accepting connections.
+                Error::Database(db) => db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                _ => false,
+            }
+        }
+        _ => false,
     }
 }
 
@@ -177,5 +201,35 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+    use super::database_unavailable;
+
+    fn query_err(err: sqlx::Error) -> DbErr {
+        DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)))
+    }
+
+    #[test]
+    fn a_cut_connection_is_unavailable_not_a_bug() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(database_unavailable(&query_err(sqlx::Error::Io(reset))));
+        assert!(database_unavailable(&query_err(sqlx::Error::PoolTimedOut)));
+        assert!(database_unavailable(&DbErr::Conn(RuntimeErr::Internal(
+            "refused".into()
+        ))));
+    }
+
+    #[test]
+    fn a_wrong_query_is_not_unavailable() {
+        assert!(!database_unavailable(&query_err(sqlx::Error::RowNotFound)));
+        assert!(!database_unavailable(&DbErr::RecordNotFound("x".into())));
+        assert!(!database_unavailable(&DbErr::Custom("bad".into())));
     }
 }

@@ -58,7 +58,10 @@ impl Server {
             .env("DATABASE_URL", database_url)
             .env("SECRET_KEY", secret_key)
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,sqlx=warn,sea_orm=warn,lapin=warn")
+            .env(
+                "RUST_LOG",
+                "info,sqlx=warn,sea_orm=warn,lapin=warn,tower_http=warn",
+            )
             // Sockets close when their token expires; outlast any run.
             .env("ACCESS_TOKEN_TTL", "12h");
         if let Some(url) = amqp_url {
