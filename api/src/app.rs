@@ -68,6 +68,7 @@ impl Application {
             stop: CancellationToken::new(),
             sockets: TaskTracker::new(),
             limits,
+            caches: Arc::default(),
         };
         Ok(Self { listener, state })
     }

@@ -135,13 +135,16 @@ impl ApiError {
     }
 }
 
+/// The `code` of a 503 for a database that cannot be reached.
+pub const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+
 impl From<sea_orm::DbErr> for ApiError {
     fn from(err: sea_orm::DbErr) -> Self {
         // A database that is down is a temporary condition, not a bug.
         if database_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
             return Self::unavailable(
-                "database_unavailable",
+                DATABASE_UNAVAILABLE,
                 "the database is unavailable, retry shortly",
                 2,
             );

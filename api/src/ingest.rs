@@ -39,10 +39,16 @@ pub async fn ensure_can_post(
     if room.kind == RoomKind::Public && user.claims.room.is_none() {
         return Ok(());
     }
-    if rooms::is_member(&state.db, room.id, user.id).await? {
-        return Ok(());
-    }
-    Err(not_a_member())
+    state
+        .caches
+        .members
+        .get_or_fetch((room.id, user.id), || async {
+            match rooms::is_member(&state.db, room.id, user.id).await? {
+                true => Ok(()),
+                false => Err(not_a_member()),
+            }
+        })
+        .await
 }
 
 fn not_a_member() -> ApiError {

@@ -11,6 +11,7 @@
 //! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
 //! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
 //! - [`store`]: the queries behind the routes, one module per aggregate.
+//! - [`cache`]: short-lived caches of tokens, rooms and memberships for ingest.
 //! - [`error`]: `ApiError`, which every failure becomes (problem+json).
 //! - [`extract`]: body and query extractors that fail as `ApiError`;
 //!   [`client_addr`]: the client's address, from `CLIENT_IP_SOURCE`.
@@ -18,6 +19,7 @@
 pub mod app;
 pub mod auth;
 pub mod avatar;
+pub mod cache;
 pub mod cli;
 pub mod client_addr;
 pub mod config;

@@ -6,7 +6,7 @@ use consumer::{Broker, Hub};
 use sea_orm::DatabaseConnection;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{auth::TokenKeys, config::Config, limits::Limits};
+use crate::{auth::TokenKeys, cache::Caches, config::Config, limits::Limits};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -20,6 +20,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: sockets close with 1012.
     pub stop: CancellationToken,
     pub limits: Arc<Limits>,
+    /// Tokens, rooms and memberships the ingest path has just read.
+    pub caches: Arc<Caches>,
     /// Open sockets, so shutdown can wait for their close frames.
     pub sockets: TaskTracker,
 }

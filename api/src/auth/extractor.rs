@@ -66,6 +66,17 @@ impl AuthUser {
     /// Checks a raw token fully: signature, expiry, revocation, account.
     pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
         let claims = state.tokens.verify(token)?;
+        // Signature and expiry are checked on every call; the account and
+        // revocation come from the cache while fresh.
+        state
+            .caches
+            .tokens
+            .get_or_fetch(claims.jti, || Self::from_database(state, claims))
+            .await
+    }
+
+    /// The account of verified `claims`, if the token is not revoked.
+    async fn from_database(state: &AppState, claims: Claims) -> Result<Self, ApiError> {
         // One query on the common path: the account, if the token is not revoked.
         let not_revoked = Expr::exists(
             Query::select()

@@ -127,6 +127,7 @@ async fn set_role(
         ));
     }
     let user = users::set_role(&state.db, user, req.role).await?;
+    state.caches.accounts_changed();
     tracing::info!(user = %id, role = ?req.role, by = %caller.id, "role changed");
     Ok(Json(UserView::private(&user)))
 }

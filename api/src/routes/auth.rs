@@ -214,6 +214,7 @@ async fn logout(
         Err(err) if is_unique_violation(&err) => {} // logged out twice at once
         Err(err) => return Err(err.into()),
     }
+    state.caches.tokens.invalidate(&user.claims.jti);
     // Clear the cookie whether or not this request carried it.
     let cleared = Cookie::build((COOKIE_NAME, ""))
         .http_only(true)

@@ -98,7 +98,11 @@ async fn accept(
     content: String,
     client_id: Option<String>,
 ) -> Result<(StatusCode, Json<ingest::Accepted>)> {
-    let room = rooms::get(&state.db, key).await?;
+    let room = state
+        .caches
+        .rooms
+        .get_or_fetch(key.to_owned(), || rooms::get(&state.db, key))
+        .await?;
     ingest::ensure_can_post(state, user, &room).await?;
     let accepted = ingest::publish(state, user, &room, content, client_id).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))

@@ -199,6 +199,7 @@ async fn remove(
     let room = rooms::get(&state.db, &key).await?;
     ensure_owner_or_admin(&user, &room)?;
     rooms::delete(&state.db, room.id).await?;
+    state.caches.room_deleted();
     tracing::info!(room = %room.id, by = %user.id, "room deleted");
     announce(&state, RoomEvent::RoomDeleted { room_id: room.id }).await;
     Ok(StatusCode::NO_CONTENT)
@@ -298,7 +299,9 @@ async fn remove_member(
     if user.id != user_id {
         ensure_owner_or_admin(&user, &room)?;
     }
-    if !rooms::remove_member(&state.db, room.id, user_id).await? {
+    let removed = rooms::remove_member(&state.db, room.id, user_id).await?;
+    state.caches.members.invalidate(&(room.id, user_id));
+    if !removed {
         return Err(ApiError::not_found("member"));
     }
     announce(

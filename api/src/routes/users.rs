@@ -158,6 +158,7 @@ async fn update_me(
 /// Deletes the account; its messages stay, from a deleted user (`sender: null`).
 async fn delete_me(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode> {
     users::delete(&state.db, caller.id).await?;
+    state.caches.accounts_changed();
     tracing::info!(user = %caller.id, "account deleted");
     Ok(StatusCode::NO_CONTENT)
 }
