@@ -106,16 +106,16 @@ impl Application {
         crate::metrics::handle();
         crate::metrics::register();
         let stages = [
-            tokio::spawn(consumer::store::run(
-                state.db.clone(),
-                state.broker.clone(),
-                state.stop.clone(),
-            )),
-            tokio::spawn(consumer::delivery::run(
-                state.broker.clone(),
-                state.hub.clone(),
-                state.stop.clone(),
-            )),
+            supervise("store stage", state.stop.clone(), {
+                let (db, broker, stop) =
+                    (state.db.clone(), state.broker.clone(), state.stop.clone());
+                move || consumer::store::run(db.clone(), broker.clone(), stop.clone())
+            }),
+            supervise("delivery stage", state.stop.clone(), {
+                let (broker, hub, stop) =
+                    (state.broker.clone(), state.hub.clone(), state.stop.clone());
+                move || consumer::delivery::run(broker.clone(), hub.clone(), stop.clone())
+            }),
         ];
         let limits = state.limits.clone();
         let shrink = tokio::spawn(async move {
@@ -146,6 +146,34 @@ impl Application {
         tracing::info!("roomcast stopped");
         Ok(())
     }
+}
+
+/// Runs a stage until `stop`; if it panics (a bug, never input), logs it and
+/// starts it again a second later instead of leaving the node half alive.
+/// What the dead stage had not acked, the broker hands out again.
+fn supervise<F, Fut>(
+    name: &'static str,
+    stop: CancellationToken,
+    stage: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(stage()).await {
+                Err(err) if err.is_panic() && !stop.is_cancelled() => {
+                    tracing::error!(stage = name, "the {name} panicked; restarting it");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+                _ => return,
+            }
+        }
+    })
 }
 
 /// Runs pending migrations. On PostgreSQL an advisory lock, held on one
