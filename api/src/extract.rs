@@ -1,14 +1,15 @@
-//! Request-body extractors whose every rejection is a problem+json [`ApiError`].
+//! Body and query extractors whose every rejection is a problem+json [`ApiError`].
 //!
 //! [`Json`] reports the path of a field with the wrong type or an unknown name;
-//! [`Valid`] also runs the body's `validator` rules.
+//! [`Valid`] also runs the body's `validator` rules; [`QueryParams`] names a
+//! bad query parameter the same way.
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Query, Request, rejection::QueryRejection},
+    extract::{FromRequest, FromRequestParts, Request},
     http::{HeaderMap, StatusCode, header, request::Parts},
 };
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 use crate::error::{ApiError, FieldError};
@@ -50,7 +51,12 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
     })
 }
 
-/// Parses JSON, telling syntax errors (400) from shape errors (422 with the field path).
+/// Parses a JSON object, telling syntax errors (400 `malformed_json`) from
+/// shape errors (422 `validation_failed` with the field path).
+///
+/// The syntax is checked over the whole body first: read in one pass, a
+/// truncated body could otherwise be reported as its first unknown field,
+/// and a number where an enum belongs as a syntax error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // JSON may smuggle NUL in as `\u0000`; databases refuse it in text.
     if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
@@ -59,26 +65,40 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "text must not contain NUL characters",
         ));
     }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let inner = err.inner();
-        if inner.is_data() {
-            let field = err.path().to_string();
-            let field = if field == "." {
-                "body".to_owned()
-            } else {
-                field
-            };
-            ApiError::validation(vec![FieldError {
-                field,
-                message: strip_position(&inner.to_string()),
-            }])
-        } else {
-            malformed(inner)
-        }
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        ApiError::bad_request("malformed_json", "the body is not valid JSON: not UTF-8")
     })?;
-    de.end().map_err(|e| malformed(&e))?;
-    Ok(value)
+    serde_json::from_str::<IgnoredAny>(text).map_err(|e| malformed(&e))?;
+    // serde would also read a struct from an array, by position.
+    if !text.trim_start().starts_with('{') {
+        return Err(ApiError::invalid_field("body", "must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let message = if err.inner().is_data() {
+            strip_position(&err.inner().to_string())
+        } else {
+            "has the wrong type".to_owned()
+        };
+        ApiError::validation(vec![FieldError {
+            field: field_name(&err.path().to_string(), &message),
+            message,
+        }])
+    })
+}
+
+/// The field an error is about: serde's path names the object that lacks a
+/// field, so a missing one is taken from the message. `.` is the whole value.
+fn field_name(path: &str, message: &str) -> String {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    match (path, missing) {
+        ("." | "", Some(field)) => field.to_owned(),
+        ("." | "", None) => "body".to_owned(),
+        (path, Some(field)) => format!("{path}.{field}"),
+        (path, None) => path.to_owned(),
+    }
 }
 
 fn malformed(err: &serde_json::Error) -> ApiError {
@@ -126,12 +146,19 @@ impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequest<S> for Valid<T>
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(v)| QueryParams(v))
-            .map_err(|rejection: QueryRejection| {
-                ApiError::bad_request("invalid_query", rejection.body_text())
+    /// A parameter that is unknown or not of its type is 422, naming it, like
+    /// a body field: a query string has no syntax of its own to get wrong.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(QueryParams)
+            .map_err(|err| {
+                let message = err.inner().to_string();
+                ApiError::validation(vec![FieldError {
+                    field: field_name(&err.path().to_string(), &message),
+                    message,
+                }])
             })
     }
 }
@@ -176,4 +203,54 @@ pub struct SearchPage {
     pub limit: Option<u64>,
     #[validate(range(max = 1_000_000, message = "must be at most 1000000"))]
     pub offset: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_json;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        role: entity::user::Role,
+    }
+
+    /// (status, code, first field) of what `body` gets.
+    fn answer(body: &str) -> (u16, &'static str, String) {
+        let err = parse_json::<Body>(body.as_bytes()).unwrap_err();
+        let field = err
+            .errors
+            .first()
+            .map(|e| e.field.clone())
+            .unwrap_or_default();
+        (err.status.as_u16(), err.code, field)
+    }
+
+    #[test]
+    fn syntax_is_judged_over_the_whole_body_before_its_shape() {
+        for truncated in [r#"{"colour": "#, r#"{"name": "a", "role": 5"#, "", "[1,"] {
+            assert_eq!(answer(truncated).1, "malformed_json", "{truncated}");
+        }
+        let not_utf8 = parse_json::<Body>(b"{\"name\": \"\xff\", \"role\": \"user\"}");
+        assert_eq!(not_utf8.unwrap_err().code, "malformed_json");
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        for (body, field) in [
+            (r#"{"name": "a", "role": 5}"#, "role"),
+            (r#"{"name": 5, "role": "user"}"#, "name"),
+            (r#"{"name": "a", "role": "user", "colour": 1}"#, "colour"),
+            (r#"{"role": "user"}"#, "name"),
+            (r#"["a", "user"]"#, "body"),
+        ] {
+            assert_eq!(
+                answer(body),
+                (422, "validation_failed", field.into()),
+                "{body}"
+            );
+        }
+    }
 }

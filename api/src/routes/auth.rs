@@ -73,7 +73,9 @@ async fn register(
 }
 
 /// The JSON login body, and the OAuth2 password form (`grant_type=password`).
+/// As JSON, like every body, it may hold only these fields.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct LoginRequest {
     username: String,
     password: String,
@@ -89,6 +91,29 @@ struct LoginRequest {
     #[serde(default)]
     #[allow(dead_code)]
     client_secret: Option<String>,
+}
+
+/// The OAuth2 password form, whose other parameters a token endpoint must
+/// ignore (RFC 6749 §3.2).
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+    #[serde(default)]
+    grant_type: Option<String>,
+}
+
+impl From<LoginForm> for LoginRequest {
+    fn from(form: LoginForm) -> Self {
+        Self {
+            username: form.username,
+            password: form.password,
+            grant_type: form.grant_type,
+            scope: None,
+            client_id: None,
+            client_secret: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -122,8 +147,9 @@ async fn login(
     }
     let bytes = body_bytes(req, &()).await?;
     let login: LoginRequest = if form {
-        serde_urlencoded::from_bytes(&bytes)
+        serde_urlencoded::from_bytes::<LoginForm>(&bytes)
             .map_err(|e| ApiError::invalid_field("body", format!("not a valid login form: {e}")))?
+            .into()
     } else {
         parse_json(&bytes)?
     };

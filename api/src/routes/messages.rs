@@ -139,6 +139,11 @@ async fn history(
             format!("must be 1 to {HISTORY_MAX}"),
         ));
     }
+    for (field, seq) in [("before", q.before), ("after", q.after)] {
+        if seq.is_some_and(|seq| seq < 0) {
+            return Err(ApiError::invalid_field(field, "must be 0 or more"));
+        }
+    }
     let page = match (q.before, q.after) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_field(

@@ -97,8 +97,9 @@ impl Modify for Security {
 }
 
 /// Answers every operation can give without its annotation saying so: 400
-/// when the request cannot be read (bad JSON, query or path parameter) and,
-/// for operations with a body, 415 for a body of the wrong media type.
+/// when the request cannot be read (bad JSON, a bad path parameter); 422 for
+/// a body or query parameter of the wrong shape; and, for operations with a
+/// body, 415 for a body of the wrong media type.
 struct CommonErrors;
 
 impl Modify for CommonErrors {
@@ -127,11 +128,20 @@ impl Modify for CommonErrors {
             .flatten()
             {
                 let readable = operation.request_body.is_some() || operation.parameters.is_some();
+                let queried = operation.parameters.iter().flatten().any(|p| {
+                    matches!(p, utoipa::openapi::RefOr::T(p)
+                            if p.parameter_in == utoipa::openapi::path::ParameterIn::Query)
+                });
                 let responses = &mut operation.responses.responses;
                 if readable {
                     responses
                         .entry("400".into())
                         .or_insert_with(|| problem("The request cannot be read").into());
+                }
+                if operation.request_body.is_some() || queried {
+                    responses
+                        .entry("422".into())
+                        .or_insert_with(|| problem("Invalid input").into());
                 }
                 if operation.request_body.is_some() {
                     responses

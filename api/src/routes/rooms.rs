@@ -252,8 +252,12 @@ async fn add_member(
     ensure_owner_or_admin(&user, &room)?;
     let target = match (req.user_id, req.username.as_deref()) {
         (Some(id), None) => users::find(&state.db, id).await?,
-        (None, Some(name)) if name.len() <= 64 => users::find_by_username(&state.db, name).await?,
-        (None, Some(_)) => None,
+        (None, Some(name)) => {
+            // No account has a name these rules refuse: say why, not "not found".
+            crate::domain::validate_username(name)
+                .map_err(|e| ApiError::invalid_field("username", e.to_string()))?;
+            users::find_by_username(&state.db, name).await?
+        }
         _ => {
             return Err(ApiError::invalid_field(
                 "body",

@@ -83,8 +83,8 @@ async fn refusals_happen_before_the_upgrade(backend: Backend) {
             "/ws/public?bogus=1",
             Some(&alice),
             vec![],
-            400,
-            "invalid_query",
+            422,
+            "validation_failed",
         ),
     ];
     for (what, path, token, headers, status, code) in cases {
