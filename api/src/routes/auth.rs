@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "alice", "email": "alice@example.com", "password": "correct-horse-battery"}))]
 pub struct RegisterRequest {
     #[validate(custom(function = "crate::domain::validate_username"))]
     pub username: String,
@@ -74,6 +75,7 @@ async fn register(
 
 /// The JSON login body, and the OAuth2 password form (`grant_type=password`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"username": "alice", "password": "correct-horse-battery"}))]
 struct LoginRequest {
     username: String,
     password: String,
@@ -92,6 +94,7 @@ struct LoginRequest {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMTkwZDFhMi00YjVjLTdkM2UtOGYwMC0wMDAwMDAwMGExMWMifQ.c2lnbmF0dXJl", "token_type": "bearer", "expires_in": 1800}))]
 struct TokenResponse {
     access_token: String,
     token_type: &'static str,
