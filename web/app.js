@@ -641,6 +641,10 @@
       }
       if (update) return; // an edit of a message older than what is shown
       const node = el('li', { class: 'msg', 'data-seq': view.seq, tabindex: '-1' });
+      // The message list is a live log: a screen reader reads what is added to
+      // it. Only someone else's new message is news; history, replays and our
+      // own messages are added quietly.
+      if (!live || isMine(view)) node.setAttribute('aria-live', 'off');
       renderMessage(node, view);
       this.messages.set(view.seq, { view, node });
       this.insertInOrder(node, view.seq);
@@ -649,10 +653,6 @@
       this.settlePending(view);
       if (live) {
         const mine = isMine(view);
-        if (!mine) {
-          const who = authorName(view);
-          announce(`${who}: ${view.deleted ? 'message deleted' : view.content}`);
-        }
         if (mine || isNearBottom()) scrollToBottom();
         else $('jump-latest').hidden = false;
       } else if (!this.loadingOlder && (this.followReplay || isNearBottom())) {
@@ -813,6 +813,8 @@
       node.dataset.stale = 'true';
       return;
     }
+    // A shown message changes quietly: edits and deletions are announced on their own.
+    if (node.isConnected) node.setAttribute('aria-live', 'off');
     const mine = isMine(view);
     const kind = view.sender ? '' : view.sender_deleted ? ' sender-deleted' : ' system';
     node.className = `msg${mine ? ' mine' : ''}${kind}${view.deleted ? ' deleted' : ''}`;

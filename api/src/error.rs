@@ -14,6 +14,7 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// One invalid field of a request body or query.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"field": "username", "message": "must be 3 to 32 characters"}))]
 pub struct FieldError {
     pub field: String,
     pub message: String,

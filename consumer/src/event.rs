@@ -54,6 +54,7 @@ pub fn message_id(sender: Option<Uuid>, room: Uuid, client_id: Option<&str>) -> 
 
 /// Who sent a message, as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice"}))]
 pub struct SenderView {
     pub id: Uuid,
     pub username: String,
@@ -61,6 +62,7 @@ pub struct SenderView {
 
 /// A message as clients see it (history and the `message` event).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190d1a3-1f00-7000-8000-00000000000a", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "seq": 42, "sender": {"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice"}, "sender_deleted": false, "content": "Hello, everyone!", "client_id": "web-5f2c-1", "created_at": "2025-06-01T09:33:00Z", "edited_at": null, "deleted": false}))]
 pub struct MessageView {
     pub id: Uuid,
     pub room_id: Uuid,

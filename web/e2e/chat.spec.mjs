@@ -4,7 +4,9 @@
 // a desktop-sized window, Bob node 2 in a phone-sized one (390 px); both
 // register through the UI, Bob logs out and back in through the login form,
 // they meet in a public room, talk, edit and delete, and see each other come
-// and go; Bob's narrow window never scrolls sideways. Debian's chromium,
+// and go; Bob's narrow window never scrolls sideways. The login page and the
+// room pass accessibility checks (names, landmarks, headings, a live message
+// list, visible focus) done with plain DOM queries. Debian's chromium,
 // headless; every wait has a timeout and the whole run a 60 s budget. Exit
 // status 0 only if every step passed.
 //
@@ -169,6 +171,122 @@ async function checkNarrowLayout(page, where, { composer = false } = {}) {
   }
 }
 
+/**
+ * Accessibility of what `page` shows, with plain DOM queries: the page has a
+ * `lang`, one `main` landmark and visible headings; every form control and
+ * button has an accessible name (label, aria-label or aria-labelledby; for a
+ * button also its text); every image has `alt`; a `:focus-visible` rule draws
+ * an outline, and every element Tab reaches shows one. In a room (`room`),
+ * the message list sits in a live region (aria-live or role=log) so that a
+ * screen reader reads new messages. Throws with the list of offenders.
+ */
+async function checkAccessibility(page, where, { room = false } = {}) {
+  const offenders = await page.evaluate((room) => {
+    const found = [];
+    const describe = (el) => {
+      const classes = typeof el.className === 'string' && el.className.trim() ? `.${el.className.trim().split(/\s+/).join('.')}` : '';
+      return `<${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}${classes}>`;
+    };
+    // The text a screen reader would read for an element: aria-hidden parts left out, images by their alt.
+    const spoken = (node) => [...node.childNodes].map((child) => {
+      if (child.nodeType === Node.TEXT_NODE) return child.textContent;
+      if (child.nodeType !== Node.ELEMENT_NODE || child.getAttribute('aria-hidden') === 'true') return '';
+      return child.tagName === 'IMG' ? child.getAttribute('alt') || '' : spoken(child);
+    }).join('').trim();
+    const accessibleName = (el) => {
+      const ids = (el.getAttribute('aria-labelledby') || '').split(/\s+/).filter(Boolean);
+      const byIds = ids.map((id) => document.getElementById(id)).filter(Boolean).map(spoken).join(' ').trim();
+      if (byIds) return byIds;
+      const label = (el.getAttribute('aria-label') || '').trim();
+      if (label) return label;
+      const labels = [...(el.labels || [])].map(spoken).join(' ').trim();
+      if (labels) return labels;
+      if (el.tagName === 'BUTTON' || el.getAttribute('role') === 'button') return spoken(el);
+      if (el.tagName === 'INPUT' && ['submit', 'button', 'reset'].includes(el.type)) return el.value.trim();
+      return '';
+    };
+    const shown = (el) => el.getClientRects().length > 0;
+
+    if (!document.documentElement.getAttribute('lang')) found.push('<html> has no lang');
+    const mains = document.querySelectorAll('main, [role="main"]');
+    if (mains.length !== 1) found.push(`${mains.length} main landmarks, not one`);
+    const headings = [...document.querySelectorAll('h1, h2, h3, h4, h5, h6, [role="heading"]')].filter(shown);
+    if (!headings.some((h) => h.tagName === 'H1')) found.push('no visible <h1>');
+    if (!headings.some((h) => h.tagName !== 'H1' && mains[0]?.contains(h))) found.push('no visible heading in <main>');
+    for (const el of document.querySelectorAll('input:not([type="hidden"]), textarea, select')) {
+      if (!accessibleName(el)) found.push(`${describe(el)} has no accessible name (label, aria-label or aria-labelledby)`);
+    }
+    for (const el of document.querySelectorAll('button, [role="button"], input[type="submit"], input[type="button"], input[type="reset"]')) {
+      if (!accessibleName(el)) found.push(`${describe(el)} (a button) has no accessible name`);
+    }
+    for (const el of document.querySelectorAll('img, input[type="image"]')) {
+      if (!el.hasAttribute('alt')) found.push(`${describe(el)} has no alt`);
+    }
+    for (const el of document.querySelectorAll('[role="img"]')) {
+      if (!accessibleName(el)) found.push(`${describe(el)} (role=img) has no accessible name`);
+    }
+    // The shorthand, since a var() in it leaves the longhands unset in the CSSOM.
+    const outlined = [...document.styleSheets].some((sheet) => [...sheet.cssRules].some((rule) => {
+      const outline = (rule.style?.getPropertyValue('outline') || rule.style?.outlineStyle || '').trim();
+      return (rule.selectorText || '').includes(':focus-visible') && outline && !/^(none|0(px)?)(\s|$)/.test(outline);
+    }));
+    if (!outlined) found.push('no :focus-visible rule draws an outline');
+    if (room) {
+      const list = document.getElementById('messages');
+      let politeness = null;
+      for (let el = list; el && politeness === null; el = el.parentElement) {
+        const live = el.getAttribute('aria-live');
+        const role = el.getAttribute('role');
+        if (live) politeness = live;
+        else if (role === 'log' || role === 'status') politeness = 'polite';
+        else if (role === 'alert') politeness = 'assertive';
+      }
+      if (politeness !== 'polite' && politeness !== 'assertive') {
+        found.push(`the message list ${list ? describe(list) : '#messages'} is not in a live region (aria-live: ${politeness ?? 'none'})`);
+      }
+    }
+    return found;
+  }, room);
+
+  // Every stop of the Tab order shows where the focus is.
+  const first = await page.evaluate(() => document.activeElement?.id || '');
+  const seen = new Set();
+  for (let i = 0; i < 60; i += 1) {
+    await page.keyboard.press('Tab');
+    const stop = await page.evaluate(() => {
+      const el = document.activeElement;
+      if (!el || el === document.body) return null;
+      const classes = typeof el.className === 'string' && el.className.trim() ? `.${el.className.trim().split(/\s+/).join('.')}` : '';
+      const who = `<${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}${classes}>${el.dataset.seq ? ` #${el.dataset.seq}` : ''}`;
+      const cs = getComputedStyle(el);
+      const ring = (cs.outlineStyle !== 'none' && parseFloat(cs.outlineWidth) > 0) || cs.boxShadow !== 'none';
+      return { who, ring, label: el.getAttribute('aria-label') || el.textContent.trim().slice(0, 30) };
+    });
+    if (!stop) continue;
+    const key = `${stop.who} ${stop.label}`;
+    if (seen.has(key)) break;
+    seen.add(key);
+    if (!stop.ring) offenders.push(`${stop.who} "${stop.label}" shows no focus outline when reached by Tab`);
+  }
+  if (seen.size < 3) offenders.push(`Tab reached only ${seen.size} elements (from #${first})`);
+  log(`    ${where}: ${seen.size} Tab stops, each with a focus outline`);
+  if (offenders.length) throw new Error(`${where}: accessibility problems:\n  ${offenders.join('\n  ')}`);
+}
+
+/** How a screen reader treats additions to the element: the aria-live of its live region, or null. */
+async function politeness(locator) {
+  return locator.evaluate((node) => {
+    for (let el = node; el; el = el.parentElement) {
+      const live = el.getAttribute('aria-live');
+      const role = el.getAttribute('role');
+      if (live) return live;
+      if (role === 'log' || role === 'status') return 'polite';
+      if (role === 'alert') return 'assertive';
+    }
+    return null;
+  });
+}
+
 async function waitConnected(page, who) {
   await until(`${who} is connected`, async () =>
     (await page.locator('#conn').getAttribute('data-state', { timeout: 1000 })) === 'connected');
@@ -252,6 +370,7 @@ async function main() {
     await b.getByRole('button', { name: 'Log out' }).click();
     await b.locator('#auth-view').waitFor({ state: 'visible' });
     await checkNarrowLayout(b, "bob's login page");
+    await checkAccessibility(b, "bob's login page");
     await logInThroughUi(b, 'bob', 'not the password');
     await expectText(b.locator('#login-form .form-error'), 'wrong username or password', "bob's login error");
     await logInThroughUi(b, 'bob', PASSWORD);
@@ -310,8 +429,16 @@ async function main() {
     await send(b, reply, 'button');
     await messageItem(a, reply).waitFor({ state: 'visible' });
     await messageItem(b, reply).waitFor({ state: 'visible' });
-    const live = await a.locator('#live').textContent();
-    if (!live.includes(reply)) throw new Error(`alice's live region did not announce the reply: "${live}"`);
+    // The message list is a live log: bob's reply is read out to alice, her own message is not.
+    const heard = await politeness(messageItem(a, reply));
+    if (heard !== 'polite') throw new Error(`alice's screen reader would not read bob's reply (aria-live: ${heard})`);
+    const own = await politeness(messageItem(a, hello));
+    if (own !== 'off') throw new Error(`alice's screen reader would read her own message back (aria-live: ${own})`);
+  });
+
+  await step('the room is accessible (names, landmarks, live message list, visible focus)', async () => {
+    await checkAccessibility(a, "alice's room", { room: true });
+    await checkAccessibility(b, "bob's room", { room: true });
   });
 
   const edited = 'Hello from node 1 (now with an edit)';
@@ -414,6 +541,9 @@ async function main() {
     await waitConnected(a, 'alice (after reload)');
     await until('alice shows the newest 50 messages (history=50)', async () =>
       (await a.locator('#messages li').count()) === 50);
+    const loud = await a.locator('#messages li').evaluateAll((lis) =>
+      lis.filter((li) => li.closest('[aria-live]')?.getAttribute('aria-live') !== 'off').map((li) => li.dataset.seq));
+    if (loud.length) throw new Error(`history would be read out as new messages: #${loud.join(', #')}`);
     const newest = await a.locator('#messages li').last().getAttribute('data-seq');
     if (Number(newest) !== total) throw new Error(`the newest message after reload is #${newest}, not #${total}`);
     await a.getByRole('button', { name: 'Load older messages' }).waitFor({ state: 'visible' });

@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "carol", "email": "carol@example.com", "password": "carol-long-password", "role": "moderator"}))]
 struct NewUser {
     #[validate(custom(function = "crate::domain::validate_username"))]
     username: String,
@@ -82,6 +83,7 @@ async fn create(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "moderator"}))]
 struct RoleChange {
     #[schema(value_type = String, example = "moderator")]
     role: Role,

@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "alice", "email": "alice@example.com", "password": "correct-horse-battery"}))]
 pub struct RegisterRequest {
     #[validate(custom(function = "crate::domain::validate_username"))]
     pub username: String,
@@ -76,6 +77,7 @@ async fn register(
 /// As JSON, like every body, it may hold only these fields.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "alice", "password": "correct-horse-battery"}))]
 struct LoginRequest {
     username: String,
     password: String,
@@ -117,6 +119,7 @@ impl From<LoginForm> for LoginRequest {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMTkwZDFhMi00YjVjLTdkM2UtOGYwMC0wMDAwMDAwMGExMWMifQ.c2lnbmF0dXJl", "token_type": "bearer", "expires_in": 1800}))]
 struct TokenResponse {
     access_token: String,
     token_type: &'static str,

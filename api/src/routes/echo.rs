@@ -289,6 +289,7 @@ async fn relay(
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190d1a4-2a00-7000-8000-0000000000e1", "started_at": "2025-06-01T09:40:00Z", "ended_at": "2025-06-01T09:40:05Z", "frames": [{"dir": "in", "text": "ping"}, {"dir": "out", "text": "ping"}]}))]
 struct TranscriptView {
     id: Uuid,
     started_at: DateTime<Utc>,

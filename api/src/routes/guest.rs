@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "visitor-7", "email": "visitor@example.com", "room_id": "public"}))]
 struct GuestRequest {
     #[validate(custom(function = "crate::domain::validate_username"))]
     username: String,
@@ -48,6 +49,7 @@ struct GuestRequest {
 
 /// A guest token and the room it is for.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMTkwZDFhMi00YjVjLTdkM2UtOGYwMC0wMDAwMDAwMGExMWMifQ.c2lnbmF0dXJl", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "expires_in": 3600}))]
 struct GuestToken {
     token: String,
     room_id: Uuid,

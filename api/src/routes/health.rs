@@ -24,9 +24,12 @@ struct Health {
 struct Ready {
     #[schema(example = "ready")]
     status: &'static str,
+    #[schema(example = "up")]
     database: &'static str,
+    #[schema(example = "up")]
     broker: &'static str,
     /// This node's NODE_ID.
+    #[schema(example = "node-a")]
     node: String,
 }
 

@@ -39,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"room_id": "general", "content": "Hello, everyone!", "client_id": "web-5f2c-1"}))]
 struct NewMessage {
     /// The room's UUID or name.
     room_id: String,
@@ -49,6 +50,7 @@ struct NewMessage {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"content": "Hello, everyone!", "client_id": "web-5f2c-2"}))]
 struct NewRoomMessage {
     content: String,
     #[serde(default)]
@@ -163,6 +165,7 @@ async fn history(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"content": "Hello, everyone! (edited)"}))]
 struct Edit {
     content: String,
 }

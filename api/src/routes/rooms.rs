@@ -39,6 +39,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A room as JSON.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190d1a2-6c00-7000-8000-000000000001", "name": "general", "kind": "group", "owner_id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "member_count": 2, "last_seq": 42, "created_at": "2025-06-01T09:31:00Z"}))]
 pub struct RoomView {
     pub id: Uuid,
     pub name: String,
@@ -103,6 +104,7 @@ fn ensure_owner_or_admin(user: &AuthUser, room: &room::Model) -> Result<()> {
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "general", "kind": "group"}))]
 struct CreateRoom {
     #[validate(custom(function = "crate::domain::validate_room_name"))]
     name: String,
@@ -227,6 +229,7 @@ async fn members(
 /// `{user_id}` or `{username}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "bob"}))]
 struct AddMember {
     user_id: Option<Uuid>,
     username: Option<String>,

@@ -37,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A user as JSON; `email` only for the user themself and admins.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "email": "alice@example.com", "role": "user", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar", "created_at": "2025-06-01T09:30:00Z"}))]
 pub struct UserView {
     pub id: Uuid,
     pub username: String,
@@ -86,6 +87,7 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<User
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "alice@example.org", "password": "a-new-long-password", "current_password": "correct-horse-battery"}))]
 struct UpdateMe {
     #[validate(
         email(message = "must be an email address"),
@@ -185,6 +187,7 @@ async fn show(
 
 /// Where an avatar is served.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar"}))]
 struct AvatarUrl {
     avatar_url: String,
 }

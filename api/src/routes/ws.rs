@@ -43,6 +43,8 @@ use crate::{
 const ENVELOPE_ALLOWANCE: usize = 512;
 /// A socket whose writes stall this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a socket we close waits for the client's answering close.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const REPLAY_PAGE: u64 = 200;
 /// Frames refused in a row for rate before the socket is closed (1008).
 const RATE_STRIKES: u32 = 20;
@@ -228,8 +230,12 @@ impl Session {
                     code,
                     reason: Utf8Bytes::from_static(reason),
                 };
-                let _ = tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame))))
-                    .await;
+                let sent =
+                    tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame))))
+                        .await;
+                if matches!(sent, Ok(Ok(()))) {
+                    linger(&mut stream).await;
+                }
             }
             // Flushing sends the queued close and then ends the TCP connection.
             End::ClosedByPeer => {
@@ -437,6 +443,22 @@ impl Session {
             })
             .collect())
     }
+}
+
+/// After our close: reads, and drops, what the client still sends until it
+/// answers the close or goes, for at most `CLOSE_LINGER`. Dropping the
+/// connection with the client's frames unread would reset it, and a reset
+/// throws away the close frame if it is still on its way, queued behind what
+/// a slow reader has not read yet.
+async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn error_frame(code: &str, detail: &str, client_id: Option<String>) -> Value {

@@ -95,7 +95,8 @@ fn missing_prerequisites(e2e: &Path) -> Vec<String> {
 /// Alice on node 1 and Bob on node 2 register, Bob logs out and back in
 /// through the login form, they meet in a public room, talk, edit, delete,
 /// reconnect and scroll back, all through the web client; Bob's 390 px window
-/// keeps the composer on screen and never scrolls sideways.
+/// keeps the composer on screen and never scrolls sideways; the login page and
+/// the room pass the script's accessibility checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_users_chat_across_two_nodes_in_chromium() {
     let root = repo_root();

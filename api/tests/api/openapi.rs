@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, spawn_app, spawn_app_with};
 
 /// Every route is registered through `utoipa_axum::routes!`, which puts it in
 /// the description; a plain axum `.route(` would slip past it. The only
@@ -248,7 +248,326 @@ async fn swagger_ui_is_served_without_other_hosts(backend: Backend) {
     }
 }
 
+/// The description as served at `/openapi.json`.
+fn description() -> Value {
+    serde_json::to_value(api::routes::api().1).unwrap()
+}
+
+/// `schema`, or the component it names with `$ref`.
+fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(r) => {
+            let name = r.trim_start_matches("#/components/schemas/");
+            &spec["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// Every operation as (method, path, operation).
+fn operations(spec: &Value) -> Vec<(String, String, &Value)> {
+    let mut ops = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            ops.push((method.to_uppercase(), path.clone(), op));
+        }
+    }
+    ops
+}
+
+/// Whether a schema (resolved) carries an example, itself or on every property.
+fn has_example(spec: &Value, schema: &Value) -> bool {
+    let schema = resolve(spec, schema);
+    let own = schema.get("example").is_some()
+        || schema["examples"].as_array().is_some_and(|e| !e.is_empty());
+    if own {
+        return true;
+    }
+    match schema["properties"].as_object() {
+        Some(props) if !props.is_empty() => props.values().all(|p| has_example(spec, p)),
+        _ => false,
+    }
+}
+
+/// Clients and schemathesis start from the examples: every JSON request body
+/// has one, on its schema or on each of its fields.
+#[test]
+fn every_json_request_body_has_an_example() {
+    let spec = description();
+    let mut offenders = Vec::new();
+    let mut bodies = 0;
+    for (method, path, op) in operations(&spec) {
+        let Some(content) = op["requestBody"]["content"].as_object() else {
+            continue;
+        };
+        for (media, body) in content {
+            if media != "application/json" {
+                continue;
+            }
+            bodies += 1;
+            let example = body.get("example").is_some()
+                || body["examples"].as_object().is_some_and(|e| !e.is_empty());
+            if !example && !has_example(&spec, &body["schema"]) {
+                offenders.push(format!("{method} {path}: {}", body["schema"]));
+            }
+        }
+    }
+    assert!(bodies >= 10, "only {bodies} JSON request bodies found");
+    assert!(
+        offenders.is_empty(),
+        "JSON request bodies without an example:\n{}",
+        offenders.join("\n")
+    );
+}
+
+/// Every schema of the description shows what it looks like; only the
+/// multipart avatar upload, a file, has none to show.
+#[test]
+fn every_schema_has_an_example() {
+    let spec = description();
+    let schemas = spec["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "UserView",
+        "TokenResponse",
+        "RoomView",
+        "Member",
+        "MessageView",
+        "Accepted",
+        "GuestToken",
+        "Problem",
+    ] {
+        assert!(schemas.contains_key(name), "no schema {name}");
+    }
+    let offenders: Vec<_> = schemas
+        .iter()
+        .filter(|(name, schema)| *name != "AvatarUpload" && !has_example(&spec, schema))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "schemas without an example: {offenders:?}"
+    );
+}
+
+/// The example of the component schema `name`.
+fn example(spec: &Value, name: &str) -> Value {
+    let example = spec["components"]["schemas"][name]["example"].clone();
+    assert!(example.is_object(), "{name} has no example");
+    example
+}
+
+/// The field names of a JSON object, sorted.
+fn keys(value: &Value) -> Vec<String> {
+    let mut keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// Sends `body` (with `token` unless it is empty); returns the status and the answer.
+async fn send(
+    app: &crate::helpers::TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let mut req = app.client.request(method, app.url(path)).json(body);
+    if !token.is_empty() {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// The request examples pass the server's own validation, in the order a
+/// client would send them, and the response examples have the fields the
+/// server really sends.
+async fn the_examples_are_accepted(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.guest_tokens = true;
+        c.admin_username = Some("root".into());
+        c.admin_password = Some("password123".to_owned().into());
+    })
+    .await
+    else {
+        return;
+    };
+    let spec = description();
+    let api = app.api();
+    use reqwest::Method;
+
+    let (status, user) = send(
+        &app,
+        Method::POST,
+        "/auth/register",
+        "",
+        &example(&spec, "RegisterRequest"),
+    )
+    .await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(keys(&user), keys(&example(&spec, "UserView")));
+    let (status, token) = send(
+        &app,
+        Method::POST,
+        "/auth/login",
+        "",
+        &example(&spec, "LoginRequest"),
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(keys(&token), keys(&example(&spec, "TokenResponse")));
+    let alice = token["access_token"].as_str().unwrap().to_owned();
+
+    let (status, room) = send(
+        &app,
+        Method::POST,
+        "/rooms",
+        &alice,
+        &example(&spec, "CreateRoom"),
+    )
+    .await;
+    assert_eq!(status, 201, "{room}");
+    assert_eq!(keys(&room), keys(&example(&spec, "RoomView")));
+    let room_path = format!("/rooms/{}", room["id"].as_str().unwrap());
+    let add = example(&spec, "AddMember");
+    api.register(add["username"].as_str().unwrap()).await;
+    let (status, answer) = send(
+        &app,
+        Method::POST,
+        &format!("{room_path}/members"),
+        &alice,
+        &add,
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{status} {answer}");
+    let (status, members) = send(
+        &app,
+        Method::GET,
+        &format!("{room_path}/members"),
+        &alice,
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{members}");
+    assert_eq!(keys(&members[0]), keys(&example(&spec, "Member")));
+
+    let new_message = example(&spec, "NewMessage");
+    assert_eq!(
+        new_message["room_id"], room["name"],
+        "the message example is for the room example"
+    );
+    let (status, accepted) = send(&app, Method::POST, "/message", &alice, &new_message).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(keys(&accepted), keys(&example(&spec, "Accepted")));
+    assert_eq!(accepted["status"], example(&spec, "Accepted")["status"]);
+    let (status, accepted) = send(
+        &app,
+        Method::POST,
+        &format!("{room_path}/messages"),
+        &alice,
+        &example(&spec, "NewRoomMessage"),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    // The store stage writes the message a moment after the 202.
+    let edit_path = format!("/messages/{}", accepted["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (status, edited) = loop {
+        let (status, edited) = send(
+            &app,
+            Method::PATCH,
+            &edit_path,
+            &alice,
+            &example(&spec, "Edit"),
+        )
+        .await;
+        if status != 404 || std::time::Instant::now() > deadline {
+            break (status, edited);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(keys(&edited), keys(&example(&spec, "MessageView")));
+    assert_eq!(keys(&edited["sender"]), keys(&example(&spec, "SenderView")));
+
+    let (status, me) = send(
+        &app,
+        Method::PATCH,
+        "/users/me",
+        &alice,
+        &example(&spec, "UpdateMe"),
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+
+    let root = api.login("root").await;
+    let (status, created) = send(
+        &app,
+        Method::POST,
+        "/admin/users",
+        &root,
+        &example(&spec, "NewUser"),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let role_path = format!("/admin/users/{}", created["id"].as_str().unwrap());
+    let (status, changed) = send(
+        &app,
+        Method::PATCH,
+        &role_path,
+        &root,
+        &example(&spec, "RoleChange"),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+
+    let (status, guest) = send(
+        &app,
+        Method::POST,
+        "/generate-token",
+        "",
+        &example(&spec, "GuestRequest"),
+    )
+    .await;
+    assert_eq!(status, 200, "{guest}");
+    assert_eq!(keys(&guest), keys(&example(&spec, "GuestToken")));
+}
+
+/// Every documented failure is a problem: `application/problem+json`, with
+/// the `Problem` schema and nothing else.
+#[test]
+fn every_error_response_is_a_problem() {
+    let spec = description();
+    let mut offenders = Vec::new();
+    let mut errors = 0;
+    for (method, path, op) in operations(&spec) {
+        for (status, response) in op["responses"].as_object().unwrap() {
+            if !(status.starts_with('4') || status.starts_with('5')) {
+                continue;
+            }
+            errors += 1;
+            let content = response["content"].as_object();
+            let problem = content.is_some_and(|c| {
+                c.len() == 1
+                    && c.get("application/problem+json")
+                        .is_some_and(|m| m["schema"]["$ref"] == "#/components/schemas/Problem")
+            });
+            if !problem {
+                offenders.push(format!("{method} {path} {status}: {response}"));
+            }
+        }
+    }
+    assert!(errors >= 50, "only {errors} error responses found");
+    assert!(
+        offenders.is_empty(),
+        "error responses that are not problem+json with the Problem schema:\n{}",
+        offenders.join("\n")
+    );
+}
+
 crate::on_both_backends!(
     the_description_covers_every_route,
+    the_examples_are_accepted,
     swagger_ui_is_served_without_other_hosts
 );

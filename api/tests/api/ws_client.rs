@@ -114,6 +114,12 @@ impl Ws {
     /// close code, or `None` when it ended without a close frame (a reset
     /// throws away what the kernel had not yet handed over).
     pub async fn read_until_end(&mut self) -> (Vec<Value>, Option<u16>) {
+        let (frames, close) = self.read_until_end_with_reason().await;
+        (frames, close.map(|(code, _)| code))
+    }
+
+    /// Like [`Ws::read_until_end`], with the close frame's reason beside its code.
+    pub async fn read_until_end_with_reason(&mut self) -> (Vec<Value>, Option<(u16, String)>) {
         let mut frames = Vec::new();
         loop {
             let Some(next) = self.next_message(WAIT).await else {
@@ -122,7 +128,10 @@ impl Ws {
             match next {
                 Some(Message::Text(text)) => frames.push(serde_json::from_str(&text).unwrap()),
                 Some(Message::Close(frame)) => {
-                    return (frames, Some(frame.map_or(1005, |f| u16::from(f.code))));
+                    let close = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.as_str().to_owned())
+                    });
+                    return (frames, Some(close));
                 }
                 Some(_) => {}
                 None => return (frames, None),
