@@ -7,6 +7,7 @@ mod ws_client;
 mod accounts;
 mod auth;
 mod authz;
+mod autobahn;
 mod avatars;
 mod browser;
 mod cli;
