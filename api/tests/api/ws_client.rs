@@ -16,11 +16,13 @@ pub struct Ws {
     pending: VecDeque<Message>,
 }
 
-/// A refused upgrade: the HTTP status and the problem+json body.
+/// A refused upgrade: the HTTP status, the problem+json body and the
+/// `Retry-After` seconds, if any.
 #[derive(Debug)]
 pub struct Refused {
     pub status: u16,
     pub body: Value,
+    pub retry_after: Option<u64>,
 }
 
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -71,7 +73,16 @@ impl Ws {
                     .as_deref()
                     .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
                     .unwrap_or(Value::Null);
-                Err(Refused { status, body })
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                Err(Refused {
+                    status,
+                    body,
+                    retry_after,
+                })
             }
             Err(err) => panic!("websocket connect failed: {err}"),
         }
