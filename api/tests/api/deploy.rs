@@ -506,15 +506,7 @@ async fn dashboard_reads_exported_metrics(backend: Backend) {
     assert_eq!(status, 202, "{body}");
     ws.next_of(&["message"]).await;
 
-    let text = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.metrics().await;
     let missing: Vec<&String> = names
         .iter()
         .filter(|name| {

@@ -47,15 +47,7 @@ async fn post_many(api: &Api, token: &str, room: &str, n: usize, size: usize) {
 
 /// The node's `roomcast_slow_consumer_disconnects_total`.
 async fn slow_consumer_disconnects(api: &Api) -> f64 {
-    let text = api
-        .client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("roomcast_slow_consumer_disconnects_total "))
         .map_or(0.0, |v| v.trim().parse().unwrap())
