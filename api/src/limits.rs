@@ -12,7 +12,12 @@
 //! socket has its own message rate. Limits are per node: with N nodes behind
 //! a balancer, the cluster-wide figure is at most N times these.
 
-use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use governor::{
     DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter,
@@ -31,6 +36,11 @@ const LOGIN_PER_ADDRESS: (u32, Duration) = (30, Duration::from_secs(1));
 const LOGIN_PER_ACCOUNT: (u32, Duration) = (100, Duration::from_secs(1));
 /// Messages per socket: a burst of 30, then 20 a second.
 const SOCKET_MESSAGES: (u32, Duration) = (30, Duration::from_millis(50));
+
+/// One clock for every limiter. Making a clock reads the CPU's features
+/// (CPUID), which a virtual machine traps: it showed in profiles when each
+/// socket and each refusal made its own.
+static CLOCK: LazyLock<DefaultClock> = LazyLock::new(DefaultClock::default);
 
 fn quota((burst, period): (u32, Duration)) -> Quota {
     Quota::with_period(period)
@@ -55,10 +65,19 @@ impl Limits {
             Duration::from_secs(1) / connect_rate.max(1),
         );
         Arc::new(Self {
-            login_by_account_and_address: RateLimiter::keyed(quota(LOGIN_PER_ACCOUNT_AND_ADDRESS)),
-            login_by_address: RateLimiter::keyed(quota(LOGIN_PER_ADDRESS)),
-            login_by_account: RateLimiter::keyed(quota(LOGIN_PER_ACCOUNT)),
-            connects_by_user: RateLimiter::keyed(quota(connects)),
+            login_by_account_and_address: RateLimiter::dashmap_with_clock(
+                quota(LOGIN_PER_ACCOUNT_AND_ADDRESS),
+                CLOCK.clone(),
+            ),
+            login_by_address: RateLimiter::dashmap_with_clock(
+                quota(LOGIN_PER_ADDRESS),
+                CLOCK.clone(),
+            ),
+            login_by_account: RateLimiter::dashmap_with_clock(
+                quota(LOGIN_PER_ACCOUNT),
+                CLOCK.clone(),
+            ),
+            connects_by_user: RateLimiter::dashmap_with_clock(quota(connects), CLOCK.clone()),
         })
     }
 
@@ -67,7 +86,7 @@ impl Limits {
     /// order, and a refusal stops the count: an attempt the narrower limits
     /// refuse never uses up the wider ones.
     pub fn check_login(&self, username: &str, address: IpAddr) -> Result<(), ApiError> {
-        let clock = DefaultClock::default();
+        let clock = &*CLOCK;
         let refused = |wait: Duration| too_many("too many login attempts; wait and retry", wait);
         let address = address_key(address);
         let account = username.to_lowercase();
@@ -87,7 +106,7 @@ impl Limits {
         self.connects_by_user.check_key(&user).map_err(|n| {
             too_many(
                 "too many socket connects; wait and retry",
-                n.wait_time_from(DefaultClock::default().now()),
+                n.wait_time_from(CLOCK.now()),
             )
         })
     }
@@ -127,7 +146,7 @@ fn too_many(detail: &str, wait: Duration) -> ApiError {
 
 /// A fresh message-rate limiter for one socket.
 pub fn socket_limiter() -> DefaultDirectRateLimiter {
-    RateLimiter::direct(quota(SOCKET_MESSAGES))
+    RateLimiter::direct_with_clock(quota(SOCKET_MESSAGES), CLOCK.clone())
 }
 
 #[cfg(test)]
