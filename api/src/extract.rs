@@ -54,8 +54,9 @@ pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes
 /// Parses a JSON object, telling syntax errors (400 `malformed_json`) from
 /// shape errors (422 `validation_failed` with the field path).
 ///
-/// The syntax is checked over the whole body first: read in one pass, a
-/// truncated body could otherwise be reported as its first unknown field,
+/// A well-formed body is read once. Only when that read fails is the whole
+/// body's syntax checked, because a single pass stops at the first thing it
+/// dislikes: a truncated body would be reported as its first unknown field,
 /// and a number where an enum belongs as a syntax error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // JSON may smuggle NUL in as `\u0000`; databases refuse it in text.
@@ -68,23 +69,31 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|_| {
         ApiError::bad_request("malformed_json", "the body is not valid JSON: not UTF-8")
     })?;
-    serde_json::from_str::<IgnoredAny>(text).map_err(|e| malformed(&e))?;
+    let syntax = || serde_json::from_str::<IgnoredAny>(text).map_err(|e| malformed(&e));
     // serde would also read a struct from an array, by position.
     if !text.trim_start().starts_with('{') {
+        syntax()?;
         return Err(ApiError::invalid_field("body", "must be a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let message = if err.inner().is_data() {
-            strip_position(&err.inner().to_string())
-        } else {
-            "has the wrong type".to_owned()
-        };
-        ApiError::validation(vec![FieldError {
-            field: field_name(&err.path().to_string(), &message),
-            message,
-        }])
-    })
+    match serde_path_to_error::deserialize(&mut de) {
+        Ok(value) => {
+            de.end().map_err(|e| malformed(&e))?;
+            Ok(value)
+        }
+        Err(err) => {
+            syntax()?;
+            let message = if err.inner().is_data() {
+                strip_position(&err.inner().to_string())
+            } else {
+                "has the wrong type".to_owned()
+            };
+            Err(ApiError::validation(vec![FieldError {
+                field: field_name(&err.path().to_string(), &message),
+                message,
+            }]))
+        }
+    }
 }
 
 /// The field an error is about: serde's path names the object that lacks a
