@@ -116,7 +116,7 @@ async fn persist(
         match serde_json::from_slice::<Envelope>(&delivery.payload) {
             Ok(envelope) if has_nul(&envelope) => {
                 // Databases refuse NUL in text; retrying would never succeed.
-                rejected.push((index, "invalid_text: NUL character".to_owned()));
+                rejected.push((index, Reject::InvalidText, Some("NUL character".to_owned())));
             }
             Ok(envelope) => {
                 // Hand-published messages have no id; give one now, so that
@@ -128,7 +128,7 @@ async fn persist(
                     envelope,
                 });
             }
-            Err(err) => rejected.push((index, format!("unparseable: {err}"))),
+            Err(err) => rejected.push((index, Reject::Unparseable, Some(err.to_string()))),
         }
     }
     let mut backoff = Duration::from_millis(100);
@@ -154,10 +154,14 @@ async fn persist(
 /// whole batch. On a broker error nothing more is acked: the broker
 /// redelivers, and the store stage stores nothing twice.
 async fn settle(broker: &dyn Broker, batch: Vec<Delivery>, outcome: Outcome) {
-    for (index, reason) in &outcome.rejected {
-        let label = reason.split(':').next().unwrap_or("unknown").to_owned();
-        metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => label).increment(1);
-        if let Err(err) = broker.dead_letter(&batch[*index].payload, reason).await {
+    for (index, reason, detail) in &outcome.rejected {
+        metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => reason.label())
+            .increment(1);
+        let header = match detail {
+            Some(detail) => format!("{}: {detail}", reason.label()),
+            None => reason.label().to_owned(),
+        };
+        if let Err(err) = broker.dead_letter(&batch[*index].payload, &header).await {
             tracing::warn!(error = %err, "store stage: cannot dead-letter; the batch will be redelivered");
             return;
         }
@@ -173,11 +177,54 @@ async fn settle(broker: &dyn Broker, batch: Vec<Delivery>, outcome: Outcome) {
     }
 }
 
+/// Why a message goes to `messages.dlq`: the `reason` label of
+/// [`crate::metrics::MESSAGES_DEAD_LETTERED`], and the start of the
+/// `x-roomcast-reason` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Not JSON, or not an envelope.
+    Unparseable,
+    /// Text the databases refuse (NUL).
+    InvalidText,
+    UnknownRoom,
+    EmptyContent,
+    /// Content over [`MAX_CONTENT_BYTES`].
+    TooLarge,
+    UnknownSender,
+    /// The sender may not post in that room (any more).
+    NotAMember,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 7] = [
+        Reject::Unparseable,
+        Reject::InvalidText,
+        Reject::UnknownRoom,
+        Reject::EmptyContent,
+        Reject::TooLarge,
+        Reject::UnknownSender,
+        Reject::NotAMember,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Unparseable => "unparseable",
+            Reject::InvalidText => "invalid_text",
+            Reject::UnknownRoom => "unknown_room",
+            Reject::EmptyContent => "empty_content",
+            Reject::TooLarge => "too_large",
+            Reject::UnknownSender => "unknown_sender",
+            Reject::NotAMember => "not_a_member",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Outcome {
     /// `(room, message event)` in batch order, for every stored message.
     events: Vec<(Uuid, Vec<u8>)>,
-    rejected: Vec<(usize, String)>,
+    /// `(index in the batch, why, detail for the header)`.
+    rejected: Vec<(usize, Reject, Option<String>)>,
 }
 
 async fn store_batch(db: &DatabaseConnection, incoming: &[Incoming]) -> Result<Outcome, DbErr> {
@@ -244,25 +291,27 @@ async fn store_batch(db: &DatabaseConnection, incoming: &[Incoming]) -> Result<O
             continue;
         }
         let Some(room) = rooms.get(&m.envelope.room_id) else {
-            outcome.rejected.push((m.index, "unknown_room".into()));
+            outcome.rejected.push((m.index, Reject::UnknownRoom, None));
             continue;
         };
         let content = &m.envelope.content;
         if content.trim().is_empty() {
-            outcome.rejected.push((m.index, "empty_content".into()));
+            outcome.rejected.push((m.index, Reject::EmptyContent, None));
             continue;
         }
         if content.len() > MAX_CONTENT_BYTES {
-            outcome.rejected.push((m.index, "too_large".into()));
+            outcome.rejected.push((m.index, Reject::TooLarge, None));
             continue;
         }
         if let Some(sender) = m.envelope.sender_id {
             if !names.contains_key(&sender) {
-                outcome.rejected.push((m.index, "unknown_sender".into()));
+                outcome
+                    .rejected
+                    .push((m.index, Reject::UnknownSender, None));
                 continue;
             }
             if room.kind != room::RoomKind::Public && !memberships.contains(&(room.id, sender)) {
-                outcome.rejected.push((m.index, "not_a_member".into()));
+                outcome.rejected.push((m.index, Reject::NotAMember, None));
                 continue;
             }
         }
