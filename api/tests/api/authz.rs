@@ -362,39 +362,9 @@ impl World {
 
     /// A message of the member's in `room`, once it is stored.
     async fn message(&self, room: &Fixture) -> String {
-        let path = format!("/rooms/{}/messages", room.id);
-        let (status, accepted) = self
-            .send(
-                "POST",
-                &path,
-                self.token(MEMBER),
-                Some(json!({"content": "the member's"})),
-            )
-            .await;
-        assert_eq!(status, 202, "{accepted}");
-        let id = accepted["id"].clone();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let (_, page) = self
-                .send(
-                    "GET",
-                    &format!("{path}?limit=200"),
-                    self.token(MEMBER),
-                    None,
-                )
-                .await;
-            if page
-                .as_array()
-                .is_some_and(|p| p.iter().any(|m| m["id"] == id))
-            {
-                return id.as_str().unwrap().to_owned();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "message {id} not stored"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        self.api
+            .post_stored(self.token(MEMBER), &room.id.to_string(), "the member's")
+            .await
     }
 
     /// Prepares what the row needs, then sends it as `caller`.

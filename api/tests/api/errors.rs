@@ -546,7 +546,7 @@ async fn every_endpoint_refuses_bad_input(backend: Backend) {
     let (other, _) = api.user("other").await;
     let admin = api.login("root").await;
     api.create_room(&user, "mine", "group").await;
-    let msg = stored_message(&api, &user, "mine").await;
+    let msg = api.post_stored(&user, "mine", "to edit").await;
 
     let rows = rows(&msg, other);
     let mut table = format!(
@@ -584,44 +584,6 @@ async fn every_endpoint_refuses_bad_input(backend: Backend) {
         wrong.len(),
         wrong.join("\n")
     );
-}
-
-/// Posts a message to `room` and waits until history has it; returns its id.
-async fn stored_message(api: &Api, token: &str, room: &str) -> String {
-    let res = api
-        .client
-        .post(api.url(&format!("/rooms/{room}/messages")))
-        .bearer_auth(token)
-        .json(&json!({"content": "to edit"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let id = res.json::<Value>().await.unwrap()["id"].clone();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let page: Value = api
-            .client
-            .get(api.url(&format!("/rooms/{room}/messages")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if page
-            .as_array()
-            .is_some_and(|p| p.iter().any(|m| m["id"] == id))
-        {
-            return id.as_str().unwrap().to_owned();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "message {id} not stored"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 crate::on_both_backends!(every_endpoint_refuses_bad_input);

@@ -459,6 +459,46 @@ impl Api {
         }
     }
 
+    /// Posts `content` to `room` as the holder of `token` and waits (up to
+    /// 20 s) until the room's history has it; returns its id.
+    pub async fn post_stored(&self, token: &str, room: &str, content: &str) -> String {
+        let path = self.url(&format!("/rooms/{room}/messages"));
+        let res = self
+            .client
+            .post(&path)
+            .bearer_auth(token)
+            .json(&serde_json::json!({"content": content}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let id = res.json::<Value>().await.unwrap()["id"].clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let page: Value = self
+                .client
+                .get(format!("{path}?limit=200"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if page
+                .as_array()
+                .is_some_and(|p| p.iter().any(|m| m["id"] == id))
+            {
+                return id.as_str().unwrap().to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {id} not stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The node's `/metrics` text.
     pub async fn metrics(&self) -> String {
         let res = self.client.get(self.url("/metrics")).send().await.unwrap();
