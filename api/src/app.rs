@@ -19,6 +19,7 @@ use crate::{
     config::Config,
     db,
     limits::Limits,
+    presence::Presence,
     routes,
     state::AppState,
     store::users,
@@ -58,12 +59,14 @@ impl Application {
             None => Arc::new(MemoryBroker::new()),
         };
         let limits = Limits::new(config.socket_connect_burst, config.socket_connect_rate);
+        let presence = Presence::start(broker.clone());
         let state = AppState {
             db,
             config: Arc::new(config),
             tokens,
             broker,
             hub: Hub::new(),
+            presence,
             node_id,
             stop: CancellationToken::new(),
             sockets: TaskTracker::new(),
@@ -137,6 +140,7 @@ impl Application {
         // Upgraded sockets outlive the HTTP server; let them send their 1012.
         state.sockets.close();
         let _ = tokio::time::timeout(SOCKET_DRAIN, state.sockets.wait()).await;
+        state.presence.close().await;
         for stage in stages {
             let _ = stage.await;
         }

@@ -1,5 +1,5 @@
-//! Short-lived caches for the ingest hot path: whose a token is, which room a
-//! key names, who is a member of it.
+//! Short-lived caches for the ingest hot path (and socket upgrades): whose a
+//! token is, which room a key names, who is a member of it.
 //!
 //! An entry is *fresh* for [`FRESH`]: used without asking the database. After
 //! that it is kept, up to [`KEEP`], only as a fallback for when the database

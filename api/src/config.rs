@@ -56,6 +56,13 @@ pub struct Config {
     #[arg(long, env = "HISTORY_ON_CONNECT", default_value_t = 50)]
     pub history_on_connect: u32,
 
+    /// How long a socket must stay open before its user counts as present
+    /// and the room hears `join` (and, when it closes, `leave`), e.g. `1s`,
+    /// `500ms`; `0s` announces at once. Sockets that connect and drop sooner
+    /// cost the room nothing.
+    #[arg(long, env = "PRESENCE_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub presence_delay: Duration,
+
     /// Largest message content, in bytes (HTTP 413, WebSocket close 1009).
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_message_bytes: u32,

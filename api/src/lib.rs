@@ -30,6 +30,7 @@ pub mod extract;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod presence;
 pub mod routes;
 pub mod seed;
 pub mod serve;

@@ -6,7 +6,7 @@ use consumer::{Broker, Hub};
 use sea_orm::DatabaseConnection;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{auth::TokenKeys, cache::Caches, config::Config, limits::Limits};
+use crate::{auth::TokenKeys, cache::Caches, config::Config, limits::Limits, presence::Presence};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +16,8 @@ pub struct AppState {
     pub broker: Arc<dyn Broker>,
     /// This node's sockets.
     pub hub: Arc<Hub>,
+    /// Who is in each room on this node, as `join` and `leave` tell it.
+    pub presence: Arc<Presence>,
     pub node_id: Arc<str>,
     /// Cancelled when the server shuts down: sockets close with 1012.
     pub stop: CancellationToken,

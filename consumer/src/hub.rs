@@ -122,18 +122,6 @@ impl Hub {
         }
     }
 
-    /// The distinct users with a socket in `room_id` on this node.
-    pub fn online(&self, room_id: Uuid) -> Vec<Uuid> {
-        let rooms = self.rooms.read().expect("hub lock");
-        let mut users: Vec<Uuid> = rooms
-            .get(&room_id)
-            .map(|m| m.values().map(|m| m.user_id).collect())
-            .unwrap_or_default();
-        users.sort_unstable();
-        users.dedup();
-        users
-    }
-
     /// Open sockets on this node.
     pub fn sockets(&self) -> usize {
         self.rooms
@@ -229,7 +217,6 @@ mod tests {
         assert!(in_b.events.try_recv().is_err());
         drop(in_a);
         assert_eq!(hub.sockets(), 1);
-        assert!(hub.online(a).is_empty());
     }
 
     #[tokio::test]

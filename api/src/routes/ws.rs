@@ -122,9 +122,17 @@ async fn connect_updates(
 
 /// Resolves the room (creating it when allowed) and lets the user in, or says why not.
 async fn enter_room(state: &AppState, user: &AuthUser, key: &str) -> Result<room::Model> {
-    let room = match rooms::find(&state.db, key).await? {
-        Some(room) => room,
-        None if state.config.rooms_auto_create && user.claims.room.is_none() => {
+    // The room cache, as for ingest: a reconnect storm does not become a
+    // storm of room lookups. Membership is always read from the database.
+    let found = state
+        .caches
+        .rooms
+        .get_or_fetch(key.to_owned(), || rooms::get(&state.db, key))
+        .await;
+    let room = match found {
+        Ok(room) => room,
+        Err(err) if err.code != "not_found" => return Err(err),
+        Err(_) if state.config.rooms_auto_create && user.claims.room.is_none() => {
             crate::domain::validate_room_name(key).map_err(|_| ApiError::not_found("room"))?;
             match rooms::create(&state.db, key, RoomKind::Private, user.id).await {
                 Ok(room) => room,
@@ -133,7 +141,7 @@ async fn enter_room(state: &AppState, user: &AuthUser, key: &str) -> Result<room
                 Err(err) => return Err(err),
             }
         }
-        None => return Err(ApiError::not_found("room")),
+        Err(err) => return Err(err),
     };
     if let Some(guest_room) = user.claims.room
         && guest_room != room.id
@@ -195,32 +203,9 @@ impl Session {
         let (mut sink, mut stream) = socket.split();
         let mut sub = self.state.hub.subscribe(self.room.id, self.user.id);
         let _gauge = SocketGauge::open();
-        let me = SenderView {
-            id: self.user.id,
-            username: self.user.username.clone(),
-        };
 
         let end = match self.start(&mut sink, since, history).await {
-            Ok(last_seq) => {
-                super::announce(
-                    &self.state,
-                    RoomEvent::Join {
-                        room_id: self.room.id,
-                        user: me.clone(),
-                    },
-                )
-                .await;
-                let end = self.serve(&mut sink, &mut stream, &mut sub, last_seq).await;
-                super::announce(
-                    &self.state,
-                    RoomEvent::Leave {
-                        room_id: self.room.id,
-                        user: me,
-                    },
-                )
-                .await;
-                end
-            }
+            Ok(last_seq) => self.serve(&mut sink, &mut stream, &mut sub, last_seq).await,
             Err(end) => end,
         };
         drop(sub);
@@ -247,10 +232,7 @@ impl Session {
 
     /// Sends `welcome` and the replay; returns the last `seq` sent.
     async fn start(&self, sink: &mut Sink, since: Option<i64>, history: u32) -> Result<i64, End> {
-        let online = self
-            .online()
-            .await
-            .map_err(|_| End::Close(1011, "internal error"))?;
+        let online = self.online();
         let welcome = json!({
             "type": "welcome",
             "room": {"id": self.room.id, "name": self.room.name, "kind": self.room.kind},
@@ -314,6 +296,11 @@ impl Session {
         let expires_in = (self.user.claims.exp - Utc::now().timestamp()).max(0) as u64;
         let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
         tokio::pin!(expiry);
+        // Counted in the room's presence once the socket has lasted; the
+        // count (and so the room's `leave`) goes with this function's end.
+        let settle = tokio::time::sleep(self.state.config.presence_delay);
+        tokio::pin!(settle);
+        let mut present = None;
         loop {
             // Biased: a close (shutdown, expiry, removal, full queue) wins
             // over sending what is still queued.
@@ -321,6 +308,9 @@ impl Session {
                 biased;
                 () = self.state.stop.cancelled() => return End::Close(1012, "server shutting down"),
                 () = &mut expiry => return End::Close(4001, "token expired"),
+                () = &mut settle, if present.is_none() => {
+                    present = Some(self.state.presence.arrive(self.room.id, self.me()));
+                }
                 _ = sub.close.changed() => {
                     if let Some(reason) = *sub.close.borrow() {
                         return End::Close(reason.code, reason.reason);
@@ -427,21 +417,20 @@ impl Session {
         }
     }
 
-    /// The users with a socket in this room on this node, in one query.
-    async fn online(&self) -> Result<Vec<SenderView>, ApiError> {
-        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-        let ids = self.state.hub.online(self.room.id);
-        let users = entity::User::find()
-            .filter(entity::user::Column::Id.is_in(ids))
-            .all(&self.state.db)
-            .await?;
-        Ok(users
-            .into_iter()
-            .map(|u| SenderView {
-                id: u.id,
-                username: u.username,
-            })
-            .collect())
+    fn me(&self) -> SenderView {
+        SenderView {
+            id: self.user.id,
+            username: self.user.username.clone(),
+        }
+    }
+
+    /// The users present in this room on this node, and this socket's own.
+    fn online(&self) -> Vec<SenderView> {
+        let mut online = self.state.presence.online(self.room.id);
+        if !online.iter().any(|u| u.id == self.user.id) {
+            online.push(self.me());
+        }
+        online
     }
 }
 

@@ -230,6 +230,38 @@ async fn auto_created_private_room_admits_two(backend: Backend) {
     let (_again, _) = Ws::join(app.addr, "/ws/alice-and-bob", &bob).await;
 }
 
+fn online_names(welcome: &Value) -> Vec<String> {
+    let mut names: Vec<String> = welcome["online"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The presence frames (`join`, `leave`) that come within `wait`, as
+/// `(type, username)`.
+async fn presence_within(ws: &mut Ws, wait: Duration) -> Vec<(String, String)> {
+    let until = tokio::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        match ws.poll_json(left).await.expect("the socket stays open") {
+            None => break,
+            Some(frame) if frame["type"] == "join" || frame["type"] == "leave" => seen.push((
+                frame["type"].as_str().unwrap().to_owned(),
+                frame["user"]["username"].as_str().unwrap().to_owned(),
+            )),
+            Some(_) => {}
+        }
+    }
+    seen
+}
+
+/// A user is announced once a socket of theirs has lasted `PRESENCE_DELAY`
+/// (1 s), once however many sockets they hold, and leaves with the last one.
+/// A socket that drops sooner is never announced.
 async fn join_and_leave_are_announced(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -237,18 +269,42 @@ async fn join_and_leave_are_announced(backend: Backend) {
     let api = app.api();
     let (_, alice) = api.user("alice").await;
     let (bob_id, bob) = api.user("bob").await;
-    let (mut ws_alice, _) = Ws::join(app.addr, "/ws/public", &alice).await;
+    let (_, carol) = api.user("carol").await;
+    let (mut ws_alice, welcome) = Ws::join(app.addr, "/ws/public", &alice).await;
+    assert_eq!(online_names(&welcome), ["alice"], "{welcome}");
+    let own = ws_alice.next_of(&["join"]).await;
+    assert_eq!(own["user"]["username"], "alice", "her own join comes first");
+
+    // Carol comes and goes before the delay: the room never hears of her.
+    let (quick, welcome) = Ws::join(app.addr, "/ws/public", &carol).await;
+    assert_eq!(online_names(&welcome), ["alice", "carol"]);
+    quick.close().await;
+
     let (ws_bob, welcome) = Ws::join(app.addr, "/ws/public", &bob).await;
-    assert_eq!(welcome["online"].as_array().unwrap().len(), 2, "{welcome}");
-    // Alice sees her own join first, then Bob's.
-    let mut join = ws_alice.next_of(&["join"]).await;
-    if join["user"]["username"] == "alice" {
-        join = ws_alice.next_of(&["join"]).await;
-    }
-    assert_eq!(join["user"]["id"], bob_id.to_string());
+    assert_eq!(online_names(&welcome), ["alice", "bob"], "{welcome}");
+    let (bob_again, _) = Ws::join(app.addr, "/ws/public", &bob).await;
+    let join = ws_alice.next_of(&["join"]).await;
+    assert_eq!(join["user"]["id"], bob_id.to_string(), "{join}");
+    // Both of Bob's sockets have lasted: one join, and closing one is no leave.
+    assert_eq!(
+        presence_within(&mut ws_alice, Duration::from_millis(1500)).await,
+        []
+    );
     ws_bob.close().await;
-    let leave = ws_alice.next_of(&["leave"]).await;
-    assert_eq!(leave["user"]["username"], "bob");
+    assert_eq!(
+        presence_within(&mut ws_alice, Duration::from_millis(1500)).await,
+        []
+    );
+    bob_again.close().await;
+    let leave = ws_alice.next_of(&["join", "leave"]).await;
+    assert_eq!(
+        (&leave["type"], &leave["user"]["username"]),
+        (&json!("leave"), &json!("bob"))
+    );
+    assert_eq!(
+        presence_within(&mut ws_alice, Duration::from_millis(1500)).await,
+        []
+    );
 }
 
 async fn guest_flow(backend: Backend) {
