@@ -41,6 +41,10 @@ use crate::{
 
 /// Room a text frame has for its JSON envelope beyond `MAX_MESSAGE_BYTES` of content.
 const ENVELOPE_ALLOWANCE: usize = 512;
+/// Bytes a socket reads from the network at a time. The library's default
+/// (128 KiB, for sockets that read a lot) was most of an idle socket's cost;
+/// room sockets mostly write, and a larger frame still arrives whole.
+const READ_BUFFER: usize = 4 * 1024;
 /// A socket whose writes stall this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket we close waits for the client's answering close.
@@ -90,6 +94,7 @@ async fn connect(
         .unwrap_or(state.config.history_on_connect)
         .min(REPLAY_PAGE as u32);
     Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
