@@ -625,7 +625,7 @@ async fn churn(addr: SocketAddr, tokens: Vec<String>, n: usize, on: Arc<AtomicBo
 }
 
 /// How long the attack lasts: 10 s in the suite; `ROOMCAST_SOAK_SECS` makes
-/// it a longer soak (RELIABILITY.md has the figures of a 120 s one).
+/// it a longer soak (RELIABILITY.md has the figures of 30 s ones).
 fn attack_phase() -> Duration {
     let secs = std::env::var("ROOMCAST_SOAK_SECS")
         .ok()
