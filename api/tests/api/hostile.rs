@@ -151,12 +151,13 @@ fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples[i].as_secs_f64() * 1000.0
 }
 
-/// The process's resident memory now (VmRSS), in KiB.
-fn rss_kib(pid: u32) -> f64 {
+/// A memory figure of the process from `/proc/{pid}/status` (`VmRSS`,
+/// `VmHWM`, …), in KiB.
+fn status_kib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .unwrap_or(0.0)
 }
@@ -184,11 +185,11 @@ async fn idle_sockets_are_cheap(backend: Backend) {
     // Warm up: pools, caches and the allocator's first arenas.
     let _warm = open(100).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(node.pid());
+    let before = status_kib(node.pid(), "VmRSS");
     const N: usize = 1000;
     let sockets = open(N).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let per_socket = (rss_kib(node.pid()) - before) / N as f64;
+    let per_socket = (status_kib(node.pid(), "VmRSS") - before) / N as f64;
     eprintln!(
         "idle sockets ({backend:?}): {N} sockets took {per_socket:.1} KiB each ({:.1} MiB in all)",
         per_socket * N as f64 / 1024.0
@@ -201,12 +202,7 @@ crate::on_both_backends!(idle_sockets_are_cheap);
 
 /// The process's peak resident memory (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    status_kib(pid, "VmHWM") / 1024.0
 }
 
 /// How long the quiet users talk before the attack: as long as the attack
