@@ -335,6 +335,11 @@ impl Session {
                     }
                 }
                 inbound = stream.next() => {
+                    // Frames that are already buffered come without a wait:
+                    // a flooding client would keep this task on its worker
+                    // thread for thousands of them. This yields every
+                    // budget's worth (128), so other sockets get their turn.
+                    tokio::task::consume_budget().await;
                     let reply = match inbound {
                         None => return End::Gone,
                         Some(Err(err)) => return closing_error(&err),
@@ -450,6 +455,7 @@ async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
             if matches!(message, Message::Close(_)) {
                 break;
             }
+            tokio::task::consume_budget().await;
         }
     })
     .await;
