@@ -242,6 +242,8 @@ async fn metrics_are_exported(backend: Backend) {
     .await;
     assert_eq!(status, 202);
     ws.next_of(&["message"]).await;
+    // The hub counts a hand-over after it: the socket may be faster.
+    wait_for_sample(&app, "roomcast_messages_delivered_total", 1.0).await;
 
     // A message that is not JSON, published by hand, is dead-lettered.
     match app.vhost() {
