@@ -260,13 +260,19 @@ async fn store_batch(db: &DatabaseConnection, incoming: &[Incoming]) -> Result<O
             .into_iter()
             .collect()
     };
-    let room_ids: HashSet<Uuid> = rooms.values().map(|r| r.id).collect();
-    let memberships: HashSet<(Uuid, Uuid)> = if senders.is_empty() {
+    // Only rooms that are not public ask for membership: a batch of public
+    // messages makes no query for it.
+    let closed_rooms: HashSet<Uuid> = rooms
+        .values()
+        .filter(|r| r.kind != room::RoomKind::Public)
+        .map(|r| r.id)
+        .collect();
+    let memberships: HashSet<(Uuid, Uuid)> = if senders.is_empty() || closed_rooms.is_empty() {
         HashSet::new()
     } else {
         room_member::Entity::find()
             .filter(room_member::Column::UserId.is_in(senders.iter().copied()))
-            .filter(room_member::Column::RoomId.is_in(room_ids.iter().copied()))
+            .filter(room_member::Column::RoomId.is_in(closed_rooms.iter().copied()))
             .all(&txn)
             .await?
             .into_iter()
@@ -331,7 +337,7 @@ async fn store_batch(db: &DatabaseConnection, incoming: &[Incoming]) -> Result<O
     }
 
     // Take a block of seqs for every room of the batch in one UPDATE (which
-    // row-locks them), then read where each block ends.
+    // row-locks them), returning where each block ends.
     let mut next_seq: HashMap<Uuid, i64> = HashMap::new();
     if !per_room.is_empty() {
         let mut blocks = per_room.iter();
@@ -346,25 +352,16 @@ async fn store_batch(db: &DatabaseConnection, incoming: &[Incoming]) -> Result<O
                 Expr::col(room::Column::LastSeq).add(*count),
             );
         }
-        let room_ids: Vec<Uuid> = per_room.keys().copied().collect();
-        room::Entity::update_many()
+        let ends = room::Entity::update_many()
             .col_expr(
                 room::Column::LastSeq,
                 case.finally(Expr::col(room::Column::LastSeq)).into(),
             )
-            .filter(room::Column::Id.is_in(room_ids.clone()))
-            .exec(&txn)
+            .filter(room::Column::Id.is_in(per_room.keys().copied()))
+            .exec_with_returning(&txn)
             .await?;
-        let ends: Vec<(Uuid, i64)> = room::Entity::find()
-            .select_only()
-            .column(room::Column::Id)
-            .column(room::Column::LastSeq)
-            .filter(room::Column::Id.is_in(room_ids))
-            .into_tuple()
-            .all(&txn)
-            .await?;
-        for (room_id, last) in ends {
-            next_seq.insert(room_id, last - per_room[&room_id] + 1);
+        for room in ends {
+            next_seq.insert(room.id, room.last_seq - per_room[&room.id] + 1);
         }
     }
     let mut new_rows = Vec::new();

@@ -303,7 +303,56 @@ async fn client_id_is_scoped_to_its_room(backend: Backend) {
     );
 }
 
+/// The store stage checks the sender again, whatever came through ingest: a
+/// message into a private room from a user who is not a member (removed
+/// after the `202`, or published by hand) is dead-lettered, not stored; the
+/// same user may post in a public room, and a member in the private one.
+async fn store_stage_checks_membership_of_closed_rooms(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (alice_id, alice) = api.user("alice").await;
+    let (carol_id, carol) = api.user("carol").await;
+    let secret = api.create_room(&alice, "secret", "private").await;
+    let hall = api.create_room(&alice, "hall", "public").await;
+    for (room, sender, content) in [
+        (&secret, carol_id, "let me in"),
+        (&hall, carol_id, "hello hall"),
+        (&secret, alice_id, "just us"),
+    ] {
+        app.publish_by_hand(
+            &json!({"room_id": room["id"], "sender_id": sender, "content": content}),
+        )
+        .await;
+    }
+    let in_hall = wait_for_history(&api, &carol, "hall", 1).await;
+    assert_eq!(in_hall[0]["content"], "hello hall");
+    // Published after carol's, so stored (or refused) after it.
+    let in_secret = wait_for_history(&api, &alice, "secret", 1).await;
+    assert_eq!(in_secret[0]["content"], "just us");
+    assert_eq!(in_secret[0]["seq"], 1, "the refused message took no seq");
+    // Counted when the batch is settled, just after it is committed.
+    let refused = r#"roomcast_messages_dead_lettered_total{reason="not_a_member"} "#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = api.metrics().await;
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(refused).map(|v| v.trim().to_owned()));
+        if count.as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not_a_member dead letters: {count:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 crate::on_both_backends!(
+    store_stage_checks_membership_of_closed_rooms,
     http_message_reaches_sockets_and_history,
     client_id_retry_is_stored_and_delivered_once,
     client_id_is_scoped_to_its_room,
