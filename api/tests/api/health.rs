@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, TestVhost, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, TestApp, TestVhost, sample, spawn_app, spawn_app_with};
 
 /// `/readyz`: status, body, `Retry-After`.
 async fn readyz(app: &TestApp) -> (u16, Value, Option<String>) {
@@ -169,40 +169,6 @@ pub fn documented_metrics() -> Vec<String> {
     names
 }
 
-/// The value of one series (`name` or `name{labels}`) in a Prometheus text page.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-async fn scrape(app: &TestApp) -> String {
-    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap()
-}
-
-/// Scrapes until `series` reaches `at_least` (15 s at most).
-async fn wait_for_sample(app: &TestApp, series: &str, at_least: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = scrape(app).await;
-        let value = sample(&text, series);
-        if value.is_some_and(|v| v >= at_least) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} is {value:?}, not {at_least}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 const DEAD_LETTERED_UNPARSEABLE: &str =
     r#"roomcast_messages_dead_lettered_total{reason="unparseable"}"#;
 
@@ -214,7 +180,7 @@ async fn metrics_are_exported(backend: Backend) {
     assert_eq!(documented.len(), 9, "README lists {documented:?}");
 
     // Counters and the gauge show from start-up, at zero.
-    let text = scrape(&app).await;
+    let text = app.api().metrics().await;
     for series in [
         "roomcast_messages_accepted_total",
         "roomcast_messages_stored_total",
@@ -243,20 +209,26 @@ async fn metrics_are_exported(backend: Backend) {
     assert_eq!(status, 202);
     ws.next_of(&["message"]).await;
     // The hub counts a hand-over after it: the socket may be faster.
-    wait_for_sample(&app, "roomcast_messages_delivered_total", 1.0).await;
+    app.api()
+        .wait_for_metric("roomcast_messages_delivered_total", 1.0)
+        .await;
 
     // A message that is not JSON, published by hand, is dead-lettered.
     match app.vhost() {
         Some(vhost) => vhost.publish_by_hand("messages", "this is not json").await,
         None => app.broker.publish(b"this is not json").await.unwrap(),
     }
-    wait_for_sample(&app, DEAD_LETTERED_UNPARSEABLE, 1.0).await;
+    app.api()
+        .wait_for_metric(DEAD_LETTERED_UNPARSEABLE, 1.0)
+        .await;
 
     // A broker connection closed under the node is re-established and counted.
     if let Some(vhost) = app.vhost() {
         vhost.wait_for_connections(1).await;
         assert!(vhost.close_connections().await > 0);
-        wait_for_sample(&app, "roomcast_broker_reconnects_total", 1.0).await;
+        app.api()
+            .wait_for_metric("roomcast_broker_reconnects_total", 1.0)
+            .await;
     }
 
     let res = app.client.get(app.url("/metrics")).send().await.unwrap();

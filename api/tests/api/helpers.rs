@@ -506,6 +506,28 @@ impl Api {
         res.text().await.unwrap()
     }
 
+    /// One series of `/metrics` (`name` or `name{labels}`), if shown.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics().await, series)
+    }
+
+    /// Scrapes until `series` reaches `at_least` (15 s at most).
+    pub async fn wait_for_metric(&self, series: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = self.metrics().await;
+            let value = sample(&text, series);
+            if value.is_some_and(|v| v >= at_least) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} is {value:?}, not {at_least}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -706,4 +728,15 @@ fn start_node(db_url: &str, env: &[(&str, &str)], keep: Option<NodeLogs>) -> Nod
         startup_line,
         child,
     }
+}
+
+/// The value of one series (`name` or `name{labels}`) in a Prometheus text page.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

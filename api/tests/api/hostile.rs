@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::oneshot};
 
 use crate::{
-    helpers::{Api, Backend, TestEnv, spawn_app, spawn_env_node},
+    helpers::{Api, Backend, TestEnv, sample, spawn_app, spawn_env_node},
     ws_client::Ws,
 };
 
@@ -47,10 +47,9 @@ async fn post_many(api: &Api, token: &str, room: &str, n: usize, size: usize) {
 
 /// The node's `roomcast_slow_consumer_disconnects_total`.
 async fn slow_consumer_disconnects(api: &Api) -> f64 {
-    let text = api.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("roomcast_slow_consumer_disconnects_total "))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    api.metric("roomcast_slow_consumer_disconnects_total")
+        .await
+        .unwrap_or(0.0)
 }
 
 fn seqs(frames: &[Value]) -> Vec<i64> {
@@ -501,14 +500,10 @@ struct Handovers {
 impl Handovers {
     async fn read(api: &Api) -> Self {
         let text = api.metrics().await;
-        let value = |prefix: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(prefix))
-                .map_or(0.0, |v| v.trim().parse().unwrap())
-        };
+        let value = |series: &str| sample(&text, series).unwrap_or(0.0);
         Self {
-            count: value("roomcast_delivery_latency_seconds_count "),
-            within_5ms: value("roomcast_delivery_latency_seconds_bucket{le=\"0.005\"} "),
+            count: value("roomcast_delivery_latency_seconds_count"),
+            within_5ms: value(r#"roomcast_delivery_latency_seconds_bucket{le="0.005"}"#),
         }
     }
 

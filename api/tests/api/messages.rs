@@ -333,22 +333,9 @@ async fn store_stage_checks_membership_of_closed_rooms(backend: Backend) {
     assert_eq!(in_secret[0]["content"], "just us");
     assert_eq!(in_secret[0]["seq"], 1, "the refused message took no seq");
     // Counted when the batch is settled, just after it is committed.
-    let refused = r#"roomcast_messages_dead_lettered_total{reason="not_a_member"} "#;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = api.metrics().await;
-        let count = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(refused).map(|v| v.trim().to_owned()));
-        if count.as_deref() == Some("1") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not_a_member dead letters: {count:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let refused = r#"roomcast_messages_dead_lettered_total{reason="not_a_member"}"#;
+    api.wait_for_metric(refused, 1.0).await;
+    assert_eq!(api.metric(refused).await, Some(1.0));
 }
 
 crate::on_both_backends!(
