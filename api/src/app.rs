@@ -21,6 +21,7 @@ use crate::{
     limits::Limits,
     presence::Presence,
     routes,
+    stages::Stages,
     state::AppState,
     store::users,
 };
@@ -108,18 +109,13 @@ impl Application {
         );
         crate::metrics::handle();
         crate::metrics::register();
-        let stages = [
-            supervise("store stage", state.stop.clone(), {
-                let (db, broker, stop) =
-                    (state.db.clone(), state.broker.clone(), state.stop.clone());
-                move || consumer::store::run(db.clone(), broker.clone(), stop.clone())
-            }),
-            supervise("delivery stage", state.stop.clone(), {
-                let (broker, hub, stop) =
-                    (state.broker.clone(), state.hub.clone(), state.stop.clone());
-                move || consumer::delivery::run(broker.clone(), hub.clone(), stop.clone())
-            }),
-        ];
+        let stages = Stages::start(
+            &config.database_url,
+            state.broker.clone(),
+            state.hub.clone(),
+            state.stop.clone(),
+        )
+        .await?;
         let limits = state.limits.clone();
         let shrink = tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -141,43 +137,13 @@ impl Application {
         state.sockets.close();
         let _ = tokio::time::timeout(SOCKET_DRAIN, state.sockets.wait()).await;
         state.presence.close().await;
-        for stage in stages {
-            let _ = stage.await;
-        }
+        stages.stopped().await;
         shrink.abort();
         state.broker.close().await;
         state.db.clone().close().await.ok();
         tracing::info!("roomcast stopped");
         Ok(())
     }
-}
-
-/// Runs a stage until `stop`; if it panics (a bug, never input), logs it and
-/// starts it again a second later instead of leaving the node half alive.
-/// What the dead stage had not acked, the broker hands out again.
-fn supervise<F, Fut>(
-    name: &'static str,
-    stop: CancellationToken,
-    stage: F,
-) -> tokio::task::JoinHandle<()>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            match tokio::spawn(stage()).await {
-                Err(err) if err.is_panic() && !stop.is_cancelled() => {
-                    tracing::error!(stage = name, "the {name} panicked; restarting it");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    }
-                }
-                _ => return,
-            }
-        }
-    })
 }
 
 /// Runs pending migrations. On PostgreSQL an advisory lock, held on one

@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`config`]: typed configuration from the environment; [`cli`]: the commands.
 //! - [`app`]: [`Application`] — build from a config, bind, serve until shutdown;
-//!   [`serve`]: the HTTP listener (connections, header deadline, draining).
+//!   [`serve`]: the HTTP listener (connections, header deadline, draining);
+//!   [`stages`]: the thread the store and delivery stages run on.
 //! - [`routes`]: one module per resource (`auth`, `users`, `rooms`, `messages`,
 //!   `ws`, `guest`, `health`).
 //! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
@@ -34,6 +35,7 @@ pub mod presence;
 pub mod routes;
 pub mod seed;
 pub mod serve;
+pub mod stages;
 pub mod state;
 pub mod store;
 pub mod telemetry;
