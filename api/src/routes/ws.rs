@@ -18,7 +18,7 @@ use axum::{
 use chrono::Utc;
 use consumer::{
     event::{MessageView, RoomEvent, SenderView},
-    hub::Subscription,
+    hub::{CloseReason, Subscription},
 };
 use entity::room::{self, RoomKind};
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
@@ -198,6 +198,8 @@ type Sink = SplitSink<WebSocket, Message>;
 /// Why the loop ended, and what to tell the client.
 enum End {
     Close(u16, &'static str),
+    /// A write waited past `SEND_TIMEOUT`: the client stopped reading.
+    Stalled,
     /// The client closed; the protocol layer has queued the answering close.
     ClosedByPeer,
     Gone,
@@ -212,6 +214,20 @@ impl Session {
         let end = match self.start(&mut sink, since, history).await {
             Ok(last_seq) => self.serve(&mut sink, &mut stream, &mut sub, last_seq).await,
             Err(end) => end,
+        };
+        let end = match end {
+            End::Stalled => {
+                // The hub counts the sockets it closes for a full queue; a
+                // stalled write often comes after that, for the same socket.
+                if *sub.close.borrow() != Some(CloseReason::SLOW_CONSUMER) {
+                    metrics::counter!(consumer::metrics::SLOW_CONSUMER_DISCONNECTS).increment(1);
+                }
+                End::Close(
+                    CloseReason::SLOW_CONSUMER.code,
+                    CloseReason::SLOW_CONSUMER.reason,
+                )
+            }
+            end => end,
         };
         drop(sub);
         match end {
@@ -231,7 +247,8 @@ impl Session {
             End::ClosedByPeer => {
                 let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
             }
-            End::Gone => {}
+            // (A stall became a close above.)
+            End::Stalled | End::Gone => {}
         }
     }
 
@@ -493,11 +510,7 @@ async fn send(sink: &mut Sink, message: Message) -> Result<(), End> {
     match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Gone),
-        Err(_) => {
-            // The client stopped reading; the hub may not have noticed yet.
-            metrics::counter!(consumer::metrics::SLOW_CONSUMER_DISCONNECTS).increment(1);
-            Err(End::Close(1013, "slow_consumer"))
-        }
+        Err(_) => Err(End::Stalled),
     }
 }
 

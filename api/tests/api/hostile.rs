@@ -140,6 +140,35 @@ async fn slow_consumer_is_closed_and_recovers_with_since(backend: Backend) {
 
 crate::on_both_backends!(slow_consumer_is_closed_and_recovers_with_since);
 
+/// A socket that never reads again is closed as a slow consumer once, and
+/// counted once: the hub closes it when its queue fills, and the write it
+/// was stuck in runs past its deadline after that.
+async fn a_stalled_socket_is_counted_once(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let (_, carol) = api.user("carol").await;
+    api.create_room(&alice, "busy", "public").await;
+    let _lazy = Ws::join_small_window(app.addr, "/ws/busy?history=0", &carol).await;
+    // Past the socket's queue and what the kernel buffers, as above.
+    post_many(&api, &alice, "busy", 3000, 4000).await;
+    // The socket's stuck write gives up 10 s after it began, then its close
+    // frame gets as long: wait until the socket is gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.metric("roomcast_sockets").await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled socket is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(slow_consumer_disconnects(&api).await, 1.0);
+}
+
+crate::on_both_backends!(a_stalled_socket_is_counted_once);
+
 /// Latency percentile `p` (0..=100) of `samples`, in milliseconds.
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
