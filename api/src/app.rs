@@ -20,10 +20,10 @@ use crate::{
     db,
     limits::Limits,
     presence::Presence,
+    queries::users,
     routes,
     stages::Stages,
     state::AppState,
-    store::users,
 };
 
 /// How long shutdown waits for sockets to say goodbye.

@@ -12,7 +12,7 @@ use entity::room::{self, RoomKind};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{auth::AuthUser, error::ApiError, state::AppState, store::rooms};
+use crate::{auth::AuthUser, error::ApiError, queries::rooms, state::AppState};
 
 /// Longest `client_id` accepted.
 pub const MAX_CLIENT_ID: usize = 64;

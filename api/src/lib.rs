@@ -11,7 +11,7 @@
 //!   `ws`, `guest`, `health`).
 //! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
 //! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
-//! - [`store`]: the queries behind the routes, one module per aggregate.
+//! - [`queries`]: the queries behind the routes, one module per aggregate.
 //! - [`cache`]: short-lived caches of tokens, rooms and memberships for ingest.
 //! - [`error`]: `ApiError`, which every failure becomes (problem+json).
 //! - [`extract`]: body and query extractors that fail as `ApiError`;
@@ -32,12 +32,12 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod presence;
+pub mod queries;
 pub mod routes;
 pub mod seed;
 pub mod serve;
 pub mod stages;
 pub mod state;
-pub mod store;
 pub mod telemetry;
 
 pub use app::Application;

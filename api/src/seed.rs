@@ -5,7 +5,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::{
     auth::password,
-    store::{rooms, users},
+    queries::{rooms, users},
 };
 
 pub const DEMO_PASSWORD: &str = "demo-password";

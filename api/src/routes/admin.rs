@@ -19,8 +19,8 @@ use crate::{
     error::{ApiError, Result},
     extract::SearchPage,
     extract::{Json as JsonBody, QueryParams, Valid, validate},
+    queries::users,
     state::AppState,
-    store::users,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

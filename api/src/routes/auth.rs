@@ -21,8 +21,8 @@ use crate::{
     client_addr::ClientAddr,
     error::{ApiError, Result},
     extract::{Valid, body_bytes, is_json, parse_json},
+    queries::{is_unique_violation, users},
     state::AppState,
-    store::{is_unique_violation, users},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {

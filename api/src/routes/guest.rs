@@ -18,11 +18,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     error::{ApiError, Result},
     extract::Valid,
-    state::AppState,
-    store::{
+    queries::{
         rooms::{self, Added},
         users,
     },
+    state::AppState,
 };
 
 pub const GUEST_TOKEN_TTL: Duration = Duration::from_secs(3600);

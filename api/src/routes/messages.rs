@@ -20,11 +20,11 @@ use crate::{
     error::{ApiError, Result},
     extract::{Json as JsonBody, QueryParams},
     ingest,
-    state::AppState,
-    store::{
+    queries::{
         messages::{self, Page},
         rooms,
     },
+    state::AppState,
 };
 
 pub const HISTORY_DEFAULT: u64 = 50;

@@ -21,11 +21,11 @@ use crate::{
     error::{ApiError, Result},
     extract::SearchPage,
     extract::{Json as JsonBody, QueryParams, Valid},
-    state::AppState,
-    store::{
+    queries::{
         rooms::{self, Added},
         users,
     },
+    state::AppState,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -213,7 +213,7 @@ async fn remove(
     tag = "rooms",
     summary = "Members",
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 200, description = "Members", body = Vec<crate::store::rooms::Member>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Members", body = Vec<crate::queries::rooms::Member>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn members(
@@ -242,7 +242,7 @@ struct AddMember {
     summary = "Add a member (owner or admin)",
     request_body = AddMember,
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 201, description = "Added", body = crate::store::rooms::Member), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Added", body = crate::queries::rooms::Member), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn add_member(

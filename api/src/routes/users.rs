@@ -19,8 +19,8 @@ use crate::{
     avatar::{self, AvatarError},
     error::{ApiError, Result},
     extract::Valid,
+    queries::users,
     state::AppState,
-    store::users,
 };
 use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::{router::OpenApiRouter, routes};

@@ -32,11 +32,11 @@ use crate::{
     error::{ApiError, Result},
     extract::QueryParams,
     ingest,
-    state::AppState,
-    store::{
+    queries::{
         messages::{self, Page},
         rooms::{self, Added},
     },
+    state::AppState,
 };
 
 /// Room a text frame has for its JSON envelope beyond `MAX_MESSAGE_BYTES` of content.
