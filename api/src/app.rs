@@ -20,7 +20,7 @@ use crate::{
     db,
     limits::Limits,
     presence::Presence,
-    queries::users,
+    queries::{QueryError, users},
     routes,
     stages::Stages,
     state::AppState,
@@ -180,14 +180,9 @@ async fn bootstrap_admin(db: &DatabaseConnection, config: &Config) -> anyhow::Re
     let (Some(username), Some(password)) = (&config.admin_username, &config.admin_password) else {
         return Ok(());
     };
-    if let Some(user) = users::find_by_username(db, username)
-        .await
-        .map_err(|e| anyhow::anyhow!(e.detail))?
-    {
+    if let Some(user) = users::find_by_username(db, username).await? {
         if user.role != Role::Admin {
-            users::set_role(db, user, Role::Admin)
-                .await
-                .map_err(|e| anyhow::anyhow!(e.detail))?;
+            users::set_role(db, user, Role::Admin).await?;
             tracing::info!(%username, "bootstrap admin promoted");
         }
         return Ok(());
@@ -227,8 +222,8 @@ pub async fn create_admin(
     match users::create(db, new).await {
         Ok(_) => Ok(()),
         // Another node created it at the same moment.
-        Err(e) if e.code == "username_taken" => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("{}", e.detail)),
+        Err(QueryError::UsernameTaken) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

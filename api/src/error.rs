@@ -154,6 +154,22 @@ impl From<sea_orm::DbErr> for ApiError {
     }
 }
 
+/// A query's failure, as the client sees it.
+impl From<crate::queries::QueryError> for ApiError {
+    fn from(err: crate::queries::QueryError) -> Self {
+        use crate::queries::QueryError;
+        let detail = err.to_string();
+        match err {
+            QueryError::NotFound(what) => Self::not_found(what),
+            QueryError::RoomNameTaken => Self::conflict("name_taken", detail),
+            QueryError::UsernameTaken => Self::conflict("username_taken", detail),
+            QueryError::EmailTaken => Self::conflict("email_taken", detail),
+            QueryError::RoomFull => Self::conflict("room_full", detail),
+            QueryError::Db(err) => err.into(),
+        }
+    }
+}
+
 /// True when `err` says the database cannot be reached right now (down,
 /// restarting, the connection cut mid-query) rather than that the query is
 /// wrong: such errors are a 503 the client may retry, never a 500.

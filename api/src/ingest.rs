@@ -1,18 +1,18 @@
 //! Ingest: the first stage of the message path, shared by `POST /message` and
-//! WebSocket `message` frames. Checks who may post what, gives the message its
-//! id and time, publishes it to `messages`, and returns only once the broker
-//! confirmed it.
+//! WebSocket `message` frames. Checks the content (who may post where is
+//! `access.rs`'s, and a [`PostableRoom`] says it was asked), gives the message
+//! its id and time, publishes it to `messages`, and returns only once the
+//! broker confirmed it.
 
 use chrono::Utc;
 use consumer::{
     BrokerError,
     event::{Envelope, message_id},
 };
-use entity::room::{self, RoomKind};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::{auth::AuthUser, error::ApiError, queries::rooms, state::AppState};
+use crate::{access::PostableRoom, error::ApiError, state::AppState};
 
 /// Longest `client_id` accepted.
 pub const MAX_CLIENT_ID: usize = 64;
@@ -24,36 +24,6 @@ pub struct Accepted {
     pub id: Uuid,
     pub room_id: Uuid,
     pub status: &'static str,
-}
-
-/// May `user` post in `room`? Public rooms: any registered user; others: members.
-pub async fn ensure_can_post(
-    state: &AppState,
-    user: &AuthUser,
-    room: &room::Model,
-) -> Result<(), ApiError> {
-    if let Some(guest_room) = user.claims.room
-        && guest_room != room.id
-    {
-        return Err(not_a_member());
-    }
-    if room.kind == RoomKind::Public && user.claims.room.is_none() {
-        return Ok(());
-    }
-    state
-        .caches
-        .members
-        .get_or_fetch((room.id, user.id), || async {
-            match rooms::is_member(&state.db, room.id, user.id).await? {
-                true => Ok(()),
-                false => Err(not_a_member()),
-            }
-        })
-        .await
-}
-
-fn not_a_member() -> ApiError {
-    ApiError::forbidden("not_a_member", "you are not a member of this room")
 }
 
 /// Content must have something in it and fit `MAX_MESSAGE_BYTES`.
@@ -80,8 +50,7 @@ pub fn check_content(state: &AppState, content: &str) -> Result<(), ApiError> {
 /// Checks content and client id, then publishes and waits for the confirm.
 pub async fn publish(
     state: &AppState,
-    user: &AuthUser,
-    room: &room::Model,
+    room: &PostableRoom,
     content: String,
     client_id: Option<String>,
 ) -> Result<Accepted, ApiError> {
@@ -94,11 +63,11 @@ pub async fn publish(
             format!("must be 1 to {MAX_CLIENT_ID} bytes"),
         ));
     }
-    let id = message_id(Some(user.id), room.id, client_id.as_deref());
+    let id = message_id(Some(room.sender_id()), room.room_id(), client_id.as_deref());
     let envelope = Envelope {
         id: Some(id),
-        room_id: room.id.to_string(),
-        sender_id: Some(user.id),
+        room_id: room.room_id().to_string(),
+        sender_id: Some(room.sender_id()),
         content,
         client_id,
         created_at: Some(Utc::now()),
@@ -117,7 +86,7 @@ pub async fn publish(
     metrics::counter!(crate::metrics::MESSAGES_ACCEPTED).increment(1);
     Ok(Accepted {
         id,
-        room_id: room.id,
+        room_id: room.room_id(),
         status: "queued",
     })
 }

@@ -9,6 +9,8 @@
 //!   [`stages`]: the thread the store and delivery stages run on.
 //! - [`routes`]: one module per resource (`auth`, `users`, `rooms`, `messages`,
 //!   `ws`, `guest`, `health`).
+//! - [`access`]: who may read, post in, enter, join or manage a room — the one
+//!   policy of HTTP, sockets and guest tokens, with auto-creation of rooms.
 //! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
 //! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
 //! - [`queries`]: the queries behind the routes, one module per aggregate.
@@ -17,6 +19,7 @@
 //! - [`extract`]: body and query extractors that fail as `ApiError`;
 //!   [`client_addr`]: the client's address, from `CLIENT_IP_SOURCE`.
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod avatar;

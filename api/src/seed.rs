@@ -13,23 +13,25 @@ const DEMO_USERS: [&str; 3] = ["alice", "bob", "carol"];
 
 /// Creates what is missing; running it twice changes nothing.
 pub async fn seed_demo(db: &DatabaseConnection) -> anyhow::Result<()> {
-    let err = |e: crate::error::ApiError| anyhow::anyhow!("{}: {}", e.code, e.detail);
-    let hash = password::hash(DEMO_PASSWORD.into()).await.map_err(err)?;
+    let hash = password::hash(DEMO_PASSWORD.into())
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.detail))?;
     let mut ids = Vec::new();
     for name in DEMO_USERS {
-        let user = match users::find_by_username(db, name).await.map_err(err)? {
+        let user = match users::find_by_username(db, name).await? {
             Some(user) => user,
-            None => users::create(
-                db,
-                users::NewUser {
-                    username: name.into(),
-                    email: format!("{name}@example.com"),
-                    password_hash: Some(hash.clone()),
-                    role: Role::User,
-                },
-            )
-            .await
-            .map_err(err)?,
+            None => {
+                users::create(
+                    db,
+                    users::NewUser {
+                        username: name.into(),
+                        email: format!("{name}@example.com"),
+                        password_hash: Some(hash.clone()),
+                        role: Role::User,
+                    },
+                )
+                .await?
+            }
         };
         ids.push(user.id);
     }
@@ -39,12 +41,12 @@ pub async fn seed_demo(db: &DatabaseConnection) -> anyhow::Result<()> {
         ("team", RoomKind::Group, vec![bob]),
         ("alice-bob", RoomKind::Private, vec![bob]),
     ] {
-        let room = match rooms::find(db, name).await.map_err(err)? {
+        let room = match rooms::find(db, name).await? {
             Some(room) => room,
-            None => rooms::create(db, name, kind, alice).await.map_err(err)?,
+            None => rooms::create(db, name, kind, alice).await?,
         };
         for member in members {
-            rooms::add_member(db, room.id, member).await.map_err(err)?;
+            rooms::add_member(db, room.id, member).await?;
         }
     }
     println!(

@@ -7,7 +7,7 @@ use entity::{message, user};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use super::QueryError;
 
 /// Which page of a room's history.
 #[derive(Debug, Clone, Copy)]
@@ -23,7 +23,7 @@ pub async fn history(
     room_id: Uuid,
     page: Page,
     limit: u64,
-) -> Result<Vec<MessageView>, ApiError> {
+) -> Result<Vec<MessageView>, QueryError> {
     let mut query = message::Entity::find().filter(message::Column::RoomId.eq(room_id));
     query = match page {
         Page::Before(before) => {
@@ -44,7 +44,7 @@ pub async fn history(
 pub async fn with_senders(
     db: &impl ConnectionTrait,
     rows: Vec<message::Model>,
-) -> Result<Vec<MessageView>, ApiError> {
+) -> Result<Vec<MessageView>, QueryError> {
     let ids: Vec<Uuid> = rows.iter().filter_map(|m| m.sender_id).collect();
     let names: HashMap<Uuid, String> = if ids.is_empty() {
         HashMap::new()
@@ -74,7 +74,10 @@ pub async fn with_senders(
         .collect())
 }
 
-pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<message::Model>, ApiError> {
+pub async fn find(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+) -> Result<Option<message::Model>, QueryError> {
     Ok(message::Entity::find_by_id(id).one(db).await?)
 }
 
@@ -83,7 +86,7 @@ pub async fn edit(
     db: &impl ConnectionTrait,
     m: message::Model,
     content: String,
-) -> Result<message::Model, ApiError> {
+) -> Result<message::Model, QueryError> {
     use sea_orm::{ActiveModelTrait, Set};
     let mut active: message::ActiveModel = m.into();
     active.content = Set(content);
@@ -93,9 +96,9 @@ pub async fn edit(
 
 /// An update that matched no row lost a race with a delete (of the message,
 /// or of its room): the message is gone, which is a 404, not a 500.
-fn gone_is_not_found(err: sea_orm::DbErr) -> ApiError {
+fn gone_is_not_found(err: sea_orm::DbErr) -> QueryError {
     match err {
-        sea_orm::DbErr::RecordNotUpdated => ApiError::not_found("message"),
+        sea_orm::DbErr::RecordNotUpdated => QueryError::NotFound("message"),
         err => err.into(),
     }
 }
@@ -104,7 +107,7 @@ fn gone_is_not_found(err: sea_orm::DbErr) -> ApiError {
 pub async fn tombstone(
     db: &impl ConnectionTrait,
     m: message::Model,
-) -> Result<message::Model, ApiError> {
+) -> Result<message::Model, QueryError> {
     use sea_orm::{ActiveModelTrait, Set};
     let mut active: message::ActiveModel = m.into();
     active.content = Set(String::new());

@@ -1,10 +1,38 @@
 //! Queries, one module per aggregate; handlers and the CLI stay thin on top.
+//! They fail with [`QueryError`], which says what went wrong in the data's
+//! terms; the HTTP edge turns it into an `ApiError` (see `error.rs`).
 
 pub mod messages;
 pub mod rooms;
 pub mod users;
 
 use sea_orm::{DbErr, SqlErr};
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The named thing (a room, a user, a message) does not exist, or went
+    /// while the query ran.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Another room has that name (names are unique, ignoring case).
+    #[error("a room with that name exists")]
+    RoomNameTaken,
+    /// Another account has that username (ignoring case).
+    #[error("that username is taken")]
+    UsernameTaken,
+    /// Another account has that email.
+    #[error("that email is already registered")]
+    EmailTaken,
+    /// The private room already has its two members.
+    #[error("this private room already has two members")]
+    RoomFull,
+    /// The database failed (or cannot be reached).
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 
 /// True when `err` is a unique-constraint violation (on either backend).
 pub fn is_unique_violation(err: &DbErr) -> bool {

@@ -20,8 +20,7 @@ use sea_orm::{
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{is_unique_violation, like_pattern};
-use crate::error::ApiError;
+use super::{QueryError, is_unique_violation, like_pattern};
 
 /// Outcome of adding a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +38,7 @@ pub struct Member {
 }
 
 /// Finds a room by its UUID or, failing that, by name (ignoring case).
-pub async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<room::Model>, ApiError> {
+pub async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<room::Model>, QueryError> {
     if key.contains('\0') {
         return Ok(None); // no name holds NUL, and databases refuse it
     }
@@ -56,17 +55,17 @@ pub async fn find(db: &impl ConnectionTrait, key: &str) -> Result<Option<room::M
 }
 
 /// Like [`find`], but 404 when absent.
-pub async fn get(db: &impl ConnectionTrait, key: &str) -> Result<room::Model, ApiError> {
+pub async fn get(db: &impl ConnectionTrait, key: &str) -> Result<room::Model, QueryError> {
     find(db, key)
         .await?
-        .ok_or_else(|| ApiError::not_found("room"))
+        .ok_or_else(|| QueryError::NotFound("room"))
 }
 
 pub async fn is_member(
     db: &impl ConnectionTrait,
     room_id: Uuid,
     user_id: Uuid,
-) -> Result<bool, ApiError> {
+) -> Result<bool, QueryError> {
     Ok(room_member::Entity::find_by_id((room_id, user_id))
         .one(db)
         .await?
@@ -79,12 +78,9 @@ pub async fn create(
     name: &str,
     kind: RoomKind,
     owner: Uuid,
-) -> Result<room::Model, ApiError> {
+) -> Result<room::Model, QueryError> {
     if find(db, name).await?.is_some() {
-        return Err(ApiError::conflict(
-            "name_taken",
-            "a room with that name exists",
-        ));
+        return Err(QueryError::RoomNameTaken);
     }
     let now = Utc::now();
     let txn = db.begin().await?;
@@ -102,10 +98,7 @@ pub async fn create(
     let room = match room {
         Ok(room) => room,
         Err(err) if is_unique_violation(&err) => {
-            return Err(ApiError::conflict(
-                "name_taken",
-                "a room with that name exists",
-            ));
+            return Err(QueryError::RoomNameTaken);
         }
         Err(err) => return Err(err.into()),
     };
@@ -120,12 +113,12 @@ pub async fn create(
     Ok(room)
 }
 
-/// Makes `user_id` a member; 409 `room_full` if the room is private and has two.
+/// Makes `user_id` a member; [`QueryError::RoomFull`] if the room is private and has two.
 pub async fn add_member(
     db: &(impl ConnectionTrait + TransactionTrait),
     room_id: Uuid,
     user_id: Uuid,
-) -> Result<Added, ApiError> {
+) -> Result<Added, QueryError> {
     if is_member(db, room_id, user_id).await? {
         return Ok(Added::AlreadyMember);
     }
@@ -145,10 +138,10 @@ pub async fn add_member(
         .await;
     match seat {
         Ok(result) if result.rows_affected == 1 => {}
-        Ok(_) => return Err(room_full()),
+        Ok(_) => return Err(QueryError::RoomFull),
         // The CHECK constraint caught what the condition should have.
         Err(err) if err.to_string().to_lowercase().contains("check constraint") => {
-            return Err(room_full());
+            return Err(QueryError::RoomFull);
         }
         Err(err) => return Err(err.into()),
     }
@@ -168,14 +161,10 @@ pub async fn add_member(
         Err(err) if is_unique_violation(&err) => Ok(Added::AlreadyMember),
         // The user (or the room) was deleted meanwhile.
         Err(err) if super::is_foreign_key_violation(&err) => {
-            Err(ApiError::not_found("user or room"))
+            Err(QueryError::NotFound("user or room"))
         }
         Err(err) => Err(err.into()),
     }
-}
-
-fn room_full() -> ApiError {
-    ApiError::conflict("room_full", "this private room already has two members")
 }
 
 /// Removes a member; true if they were one.
@@ -183,7 +172,7 @@ pub async fn remove_member(
     db: &(impl ConnectionTrait + TransactionTrait),
     room_id: Uuid,
     user_id: Uuid,
-) -> Result<bool, ApiError> {
+) -> Result<bool, QueryError> {
     let txn = db.begin().await?;
     let deleted = room_member::Entity::delete_by_id((room_id, user_id))
         .exec(&txn)
@@ -203,7 +192,7 @@ pub async fn remove_member(
 }
 
 /// Members with their names, oldest first.
-pub async fn members(db: &impl ConnectionTrait, room_id: Uuid) -> Result<Vec<Member>, ApiError> {
+pub async fn members(db: &impl ConnectionTrait, room_id: Uuid) -> Result<Vec<Member>, QueryError> {
     let rows: Vec<(Uuid, String, chrono::DateTime<Utc>)> = room_member::Entity::find()
         .select_only()
         .column(room_member::Column::UserId)
@@ -234,7 +223,7 @@ pub async fn list(
     search: Option<&str>,
     limit: u64,
     offset: u64,
-) -> Result<Vec<room::Model>, ApiError> {
+) -> Result<Vec<room::Model>, QueryError> {
     let mut query = room::Entity::find();
     if !all {
         let mine = Query::select()
@@ -262,7 +251,7 @@ pub async fn list(
         .await?)
 }
 
-pub async fn delete(db: &impl ConnectionTrait, room_id: Uuid) -> Result<(), ApiError> {
+pub async fn delete(db: &impl ConnectionTrait, room_id: Uuid) -> Result<(), QueryError> {
     room::Entity::delete_by_id(room_id).exec(db).await?;
     Ok(())
 }

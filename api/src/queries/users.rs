@@ -8,8 +8,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::is_unique_violation;
-use crate::error::ApiError;
+use super::{QueryError, is_unique_violation};
 
 pub struct NewUser {
     pub username: String,
@@ -27,7 +26,7 @@ fn storable(text: &str) -> bool {
 pub async fn find_by_username(
     db: &impl ConnectionTrait,
     username: &str,
-) -> Result<Option<user::Model>, ApiError> {
+) -> Result<Option<user::Model>, QueryError> {
     if !storable(username) {
         return Ok(None);
     }
@@ -44,7 +43,7 @@ pub async fn find_by_username(
 pub async fn find_by_email(
     db: &impl ConnectionTrait,
     email: &str,
-) -> Result<Option<user::Model>, ApiError> {
+) -> Result<Option<user::Model>, QueryError> {
     if !storable(email) {
         return Ok(None);
     }
@@ -54,24 +53,19 @@ pub async fn find_by_email(
         .await?)
 }
 
-pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<user::Model>, ApiError> {
+pub async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<user::Model>, QueryError> {
     Ok(user::Entity::find_by_id(id).one(db).await?)
 }
 
-/// Creates a user; 409 `username_taken` / `email_taken` if either is in use.
-pub async fn create(db: &impl ConnectionTrait, new: NewUser) -> Result<user::Model, ApiError> {
+/// Creates a user; [`QueryError::UsernameTaken`] or [`QueryError::EmailTaken`] if
+/// either is in use.
+pub async fn create(db: &impl ConnectionTrait, new: NewUser) -> Result<user::Model, QueryError> {
     let taken = || async {
         if find_by_username(db, &new.username).await?.is_some() {
-            return Ok::<_, ApiError>(Some(ApiError::conflict(
-                "username_taken",
-                "that username is taken",
-            )));
+            return Ok::<_, QueryError>(Some(QueryError::UsernameTaken));
         }
         if find_by_email(db, &new.email).await?.is_some() {
-            return Ok(Some(ApiError::conflict(
-                "email_taken",
-                "that email is already registered",
-            )));
+            return Ok(Some(QueryError::EmailTaken));
         }
         Ok(None)
     };
@@ -90,9 +84,9 @@ pub async fn create(db: &impl ConnectionTrait, new: NewUser) -> Result<user::Mod
     match model.insert(db).await {
         Ok(user) => Ok(user),
         // Lost a race with a concurrent registration: say which name went.
-        Err(err) if is_unique_violation(&err) => Err(taken()
-            .await?
-            .unwrap_or_else(|| ApiError::conflict("username_taken", "that username is taken"))),
+        Err(err) if is_unique_violation(&err) => {
+            Err(taken().await?.unwrap_or(QueryError::UsernameTaken))
+        }
         Err(err) => Err(err.into()),
     }
 }
@@ -102,12 +96,12 @@ pub async fn set_role(
     db: &impl ConnectionTrait,
     user: user::Model,
     role: Role,
-) -> Result<user::Model, ApiError> {
+) -> Result<user::Model, QueryError> {
     let mut active: user::ActiveModel = user.into();
     active.role = Set(role);
     active.update(db).await.map_err(|err| match err {
         // Deleted since it was read.
-        sea_orm::DbErr::RecordNotUpdated => ApiError::not_found("user"),
+        sea_orm::DbErr::RecordNotUpdated => QueryError::NotFound("user"),
         err => err.into(),
     })
 }
@@ -118,7 +112,7 @@ pub async fn update_account(
     user: user::Model,
     email: Option<String>,
     password_hash: Option<String>,
-) -> Result<user::Model, ApiError> {
+) -> Result<user::Model, QueryError> {
     let mut active: user::ActiveModel = user.into();
     if let Some(email) = email {
         active.email = Set(email.to_lowercase());
@@ -128,12 +122,9 @@ pub async fn update_account(
     }
     match active.update(db).await {
         Ok(user) => Ok(user),
-        Err(err) if is_unique_violation(&err) => Err(ApiError::conflict(
-            "email_taken",
-            "that email is already registered",
-        )),
+        Err(err) if is_unique_violation(&err) => Err(QueryError::EmailTaken),
         // Deleted since it was read.
-        Err(sea_orm::DbErr::RecordNotUpdated) => Err(ApiError::not_found("user")),
+        Err(sea_orm::DbErr::RecordNotUpdated) => Err(QueryError::NotFound("user")),
         Err(err) => Err(err.into()),
     }
 }
@@ -144,7 +135,7 @@ pub async fn update_account(
 pub async fn delete(
     db: &(impl ConnectionTrait + sea_orm::TransactionTrait),
     id: Uuid,
-) -> Result<(), ApiError> {
+) -> Result<(), QueryError> {
     use entity::{message, room, room_member};
     use sea_orm::{QuerySelect, TransactionSession, sea_query::ExprTrait as _};
     let txn = db.begin().await?;
@@ -187,7 +178,7 @@ pub async fn search(
     search: Option<&str>,
     limit: u64,
     offset: u64,
-) -> Result<Vec<user::Model>, ApiError> {
+) -> Result<Vec<user::Model>, QueryError> {
     use sea_orm::{Condition, QueryOrder, QuerySelect, sea_query::LikeExpr};
     let mut query = user::Entity::find();
     if let Some(search) = search.filter(|s| !s.is_empty()) {
@@ -210,7 +201,11 @@ pub async fn search(
 }
 
 /// Stores a user's avatar (already normalised PNG bytes).
-pub async fn set_avatar(db: &impl ConnectionTrait, id: Uuid, png: Vec<u8>) -> Result<(), ApiError> {
+pub async fn set_avatar(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    png: Vec<u8>,
+) -> Result<(), QueryError> {
     user::Entity::update_many()
         .col_expr(user::Column::Avatar, Expr::value(png))
         .filter(user::Column::Id.eq(id))

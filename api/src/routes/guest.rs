@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State};
-use entity::{room::RoomKind, user::Role};
+use entity::user::Role;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use validator::Validate;
@@ -16,12 +16,10 @@ use validator::Validate;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    access,
     error::{ApiError, Result},
     extract::Valid,
-    queries::{
-        rooms::{self, Added},
-        users,
-    },
+    queries::users,
     state::AppState,
 };
 
@@ -89,32 +87,7 @@ async fn generate_token(
             users::create(&state.db, new).await?
         }
     };
-    let room = match rooms::find(&state.db, &req.room_id).await? {
-        Some(room) => room,
-        None if state.config.rooms_auto_create => {
-            crate::domain::validate_room_name(&req.room_id)
-                .map_err(|e| ApiError::invalid_field("room_id", e.to_string()))?;
-            match rooms::create(&state.db, &req.room_id, RoomKind::Private, user.id).await {
-                Ok(room) => room,
-                Err(err) if err.code == "name_taken" => rooms::get(&state.db, &req.room_id).await?,
-                Err(err) => return Err(err),
-            }
-        }
-        None => return Err(ApiError::not_found("room")),
-    };
-    match room.kind {
-        RoomKind::Group if !rooms::is_member(&state.db, room.id, user.id).await? => {
-            return Err(ApiError::forbidden(
-                "invite_only",
-                "guests cannot enter an invite-only room",
-            ));
-        }
-        RoomKind::Group => {}
-        RoomKind::Public | RoomKind::Private => {
-            // Guests post as members, so the store stage's checks hold for them too.
-            let _: Added = rooms::add_member(&state.db, room.id, user.id).await?;
-        }
-    }
+    let room = access::enter_as_guest(&state, &user, &req.room_id).await?;
     let (token, _) = state.tokens.issue(&user, GUEST_TOKEN_TTL, Some(room.id))?;
     Ok(Json(GuestToken {
         token,

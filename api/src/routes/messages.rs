@@ -12,10 +12,11 @@ use entity::user::Role;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{announce, rooms::ensure_can_read};
+use super::announce;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    access,
     auth::AuthUser,
     error::{ApiError, Result},
     extract::{Json as JsonBody, QueryParams},
@@ -100,13 +101,9 @@ async fn accept(
     content: String,
     client_id: Option<String>,
 ) -> Result<(StatusCode, Json<ingest::Accepted>)> {
-    let room = state
-        .caches
-        .rooms
-        .get_or_fetch(key.to_owned(), || rooms::get(&state.db, key))
-        .await?;
-    ingest::ensure_can_post(state, user, &room).await?;
-    let accepted = ingest::publish(state, user, &room, content, client_id).await?;
+    let room = access::room(state, key).await?;
+    let room = access::can_post(state, user, &room).await?;
+    let accepted = ingest::publish(state, &room, content, client_id).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -157,7 +154,7 @@ async fn history(
         (None, Some(after)) => Page::After(after),
     };
     let room = rooms::get(&state.db, &key).await?;
-    ensure_can_read(&state, &user, &room).await?;
+    access::can_read(&state, &user, &room).await?;
     Ok(Json(
         messages::history(&state.db, room.id, page, limit).await?,
     ))

@@ -17,6 +17,7 @@ use super::announce;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    access,
     auth::AuthUser,
     error::{ApiError, Result},
     extract::SearchPage,
@@ -63,43 +64,6 @@ impl From<room::Model> for RoomView {
             created_at: r.created_at,
         }
     }
-}
-
-/// May `user` read `room` (its details, members, history)? Public rooms are
-/// open to every registered user, group rooms to their members and admins,
-/// private rooms to their two members only (not even admins). A guest token
-/// narrows this to its one room; it grants no seat there, so a guest removed
-/// from the room is out like anyone else.
-pub async fn ensure_can_read(state: &AppState, user: &AuthUser, room: &room::Model) -> Result<()> {
-    if user
-        .claims
-        .room
-        .is_some_and(|guest_room| guest_room != room.id)
-    {
-        return Err(not_a_member());
-    }
-    if room.kind == RoomKind::Public
-        || (user.is_admin() && room.kind == RoomKind::Group)
-        || rooms::is_member(&state.db, room.id, user.id).await?
-    {
-        return Ok(());
-    }
-    Err(not_a_member())
-}
-
-fn not_a_member() -> ApiError {
-    ApiError::forbidden("not_a_member", "you are not a member of this room")
-}
-
-/// Only the room's owner or an admin may manage it.
-fn ensure_owner_or_admin(user: &AuthUser, room: &room::Model) -> Result<()> {
-    if user.is_admin() || room.owner_id == Some(user.id) {
-        return Ok(());
-    }
-    Err(ApiError::forbidden(
-        "not_owner",
-        "only the room's owner or an admin can do this",
-    ))
 }
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
@@ -180,7 +144,7 @@ async fn show(
     Path(key): Path<String>,
 ) -> Result<Json<RoomView>> {
     let room = rooms::get(&state.db, &key).await?;
-    ensure_can_read(&state, &user, &room).await?;
+    access::can_read(&state, &user, &room).await?;
     Ok(Json(room.into()))
 }
 
@@ -199,7 +163,7 @@ async fn remove(
     Path(key): Path<String>,
 ) -> Result<StatusCode> {
     let room = rooms::get(&state.db, &key).await?;
-    ensure_owner_or_admin(&user, &room)?;
+    access::can_manage(&user, &room)?;
     rooms::delete(&state.db, room.id).await?;
     state.caches.room_deleted();
     tracing::info!(room = %room.id, by = %user.id, "room deleted");
@@ -222,7 +186,7 @@ async fn members(
     Path(key): Path<String>,
 ) -> Result<Json<Vec<rooms::Member>>> {
     let room = rooms::get(&state.db, &key).await?;
-    ensure_can_read(&state, &user, &room).await?;
+    access::can_read(&state, &user, &room).await?;
     Ok(Json(rooms::members(&state.db, room.id).await?))
 }
 
@@ -252,7 +216,7 @@ async fn add_member(
     JsonBody(req): JsonBody<AddMember>,
 ) -> Result<impl IntoResponse> {
     let room = rooms::get(&state.db, &key).await?;
-    ensure_owner_or_admin(&user, &room)?;
+    access::can_manage(&user, &room)?;
     let target = match (req.user_id, req.username.as_deref()) {
         (Some(id), None) => users::find(&state.db, id).await?,
         (None, Some(name)) => {
@@ -304,7 +268,7 @@ async fn remove_member(
 ) -> Result<StatusCode> {
     let room = rooms::get(&state.db, &key).await?;
     if user.id != user_id {
-        ensure_owner_or_admin(&user, &room)?;
+        access::can_manage(&user, &room)?;
     }
     let removed = rooms::remove_member(&state.db, room.id, user_id).await?;
     state.caches.members.invalidate(&(room.id, user_id));
@@ -338,13 +302,7 @@ async fn join(
 ) -> Result<Json<RoomView>> {
     user.require_registered()?;
     let room = rooms::get(&state.db, &key).await?;
-    if room.kind == RoomKind::Group && !rooms::is_member(&state.db, room.id, user.id).await? {
-        return Err(ApiError::forbidden(
-            "invite_only",
-            "this room is invite-only; ask its owner to add you",
-        ));
-    }
-    rooms::add_member(&state.db, room.id, user.id).await?;
+    access::join(&state, &user, &room).await?;
     Ok(Json(
         rooms::get(&state.db, &room.id.to_string()).await?.into(),
     ))

@@ -20,7 +20,7 @@ use consumer::{
     event::{MessageView, RoomEvent, SenderView},
     hub::{CloseReason, Subscription},
 };
-use entity::room::{self, RoomKind};
+use entity::room;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,14 +28,12 @@ use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    access,
     auth::{AuthUser, extractor::socket_user},
-    error::{ApiError, Result},
+    error::Result,
     extract::QueryParams,
     ingest,
-    queries::{
-        messages::{self, Page},
-        rooms::{self, Added},
-    },
+    queries::messages::{self, Page},
     state::AppState,
 };
 
@@ -86,7 +84,7 @@ async fn connect(
 ) -> Result<Response> {
     let user = socket_user(&state, &headers, q.token.clone()).await?;
     state.limits.check_connect(user.id)?;
-    let room = enter_room(&state, &user, &key).await?;
+    let room = access::enter(&state, &user, &key).await?;
 
     let limit = state.config.max_message_bytes as usize + ENVELOPE_ALLOWANCE;
     let history = q
@@ -123,56 +121,6 @@ async fn connect_updates(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response> {
     connect(state, room, query, headers, upgrade).await
-}
-
-/// Resolves the room (creating it when allowed) and lets the user in, or says why not.
-async fn enter_room(state: &AppState, user: &AuthUser, key: &str) -> Result<room::Model> {
-    // The room cache, as for ingest: a reconnect storm does not become a
-    // storm of room lookups. Membership is always read from the database.
-    let found = state
-        .caches
-        .rooms
-        .get_or_fetch(key.to_owned(), || rooms::get(&state.db, key))
-        .await;
-    let room = match found {
-        Ok(room) => room,
-        Err(err) if err.code != "not_found" => return Err(err),
-        Err(_) if state.config.rooms_auto_create && user.claims.room.is_none() => {
-            crate::domain::validate_room_name(key).map_err(|_| ApiError::not_found("room"))?;
-            match rooms::create(&state.db, key, RoomKind::Private, user.id).await {
-                Ok(room) => room,
-                // Someone created it a moment ago: use theirs.
-                Err(err) if err.code == "name_taken" => rooms::get(&state.db, key).await?,
-                Err(err) => return Err(err),
-            }
-        }
-        Err(err) => return Err(err),
-    };
-    if let Some(guest_room) = user.claims.room
-        && guest_room != room.id
-    {
-        return Err(ApiError::forbidden(
-            "not_a_member",
-            "this guest token is for another room",
-        ));
-    }
-    if room.kind == RoomKind::Public || rooms::is_member(&state.db, room.id, user.id).await? {
-        return Ok(room);
-    }
-    if room.kind == RoomKind::Private {
-        return match rooms::add_member(&state.db, room.id, user.id).await {
-            Ok(Added::Added | Added::AlreadyMember) => Ok(room),
-            Err(err) if err.code == "room_full" => Err(ApiError::forbidden(
-                "room_full",
-                "this private room already has two members",
-            )),
-            Err(err) => Err(err),
-        };
-    }
-    Err(ApiError::forbidden(
-        "not_a_member",
-        "you are not a member of this room",
-    ))
 }
 
 /// What a client may send.
@@ -426,15 +374,15 @@ impl Session {
         match frame {
             ClientFrame::Ping => Some(json!({"type": "pong"})),
             ClientFrame::Message { content, client_id } => {
-                match ingest::publish(
-                    &self.state,
-                    &self.user,
-                    &self.room,
-                    content,
-                    client_id.clone(),
-                )
-                .await
-                {
+                // Asked for every message: a member removed (or a guest
+                // whose seat went) cannot post through a socket still open.
+                let posted = match access::can_post(&self.state, &self.user, &self.room).await {
+                    Ok(room) => {
+                        ingest::publish(&self.state, &room, content, client_id.clone()).await
+                    }
+                    Err(err) => Err(err),
+                };
+                match posted {
                     Ok(accepted) => {
                         Some(json!({"type": "ack", "client_id": client_id, "id": accepted.id}))
                     }

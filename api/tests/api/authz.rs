@@ -643,6 +643,102 @@ async fn removed_guest_loses_the_room(backend: Backend) {
     }
 }
 
+/// The socket asks what HTTP asks, for every message: a guest removed from a
+/// public room cannot open a socket there again, and a membership that goes
+/// while a socket is open (here straight from the database, as when the
+/// removal's event does not reach the node) stops that socket's posts within
+/// the ingest cache's second, for a guest and for a member alike.
+async fn sockets_post_only_as_http_would(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.guest_tokens = true).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+    api.create_room(&alice, "lobby", "public").await;
+    api.create_room(&alice, "team", "group").await;
+    let members = "/rooms/team/members";
+    let body = json!({"username": "bob"});
+    assert_eq!(
+        send(&api, "POST", members, Some(&alice), &[], Some(body))
+            .await
+            .0,
+        201
+    );
+    let guest = async |name: &str| {
+        let body =
+            json!({"username": name, "email": format!("{name}@example.com"), "room_id": "lobby"});
+        let (status, body) = send(&api, "POST", "/generate-token", None, &[], Some(body)).await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["token"].as_str().unwrap().to_owned();
+        let (_, me) = send(&api, "GET", "/users/me", Some(&token), &[], None).await;
+        (me["id"].as_str().unwrap().to_owned(), token)
+    };
+
+    // Removed over HTTP: no new socket, no post.
+    let (visitor_id, visitor) = guest("visitor").await;
+    let path = format!("/rooms/lobby/members/{visitor_id}");
+    assert_eq!(
+        send(&api, "DELETE", &path, Some(&alice), &[], None).await.0,
+        204
+    );
+    let body = json!({"room_id": "lobby", "content": "still here?"});
+    let (status, _) = send(&api, "POST", "/message", Some(&visitor), &[], Some(body)).await;
+    assert_eq!(status, 403, "removed guest posts over HTTP");
+    let refused = Ws::connect(app.addr, "/ws/lobby", Some(&visitor))
+        .await
+        .err()
+        .expect("a removed guest opened /ws/lobby");
+    assert_eq!(
+        (refused.status, refused.body["code"].as_str()),
+        (403, Some("not_a_member"))
+    );
+
+    // Removed while the socket is open, with no event to close it.
+    use sea_orm::EntityTrait as _;
+    let db = sea_orm::Database::connect(&app.env.db.url).await.unwrap();
+    let (drifter_id, drifter) = guest("drifter").await;
+    for (who, token, room, user_id) in [
+        ("guest", drifter.as_str(), "lobby", drifter_id.clone()),
+        ("member", bob.as_str(), "team", bob_id.to_string()),
+    ] {
+        let (mut ws, welcome) = Ws::join(app.addr, &format!("/ws/{room}"), token).await;
+        let room_id = welcome["room"]["id"].as_str().unwrap().to_owned();
+        ws.send_json(&json!({"type": "message", "content": "in", "client_id": "in"}))
+            .await;
+        assert_eq!(ws.next_of(&["ack", "error"]).await["type"], "ack", "{who}");
+        let seat = (
+            room_id.parse::<Uuid>().unwrap(),
+            user_id.parse::<Uuid>().unwrap(),
+        );
+        let gone = entity::room_member::Entity::delete_by_id(seat)
+            .exec(&db)
+            .await
+            .unwrap();
+        assert_eq!(gone.rows_affected, 1, "{who}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut n = 0;
+        let refusal = loop {
+            n += 1;
+            let client_id = format!("out-{n}");
+            ws.send_json(&json!({"type": "message", "content": "out", "client_id": client_id}))
+                .await;
+            let reply = ws.next_of(&["ack", "error"]).await;
+            assert_eq!(reply["client_id"], client_id.as_str(), "{who}: {reply}");
+            if reply["type"] == "error" {
+                break reply;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{who}: the open socket still posts after its seat went"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        assert_eq!(refusal["code"], "not_a_member", "{who}: {refusal}");
+        ws.close().await;
+    }
+}
+
 /// The cookie is an ambient credential: a page on another origin must not be
 /// able to use it, on a socket or on HTTP. A bearer token is not ambient.
 async fn cookie_is_refused_cross_site(backend: Backend) {
@@ -904,6 +1000,7 @@ async fn send(
 crate::on_both_backends!(
     matrix,
     removed_guest_loses_the_room,
+    sockets_post_only_as_http_would,
     cookie_is_refused_cross_site,
     jwt_attacks
 );
