@@ -144,11 +144,30 @@ impl RoomEvent {
     }
 }
 
+/// What a room event is, as its `type` member says: what the hub routes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new message: it has a `seq`, and a socket takes each `seq` once.
+    Message,
+    MessageEdited,
+    MessageDeleted,
+    Join,
+    Leave,
+    /// The user's sockets in the room close with 4403.
+    MemberRemoved,
+    /// Every socket in the room closes with 4404.
+    RoomDeleted,
+    /// A kind this node does not know (from a newer node): passed on as it is.
+    #[serde(other)]
+    Other,
+}
+
 /// The few fields the hub routes on, read without parsing the whole event.
 #[derive(Debug, Deserialize)]
 pub struct EventHeader {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     pub room_id: Uuid,
     #[serde(default)]
     pub seq: Option<i64>,

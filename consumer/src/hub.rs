@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::event::EventHeader;
+use crate::event::{EventHeader, EventKind};
 
 /// Events a socket may fall behind by before it is closed as a slow consumer.
 pub const SOCKET_QUEUE: usize = 1024;
@@ -146,16 +146,15 @@ impl Hub {
                 return;
             }
         };
-        let seq = if header.kind == "message" {
-            header.seq
-        } else {
-            None
-        };
-        let close_all = (header.kind == "room_deleted").then_some(CloseReason::ROOM_DELETED);
-        let removed = if header.kind == "member_removed" {
-            header.user_id
-        } else {
-            None
+        let (seq, close_all, removed) = match header.kind {
+            EventKind::Message => (header.seq, None, None),
+            EventKind::RoomDeleted => (None, Some(CloseReason::ROOM_DELETED), None),
+            EventKind::MemberRemoved => (None, None, header.user_id),
+            EventKind::MessageEdited
+            | EventKind::MessageDeleted
+            | EventKind::Join
+            | EventKind::Leave
+            | EventKind::Other => (None, None, None),
         };
 
         if let (Some(_), Some(created_at)) = (seq, header.created_at) {
@@ -232,6 +231,86 @@ mod tests {
         assert_eq!(*slow.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
         assert_eq!(*fast.close.borrow(), None);
         assert_eq!(hub.slow_consumers(), 1);
+    }
+
+    /// Every event the store stage and presence publish has its own kind, so
+    /// the hub's routing and the wire names cannot drift apart.
+    #[test]
+    fn every_room_event_has_its_kind() {
+        use crate::event::{MessageView, RoomEvent, SenderView};
+        let room_id = Uuid::new_v4();
+        let user = SenderView {
+            id: Uuid::new_v4(),
+            username: "ann".into(),
+        };
+        let message = MessageView {
+            id: Uuid::new_v4(),
+            room_id,
+            seq: 7,
+            sender: Some(user.clone()),
+            sender_deleted: false,
+            content: Some("hi".into()),
+            client_id: None,
+            created_at: chrono::Utc::now(),
+            edited_at: None,
+            deleted: false,
+        };
+        let cases = [
+            (RoomEvent::Message(message.clone()), EventKind::Message),
+            (
+                RoomEvent::MessageEdited(message.clone()),
+                EventKind::MessageEdited,
+            ),
+            (
+                RoomEvent::MessageDeleted(message),
+                EventKind::MessageDeleted,
+            ),
+            (
+                RoomEvent::Join {
+                    room_id,
+                    user: user.clone(),
+                },
+                EventKind::Join,
+            ),
+            (RoomEvent::Leave { room_id, user }, EventKind::Leave),
+            (
+                RoomEvent::MemberRemoved {
+                    room_id,
+                    user_id: Uuid::new_v4(),
+                },
+                EventKind::MemberRemoved,
+            ),
+            (RoomEvent::RoomDeleted { room_id }, EventKind::RoomDeleted),
+        ];
+        for (event, kind) in cases {
+            let header: EventHeader = serde_json::from_slice(&event.to_bytes()).unwrap();
+            assert_eq!((header.kind, header.room_id), (kind, room_id), "{event:?}");
+        }
+    }
+
+    /// An edit carries its message's `seq`, but it is not a new message: a
+    /// socket that already has that `seq` still gets it.
+    #[tokio::test]
+    async fn only_new_messages_carry_a_seq_to_the_socket() {
+        let hub = Hub::new();
+        let room = Uuid::new_v4();
+        let mut sub = hub.subscribe(room, Uuid::new_v4());
+        hub.dispatch(Bytes::from(format!(
+            r#"{{"type":"message_edited","room_id":"{room}","seq":3}}"#
+        )));
+        hub.dispatch(Bytes::from(format!(
+            r#"{{"type":"from_a_newer_node","room_id":"{room}","seq":4}}"#
+        )));
+        hub.dispatch(event(room, 5));
+        let seqs: Vec<Option<i64>> = [
+            sub.events.recv().await.unwrap(),
+            sub.events.recv().await.unwrap(),
+            sub.events.recv().await.unwrap(),
+        ]
+        .iter()
+        .map(|o| o.seq)
+        .collect();
+        assert_eq!(seqs, [None, None, Some(5)]);
     }
 
     #[tokio::test]
