@@ -35,7 +35,10 @@ pub struct ApiError {
 
 /// An RFC 9457 problem, as every error is sent (`application/problem+json`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"type": "about:blank", "title": "Conflict", "status": 409, "detail": "this private room already has two members", "code": "room_full"}))]
+#[schema(example = json!({
+    "type": "about:blank", "title": "Conflict", "status": 409,
+    "detail": "this private room already has two members", "code": "room_full"
+}))]
 pub struct Problem {
     pub r#type: &'static str,
     pub title: String,

@@ -19,7 +19,10 @@ pub const MAX_CLIENT_ID: usize = 64;
 
 /// What a 202 or an `ack` reports.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a3-1f00-7000-8000-00000000000a", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "status": "queued"}))]
+#[schema(example = json!({
+    "id": "0190d1a3-1f00-7000-8000-00000000000a", "room_id": "0190d1a2-6c00-7000-8000-000000000001",
+    "status": "queued"
+}))]
 pub struct Accepted {
     pub id: Uuid,
     pub room_id: Uuid,

@@ -3,21 +3,29 @@
 //! the broker, store stage and delivery live in the `consumer` crate.
 //!
 //! # Layout
-//! - [`config`]: typed configuration from the environment; [`cli`]: the commands.
+//! - [`config`]: typed configuration from the environment; [`cli`]: the
+//!   commands; [`seed`]: `seed-demo`; [`telemetry`]: logging.
 //! - [`app`]: [`Application`] — build from a config, bind, serve until shutdown;
 //!   [`serve`]: the HTTP listener (connections, header deadline, draining);
-//!   [`stages`]: the thread the store and delivery stages run on.
-//! - [`routes`]: one module per resource (`auth`, `users`, `rooms`, `messages`,
-//!   `ws`, `guest`, `health`).
+//!   [`stages`]: the thread the store and delivery stages run on;
+//!   [`db`]: opening the database; [`state`]: what every handler shares.
+//! - [`routes`]: one module per resource (`auth`, `users`, `admin`, `rooms`,
+//!   `messages`, `ws`, `guest`, `echo`, `health`, `web`), and `problem`, which
+//!   keeps every error answer problem+json.
 //! - [`access`]: who may read, post in, enter, join or manage a room — the one
 //!   policy of HTTP, sockets and guest tokens, with auto-creation of rooms.
 //! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
+//! - [`presence`]: who is in each room on this node (`join` and `leave`).
 //! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
-//! - [`queries`]: the queries behind the routes, one module per aggregate.
+//! - [`queries`]: the queries behind the routes, one module per aggregate,
+//!   failing with their own `QueryError`.
+//! - [`domain`]: the rules for names; [`avatar`]: avatar images.
 //! - [`cache`]: short-lived caches of tokens, rooms and memberships for ingest.
+//! - [`limits`]: rate and abuse limits; [`client_addr`]: the client's
+//!   address, from `CLIENT_IP_SOURCE`.
 //! - [`error`]: `ApiError`, which every failure becomes (problem+json).
-//! - [`extract`]: body and query extractors that fail as `ApiError`;
-//!   [`client_addr`]: the client's address, from `CLIENT_IP_SOURCE`.
+//! - [`extract`]: body and query extractors that fail as `ApiError`.
+//! - [`metrics`]: the Prometheus exporter and `GET /metrics`.
 
 pub mod access;
 pub mod app;

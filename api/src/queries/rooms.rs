@@ -30,7 +30,9 @@ pub enum Added {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
-#[schema(example = json!({"user_id": "0190d1a2-4b5d-7a10-9c00-0000000000b0", "username": "bob", "joined_at": "2025-06-01T09:32:00Z"}))]
+#[schema(example = json!({
+    "user_id": "0190d1a2-4b5d-7a10-9c00-0000000000b0", "username": "bob", "joined_at": "2025-06-01T09:32:00Z"
+}))]
 pub struct Member {
     pub user_id: Uuid,
     pub username: String,

@@ -31,7 +31,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"username": "carol", "email": "carol@example.com", "password": "carol-long-password", "role": "moderator"}))]
+#[schema(example = json!({
+    "username": "carol", "email": "carol@example.com", "password": "carol-long-password", "role": "moderator"
+}))]
 struct NewUser {
     #[validate(custom(function = "crate::domain::validate_username"))]
     username: String,
@@ -52,7 +54,10 @@ struct NewUser {
     tag = "admin",
     summary = "Create a user with a role",
     request_body = NewUser,
-    responses((status = 201, description = "Created", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 201, description = "Created", body = UserView), (status = 401), (status = 403),
+        (status = 409), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn create(
@@ -96,7 +101,12 @@ struct RoleChange {
     summary = "Change a user's role",
     request_body = RoleChange,
     params(("id" = uuid::Uuid, Path, description = "User id")),
-    responses((status = 200, description = "Updated", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict: your own role (own_role) or a guest's (guest_account)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Updated", body = UserView), (status = 401), (status = 403),
+        (status = 404),
+        (status = 409, description = "Conflict: your own role (own_role) or a guest's (guest_account)"),
+        (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn set_role(
@@ -140,7 +150,10 @@ async fn set_role(
     tag = "admin",
     summary = "Search users",
     params(SearchPage),
-    responses((status = 200, description = "Users", body = Vec<UserView>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Users", body = Vec<UserView>), (status = 401), (status = 403),
+        (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn list(

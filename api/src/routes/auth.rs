@@ -53,7 +53,10 @@ pub struct RegisterRequest {
     tag = "auth",
     summary = "Create an account",
     request_body = RegisterRequest,
-    responses((status = 201, description = "Created", body = UserView), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"), (status = 400, description = "Malformed request", body = crate::error::Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 201, description = "Created", body = UserView), (status = 409), (status = 422),
+        (status = 400, description = "Malformed request")
+    )
 )]
 async fn register(
     State(state): State<AppState>,
@@ -119,7 +122,13 @@ impl From<LoginForm> for LoginRequest {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMTkwZDFhMi00YjVjLTdkM2UtOGYwMC0wMDAwMDAwMGExMWMifQ.c2lnbmF0dXJl", "token_type": "bearer", "expires_in": 1800}))]
+#[schema(example = json!({
+    "access_token": concat!(
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.",
+        "eyJzdWIiOiIwMTkwZDFhMi00YjVjLTdkM2UtOGYwMC0wMDAwMDAwMGExMWMifQ.c2lnbmF0dXJl"
+    ),
+    "token_type": "bearer", "expires_in": 1800
+}))]
 struct TokenResponse {
     access_token: String,
     token_type: &'static str,
@@ -132,7 +141,10 @@ struct TokenResponse {
     tag = "auth",
     summary = "Log in (JSON or the OAuth2 password form); sets the roomcast_token cookie",
     request_body(content((LoginRequest = "application/json"), (LoginRequest = "application/x-www-form-urlencoded"))),
-    responses((status = 200, description = "A bearer token", body = TokenResponse), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Rate limited (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, description = "A bearer token", body = TokenResponse), (status = 401),
+        (status = 429, description = "Rate limited (see Retry-After)"), (status = 422)
+    )
 )]
 async fn login(
     State(state): State<AppState>,
@@ -220,7 +232,7 @@ fn invalid_credentials() -> ApiError {
     path = "/auth/logout",
     tag = "auth",
     summary = "Revoke this token and clear the cookie",
-    responses((status = 204, description = "Logged out"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Logged out"), (status = 401)),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn logout(

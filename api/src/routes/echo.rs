@@ -70,7 +70,7 @@ struct SocketUrl {
     path = "/echo_ws",
     tag = "sockets",
     summary = "The URL of the echo socket",
-    responses((status = 200, description = "URL", body = SocketUrl), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "URL", body = SocketUrl), (status = 401)),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn echo_ws(_user: AuthUser, headers: HeaderMap) -> Json<SocketUrl> {
@@ -84,7 +84,7 @@ async fn echo_ws(_user: AuthUser, headers: HeaderMap) -> Json<SocketUrl> {
     path = "/pub_ws",
     tag = "sockets",
     summary = "The URL of the public room's socket",
-    responses((status = 200, description = "URL", body = SocketUrl), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "URL", body = SocketUrl), (status = 401)),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn pub_ws(_user: AuthUser, headers: HeaderMap) -> Json<SocketUrl> {
@@ -106,7 +106,7 @@ struct EchoQuery {
     tag = "sockets",
     summary = "The echo WebSocket: each frame echoed, or relayed through ECHO_UPSTREAM_URL",
     params(EchoQuery),
-    responses((status = 101, description = "Switching protocols"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 101, description = "Switching protocols"), (status = 401), (status = 403)),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn connect(
@@ -289,7 +289,11 @@ async fn relay(
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a4-2a00-7000-8000-0000000000e1", "started_at": "2025-06-01T09:40:00Z", "ended_at": "2025-06-01T09:40:05Z", "frames": [{"dir": "in", "text": "ping"}, {"dir": "out", "text": "ping"}]}))]
+#[schema(example = json!({
+    "id": "0190d1a4-2a00-7000-8000-0000000000e1", "started_at": "2025-06-01T09:40:00Z",
+    "ended_at": "2025-06-01T09:40:05Z",
+    "frames": [{"dir": "in", "text": "ping"}, {"dir": "out", "text": "ping"}]
+}))]
 struct TranscriptView {
     id: Uuid,
     started_at: DateTime<Utc>,
@@ -303,7 +307,10 @@ struct TranscriptView {
     path = "/echo/history",
     tag = "sockets",
     summary = "Your echo transcripts, newest first",
-    responses((status = 200, description = "Transcripts", body = Vec<TranscriptView>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Transcripts", body = Vec<TranscriptView>), (status = 401),
+        (status = 403)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// The caller's transcripts, newest first.

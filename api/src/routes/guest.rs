@@ -47,7 +47,13 @@ struct GuestRequest {
 
 /// A guest token and the room it is for.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIwMTkwZDFhMi00YjVjLTdkM2UtOGYwMC0wMDAwMDAwMGExMWMifQ.c2lnbmF0dXJl", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "expires_in": 3600}))]
+#[schema(example = json!({
+    "token": concat!(
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.",
+        "eyJzdWIiOiIwMTkwZDFhMi00YjVjLTdkM2UtOGYwMC0wMDAwMDAwMGExMWMifQ.c2lnbmF0dXJl"
+    ),
+    "room_id": "0190d1a2-6c00-7000-8000-000000000001", "expires_in": 3600
+}))]
 struct GuestToken {
     token: String,
     room_id: Uuid,
@@ -60,7 +66,10 @@ struct GuestToken {
     tag = "auth",
     summary = "A one-hour guest token for one room (GUEST_TOKENS=true; 404 otherwise)",
     request_body = GuestRequest,
-    responses((status = 200, description = "The token", body = GuestToken), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"))
+    responses(
+        (status = 200, description = "The token", body = GuestToken), (status = 404),
+        (status = 409), (status = 403), (status = 422)
+    )
 )]
 async fn generate_token(
     State(state): State<AppState>,

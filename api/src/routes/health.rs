@@ -50,7 +50,7 @@ async fn healthz() -> Json<Health> {
     path = "/readyz",
     tag = "health",
     summary = "Readiness: database and broker",
-    responses((status = 200, description = "Ready", body = Ready), (status = 503, description = "Unavailable (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"))
+    responses((status = 200, description = "Ready", body = Ready), (status = 503))
 )]
 /// The process can do its work: the database answers and the broker is connected.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {

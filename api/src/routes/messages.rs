@@ -64,7 +64,10 @@ struct NewRoomMessage {
     tag = "messages",
     summary = "Publish a message; 202 once the broker confirmed it",
     request_body = NewMessage,
-    responses((status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "Unavailable (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401),
+        (status = 403), (status = 404), (status = 413), (status = 422), (status = 503)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn post_message(
@@ -82,7 +85,10 @@ async fn post_message(
     summary = "Publish a message to this room",
     request_body = NewRoomMessage,
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json"), (status = 503, description = "Unavailable (see Retry-After)", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401),
+        (status = 403), (status = 404), (status = 413), (status = 422), (status = 503)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn post_room_message(
@@ -122,7 +128,10 @@ struct HistoryQuery {
     tag = "messages",
     summary = "History: `before` newest first, `after` oldest first",
     params(("room" = String, Path, description = "The room's UUID or name"), HistoryQuery),
-    responses((status = 200, description = "Messages", body = Vec<MessageView>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Messages", body = Vec<MessageView>), (status = 401),
+        (status = 403), (status = 404), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn history(
@@ -174,7 +183,10 @@ struct Edit {
     summary = "Edit your message; sockets get message_edited",
     request_body = Edit,
     params(("id" = uuid::Uuid, Path, description = "Message id")),
-    responses((status = 200, description = "Edited", body = MessageView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Edited", body = MessageView), (status = 401), (status = 403),
+        (status = 404), (status = 409), (status = 413), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// The author changes their message's content; every node's sockets get `message_edited`.
@@ -214,7 +226,9 @@ async fn edit(
     tag = "messages",
     summary = "Delete a message (author, moderator, admin or room owner); sockets get message_deleted",
     params(("id" = uuid::Uuid, Path, description = "Message id")),
-    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 204, description = "Deleted"), (status = 401), (status = 403), (status = 404)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// The author, a moderator, an admin or the room's owner deletes a message;

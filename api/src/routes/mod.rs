@@ -63,6 +63,7 @@ pub(crate) async fn announce(state: &AppState, event: consumer::event::RoomEvent
                        Errors are application/problem+json with a stable `code`."
     ),
     modifiers(&Security),
+    components(schemas(crate::error::Problem)),
     tags(
         (name = "auth", description = "Accounts, tokens, guests"),
         (name = "users", description = "Profiles and avatars"),
@@ -99,8 +100,28 @@ impl Modify for Security {
 /// Answers every operation can give without its annotation saying so: 400
 /// when the request cannot be read (bad JSON, a bad path parameter); 422 for
 /// a body or query parameter of the wrong shape; and, for operations with a
-/// body, 415 for a body of the wrong media type.
+/// body, 415 for a body of the wrong media type. And what every error answer
+/// is: an annotation names the status (`(status = 403)`), and this gives it
+/// the problem+json body and, unless the annotation has its own, the usual
+/// description.
 struct CommonErrors;
+
+/// The description of an error status an annotation leaves without one.
+fn error_description(status: &str) -> &'static str {
+    match status {
+        "400" => "The request cannot be read",
+        "401" => "No valid token",
+        "403" => "Not allowed",
+        "404" => "Not found",
+        "409" => "Conflict",
+        "413" => "Too large",
+        "415" => "Unsupported media type",
+        "422" => "Invalid input",
+        "429" => "Rate limited (see Retry-After)",
+        "503" => "Unavailable (see Retry-After)",
+        _ => "Error",
+    }
+}
 
 impl Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -133,6 +154,20 @@ impl Modify for CommonErrors {
                             if p.parameter_in == utoipa::openapi::path::ParameterIn::Query)
                 });
                 let responses = &mut operation.responses.responses;
+                for (status, response) in responses.iter_mut() {
+                    let utoipa::openapi::RefOr::T(response) = response else {
+                        continue;
+                    };
+                    if !(status.starts_with('4') || status.starts_with('5')) {
+                        continue;
+                    }
+                    if response.description.is_empty() {
+                        response.description = error_description(status).to_owned();
+                    }
+                    if response.content.is_empty() {
+                        response.content = problem("").content;
+                    }
+                }
                 if readable {
                     responses
                         .entry("400".into())

@@ -40,7 +40,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A room as JSON.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a2-6c00-7000-8000-000000000001", "name": "general", "kind": "group", "owner_id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "member_count": 2, "last_seq": 42, "created_at": "2025-06-01T09:31:00Z"}))]
+#[schema(example = json!({
+    "id": "0190d1a2-6c00-7000-8000-000000000001", "name": "general", "kind": "group",
+    "owner_id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "member_count": 2, "last_seq": 42,
+    "created_at": "2025-06-01T09:31:00Z"
+}))]
 pub struct RoomView {
     pub id: Uuid,
     pub name: String,
@@ -88,7 +92,10 @@ fn default_kind() -> RoomKind {
     tag = "rooms",
     summary = "Create a room; you become its owner and first member",
     request_body = CreateRoom,
-    responses((status = 201, description = "Created", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 201, description = "Created", body = RoomView), (status = 401), (status = 403),
+        (status = 409), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn create(
@@ -107,7 +114,9 @@ async fn create(
     tag = "rooms",
     summary = "Public rooms and yours, by name",
     params(SearchPage),
-    responses((status = 200, description = "Rooms", body = Vec<RoomView>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Rooms", body = Vec<RoomView>), (status = 401), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn list(
@@ -135,7 +144,10 @@ async fn list(
     tag = "rooms",
     summary = "A room",
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 200, description = "The room", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "The room", body = RoomView), (status = 401), (status = 403),
+        (status = 404)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn show(
@@ -154,7 +166,9 @@ async fn show(
     tag = "rooms",
     summary = "Delete a room (owner or admin); its sockets close with 4404",
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 204, description = "Deleted"), (status = 401), (status = 403), (status = 404)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn remove(
@@ -177,7 +191,10 @@ async fn remove(
     tag = "rooms",
     summary = "Members",
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 200, description = "Members", body = Vec<crate::queries::rooms::Member>), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Members", body = Vec<crate::queries::rooms::Member>),
+        (status = 401), (status = 403), (status = 404)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn members(
@@ -206,7 +223,10 @@ struct AddMember {
     summary = "Add a member (owner or admin)",
     request_body = AddMember,
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 201, description = "Added", body = crate::queries::rooms::Member), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 201, description = "Added", body = crate::queries::rooms::Member), (status = 401),
+        (status = 403), (status = 404), (status = 409), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn add_member(
@@ -257,8 +277,13 @@ async fn add_member(
     path = "/rooms/{room}/members/{user_id}",
     tag = "rooms",
     summary = "Remove a member (owner, admin, or self); their sockets close with 4403",
-    params(("room" = String, Path, description = "The room's UUID or name"), ("user_id" = uuid::Uuid, Path, description = "User id")),
-    responses((status = 204, description = "Removed"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    params(
+        ("room" = String, Path, description = "The room's UUID or name"),
+        ("user_id" = uuid::Uuid, Path, description = "User id")
+    ),
+    responses(
+        (status = 204, description = "Removed"), (status = 401), (status = 403), (status = 404)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn remove_member(
@@ -292,7 +317,10 @@ async fn remove_member(
     tag = "rooms",
     summary = "Join a public room, or a private one with a free seat",
     params(("room" = String, Path, description = "The room's UUID or name")),
-    responses((status = 200, description = "Joined", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Joined", body = RoomView), (status = 401), (status = 403),
+        (status = 404), (status = 409)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn join(

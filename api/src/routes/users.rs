@@ -37,7 +37,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A user as JSON; `email` only for the user themself and admins.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "email": "alice@example.com", "role": "user", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar", "created_at": "2025-06-01T09:30:00Z"}))]
+#[schema(example = json!({
+    "id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "email": "alice@example.com",
+    "role": "user", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar",
+    "created_at": "2025-06-01T09:30:00Z"
+}))]
 pub struct UserView {
     pub id: Uuid,
     pub username: String,
@@ -75,7 +79,7 @@ impl UserView {
     path = "/users/me",
     tag = "users",
     summary = "Your profile",
-    responses((status = 200, description = "Profile", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Profile", body = UserView), (status = 401)),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<UserView>> {
@@ -87,7 +91,10 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<User
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"email": "alice@example.org", "password": "a-new-long-password", "current_password": "correct-horse-battery"}))]
+#[schema(example = json!({
+    "email": "alice@example.org", "password": "a-new-long-password",
+    "current_password": "correct-horse-battery"
+}))]
 struct UpdateMe {
     #[validate(
         email(message = "must be an email address"),
@@ -106,7 +113,10 @@ struct UpdateMe {
     tag = "users",
     summary = "Change email and/or password (current_password required)",
     request_body = UpdateMe,
-    responses((status = 200, description = "Updated", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 409, description = "Conflict", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Updated", body = UserView), (status = 401), (status = 403),
+        (status = 409), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// Changes email and/or password; the current password is always required.
@@ -154,7 +164,7 @@ async fn update_me(
     path = "/users/me",
     tag = "users",
     summary = "Delete your account; messages stay with sender null",
-    responses((status = 204, description = "Deleted"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Deleted"), (status = 401)),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// Deletes the account; its messages stay, from a deleted user (`sender: null`).
@@ -171,7 +181,9 @@ async fn delete_me(State(state): State<AppState>, caller: AuthUser) -> Result<St
     tag = "users",
     summary = "A public profile",
     params(("id" = uuid::Uuid, Path, description = "User id")),
-    responses((status = 200, description = "Profile", body = UserView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Profile", body = UserView), (status = 401), (status = 404)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn show(
@@ -210,7 +222,10 @@ const MULTIPART_OVERHEAD: usize = 16 * 1024;
     tag = "users",
     summary = "Upload an avatar: multipart part `file`, PNG/JPEG/WebP up to 1 MiB",
     request_body(content((AvatarUpload = "multipart/form-data"))),
-    responses((status = 200, description = "Stored", body = AvatarUrl), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 413, description = "Too large", body = crate::error::Problem, content_type = "application/problem+json"), (status = 415, description = "Unsupported media type", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Stored", body = AvatarUrl), (status = 401), (status = 413),
+        (status = 415), (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// `PUT /users/me/avatar`, multipart with a `file` part.
@@ -269,7 +284,10 @@ async fn upload_avatar(
     tag = "users",
     summary = "The avatar (a generated one until one is set)",
     params(("id" = uuid::Uuid, Path, description = "User id")),
-    responses((status = 200, description = "PNG image", body = Vec<u8>, content_type = "image/png"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "PNG image", body = Vec<u8>, content_type = "image/png"),
+        (status = 401), (status = 404)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// `GET /users/{id}/avatar`: the uploaded image, or a generated one.

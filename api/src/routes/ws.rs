@@ -72,7 +72,11 @@ struct WsQuery {
     tag = "sockets",
     summary = "Open the room's WebSocket (see the WebSocket protocol); refusals come before the upgrade",
     params(("room" = String, Path, description = "The room's UUID or name"), WsQuery),
-    responses((status = 101, description = "Switching protocols"), (status = 400, description = "Malformed request", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many socket connects by this user", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 101, description = "Switching protocols"),
+        (status = 400, description = "Malformed request"), (status = 401), (status = 403),
+        (status = 404), (status = 429, description = "Too many socket connects by this user")
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn connect(
@@ -110,7 +114,11 @@ async fn connect(
     tag = "sockets",
     summary = "Alias of /ws/{room}",
     params(("room" = String, Path, description = "The room's UUID or name"), WsQuery),
-    responses((status = 101, description = "Switching protocols"), (status = 400, description = "Malformed request", body = crate::error::Problem, content_type = "application/problem+json"), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many socket connects by this user", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 101, description = "Switching protocols"),
+        (status = 400, description = "Malformed request"), (status = 401), (status = 403),
+        (status = 404), (status = 429, description = "Too many socket connects by this user")
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn connect_updates(
