@@ -18,10 +18,13 @@
 //   CHROMIUM                                 the browser (default /usr/bin/chromium)
 
 import { mkdir } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  NARROW, WAIT_MS, checkAccessibility, checkNarrowLayout, expectText, fail, finish, launch, log, logInThroughUi,
+  messageItem, onlineNames, politeness, registerThroughUi, run, send, sleep, startWatchdog, step, until,
+  waitConnected, watch, PASSWORD,
+} from './lib.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const NODE1 = process.env.ROOMCAST_NODE1_URL;
@@ -30,296 +33,17 @@ const SCREENSHOT = process.env.ROOMCAST_SCREENSHOT || (process.env.ROOMCAST_UPDA
   ? path.join(here, '..', '..', 'docs', 'screenshot.png')
   : path.join(here, '..', '..', 'target', 'e2e', 'screenshot.png'));
 const SCREENSHOT_NARROW = process.env.ROOMCAST_SCREENSHOT_NARROW || '';
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const TOTAL_BUDGET_MS = 60_000;
-const WAIT_MS = 10_000;
-const PASSWORD = 'correct horse battery';
 const ROOM = 'launch-plan';
-const NARROW = 390;
-
-const started = Date.now();
-let currentStep = 'start-up';
-let browser = null;
-const pages = {};
-const problems = []; // uncaught page errors and CSP violations: each fails the run
-
-function log(line) {
-  const t = ((Date.now() - started) / 1000).toFixed(1).padStart(5);
-  console.log(`[e2e ${t}s] ${line}`);
-}
-
-async function diagnose() {
-  for (const [who, page] of Object.entries(pages)) {
-    if (page.isClosed()) continue;
-    try {
-      const state = await page.evaluate(() => ({
-        conn: document.getElementById('conn-text')?.textContent,
-        notice: document.getElementById('notice')?.hidden ? '' : document.getElementById('notice-text')?.textContent,
-        errors: [...document.querySelectorAll('.form-error:not([hidden])')].map((e) => e.textContent),
-        messages: [...document.querySelectorAll('#messages li')].map((li) => `#${li.dataset.seq} ${li.innerText.replace(/\s+/g, ' ')}`),
-        online: [...document.querySelectorAll('#online-list li')].map((li) => li.textContent),
-      }));
-      console.error(`  ${who}: ${JSON.stringify(state, null, 2).replace(/\n/g, '\n  ')}`);
-      const shot = path.join(os.tmpdir(), `roomcast-e2e-failure-${who}.png`);
-      await page.screenshot({ path: shot, timeout: 3000 });
-      console.error(`  ${who}'s window: ${shot}`);
-    } catch (err) {
-      console.error(`  ${who}: no diagnostics (${err.message})`);
-    }
-  }
-}
-
-let failing = false;
-async function fail(message) {
-  if (failing) return;
-  failing = true;
-  console.error(`FAILED during "${currentStep}": ${message}`);
-  await Promise.race([diagnose(), new Promise((r) => setTimeout(r, 8000))]);
-  if (browser) await Promise.race([browser.close().catch(() => {}), new Promise((r) => setTimeout(r, 3000))]);
-  process.exit(1);
-}
-
-const watchdog = setTimeout(() => fail(`the run took longer than ${TOTAL_BUDGET_MS / 1000} s`), TOTAL_BUDGET_MS);
-
-async function step(name, work) {
-  currentStep = name;
-  const t0 = Date.now();
-  await work();
-  log(`ok  ${name} (${Date.now() - t0} ms)`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `probe` until it returns something truthy; fails clearly after `timeout`. */
-async function until(what, probe, timeout = WAIT_MS) {
-  const deadline = Date.now() + timeout;
-  let last = '';
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value) return value;
-    } catch (err) {
-      last = `: ${err.message.split('\n')[0]}`;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting until ${what}${last}`);
-    await sleep(100);
-  }
-}
-
-const text = (locator) => locator.innerText({ timeout: 1000 });
-
-async function expectText(locator, expected, what) {
-  return until(`${what} reads "${expected}"`, async () => (await text(locator)).includes(expected));
-}
-
-const messageItem = (page, content) => page.locator('#messages li.msg', { hasText: content });
-
-async function onlineNames(page) {
-  return page.locator('#online-list li').allInnerTexts();
-}
-
-async function registerThroughUi(page, base, username) {
-  await page.goto(`${base}/`, { timeout: WAIT_MS });
-  const form = page.locator('#register-form');
-  await form.getByLabel('Username', { exact: true }).fill(username, { timeout: WAIT_MS });
-  await form.getByLabel('Email', { exact: true }).fill(`${username}@example.com`);
-  await form.getByLabel('Password', { exact: true }).fill(PASSWORD);
-  await form.getByRole('button', { name: 'Create account' }).click();
-  await expectText(page.locator('#me-name'), username, `${username}'s signed-in name`);
-  await page.locator('#chat-view').waitFor({ state: 'visible', timeout: WAIT_MS });
-}
-
-async function logInThroughUi(page, username, password) {
-  const form = page.locator('#login-form');
-  await form.getByLabel('Username or email', { exact: true }).fill(username, { timeout: WAIT_MS });
-  await form.getByLabel('Password', { exact: true }).fill(password);
-  await form.getByRole('button', { name: 'Log in' }).click();
-}
-
-/**
- * At phone width nothing makes the page scroll sideways, no element reaches
- * past the window's right edge (one inside a scroller would not widen the
- * page, but would still be cut off), and the composer's input and Send button
- * (when `composer`) are on screen.
- */
-async function checkNarrowLayout(page, where, { composer = false } = {}) {
-  const layout = await page.evaluate(() => {
-    const width = window.innerWidth;
-    const wide = [...document.querySelectorAll('body *')]
-      .filter((el) => {
-        const r = el.getBoundingClientRect();
-        return r.width > 0 && r.right > width + 0.5;
-      })
-      .slice(0, 5)
-      .map((el) => `${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}.${el.className} right=${Math.round(el.getBoundingClientRect().right)}`);
-    return { width, height: window.innerHeight, scrollWidth: document.documentElement.scrollWidth, wide };
-  });
-  if (layout.width !== NARROW) throw new Error(`${where}: the window is ${layout.width} px wide, not ${NARROW}`);
-  if (layout.scrollWidth > layout.width || layout.wide.length) {
-    throw new Error(`${where}: the page is ${layout.scrollWidth} px wide in a ${layout.width} px window; past the edge: ${layout.wide.join('; ')}`);
-  }
-  if (!composer) return;
-  for (const [what, locator] of [
-    ['the message input', page.getByLabel('Message', { exact: true })],
-    ['the Send button', page.getByRole('button', { name: 'Send', exact: true })],
-  ]) {
-    await locator.waitFor({ state: 'visible', timeout: WAIT_MS });
-    const box = await locator.boundingBox();
-    if (!box || box.x < 0 || box.x + box.width > layout.width || box.y < 0 || box.y + box.height > layout.height) {
-      throw new Error(`${where}: ${what} is not on screen: ${JSON.stringify(box)} in ${layout.width}x${layout.height}`);
-    }
-  }
-}
-
-/**
- * Accessibility of what `page` shows, with plain DOM queries: the page has a
- * `lang`, one `main` landmark and visible headings; every form control and
- * button has an accessible name (label, aria-label or aria-labelledby; for a
- * button also its text); every image has `alt`; a `:focus-visible` rule draws
- * an outline, and every element Tab reaches shows one. In a room (`room`),
- * the message list sits in a live region (aria-live or role=log) so that a
- * screen reader reads new messages. Throws with the list of offenders.
- */
-async function checkAccessibility(page, where, { room = false } = {}) {
-  const offenders = await page.evaluate((room) => {
-    const found = [];
-    const describe = (el) => {
-      const classes = typeof el.className === 'string' && el.className.trim() ? `.${el.className.trim().split(/\s+/).join('.')}` : '';
-      return `<${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}${classes}>`;
-    };
-    // The text a screen reader would read for an element: aria-hidden parts left out, images by their alt.
-    const spoken = (node) => [...node.childNodes].map((child) => {
-      if (child.nodeType === Node.TEXT_NODE) return child.textContent;
-      if (child.nodeType !== Node.ELEMENT_NODE || child.getAttribute('aria-hidden') === 'true') return '';
-      return child.tagName === 'IMG' ? child.getAttribute('alt') || '' : spoken(child);
-    }).join('').trim();
-    const accessibleName = (el) => {
-      const ids = (el.getAttribute('aria-labelledby') || '').split(/\s+/).filter(Boolean);
-      const byIds = ids.map((id) => document.getElementById(id)).filter(Boolean).map(spoken).join(' ').trim();
-      if (byIds) return byIds;
-      const label = (el.getAttribute('aria-label') || '').trim();
-      if (label) return label;
-      const labels = [...(el.labels || [])].map(spoken).join(' ').trim();
-      if (labels) return labels;
-      if (el.tagName === 'BUTTON' || el.getAttribute('role') === 'button') return spoken(el);
-      if (el.tagName === 'INPUT' && ['submit', 'button', 'reset'].includes(el.type)) return el.value.trim();
-      return '';
-    };
-    const shown = (el) => el.getClientRects().length > 0;
-
-    if (!document.documentElement.getAttribute('lang')) found.push('<html> has no lang');
-    const mains = document.querySelectorAll('main, [role="main"]');
-    if (mains.length !== 1) found.push(`${mains.length} main landmarks, not one`);
-    const headings = [...document.querySelectorAll('h1, h2, h3, h4, h5, h6, [role="heading"]')].filter(shown);
-    if (!headings.some((h) => h.tagName === 'H1')) found.push('no visible <h1>');
-    if (!headings.some((h) => h.tagName !== 'H1' && mains[0]?.contains(h))) found.push('no visible heading in <main>');
-    for (const el of document.querySelectorAll('input:not([type="hidden"]), textarea, select')) {
-      if (!accessibleName(el)) found.push(`${describe(el)} has no accessible name (label, aria-label or aria-labelledby)`);
-    }
-    for (const el of document.querySelectorAll('button, [role="button"], input[type="submit"], input[type="button"], input[type="reset"]')) {
-      if (!accessibleName(el)) found.push(`${describe(el)} (a button) has no accessible name`);
-    }
-    for (const el of document.querySelectorAll('img, input[type="image"]')) {
-      if (!el.hasAttribute('alt')) found.push(`${describe(el)} has no alt`);
-    }
-    for (const el of document.querySelectorAll('[role="img"]')) {
-      if (!accessibleName(el)) found.push(`${describe(el)} (role=img) has no accessible name`);
-    }
-    // The shorthand, since a var() in it leaves the longhands unset in the CSSOM.
-    const outlined = [...document.styleSheets].some((sheet) => [...sheet.cssRules].some((rule) => {
-      const outline = (rule.style?.getPropertyValue('outline') || rule.style?.outlineStyle || '').trim();
-      return (rule.selectorText || '').includes(':focus-visible') && outline && !/^(none|0(px)?)(\s|$)/.test(outline);
-    }));
-    if (!outlined) found.push('no :focus-visible rule draws an outline');
-    if (room) {
-      const list = document.getElementById('messages');
-      let politeness = null;
-      for (let el = list; el && politeness === null; el = el.parentElement) {
-        const live = el.getAttribute('aria-live');
-        const role = el.getAttribute('role');
-        if (live) politeness = live;
-        else if (role === 'log' || role === 'status') politeness = 'polite';
-        else if (role === 'alert') politeness = 'assertive';
-      }
-      if (politeness !== 'polite' && politeness !== 'assertive') {
-        found.push(`the message list ${list ? describe(list) : '#messages'} is not in a live region (aria-live: ${politeness ?? 'none'})`);
-      }
-    }
-    return found;
-  }, room);
-
-  // Every stop of the Tab order shows where the focus is.
-  const first = await page.evaluate(() => document.activeElement?.id || '');
-  const seen = new Set();
-  for (let i = 0; i < 60; i += 1) {
-    await page.keyboard.press('Tab');
-    const stop = await page.evaluate(() => {
-      const el = document.activeElement;
-      if (!el || el === document.body) return null;
-      const classes = typeof el.className === 'string' && el.className.trim() ? `.${el.className.trim().split(/\s+/).join('.')}` : '';
-      const who = `<${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}${classes}>${el.dataset.seq ? ` #${el.dataset.seq}` : ''}`;
-      const cs = getComputedStyle(el);
-      const ring = (cs.outlineStyle !== 'none' && parseFloat(cs.outlineWidth) > 0) || cs.boxShadow !== 'none';
-      return { who, ring, label: el.getAttribute('aria-label') || el.textContent.trim().slice(0, 30) };
-    });
-    if (!stop) continue;
-    const key = `${stop.who} ${stop.label}`;
-    if (seen.has(key)) break;
-    seen.add(key);
-    if (!stop.ring) offenders.push(`${stop.who} "${stop.label}" shows no focus outline when reached by Tab`);
-  }
-  if (seen.size < 3) offenders.push(`Tab reached only ${seen.size} elements (from #${first})`);
-  log(`    ${where}: ${seen.size} Tab stops, each with a focus outline`);
-  if (offenders.length) throw new Error(`${where}: accessibility problems:\n  ${offenders.join('\n  ')}`);
-}
-
-/** How a screen reader treats additions to the element: the aria-live of its live region, or null. */
-async function politeness(locator) {
-  return locator.evaluate((node) => {
-    for (let el = node; el; el = el.parentElement) {
-      const live = el.getAttribute('aria-live');
-      const role = el.getAttribute('role');
-      if (live) return live;
-      if (role === 'log' || role === 'status') return 'polite';
-      if (role === 'alert') return 'assertive';
-    }
-    return null;
-  });
-}
-
-async function waitConnected(page, who) {
-  await until(`${who} is connected`, async () =>
-    (await page.locator('#conn').getAttribute('data-state', { timeout: 1000 })) === 'connected');
-}
-
-async function send(page, content, how) {
-  const input = page.getByLabel('Message', { exact: true });
-  await input.fill(content, { timeout: WAIT_MS });
-  if (how === 'enter') await input.press('Enter');
-  else await page.getByRole('button', { name: 'Send', exact: true }).click();
-}
 
 async function main() {
   if (!NODE1 || !NODE2) throw new Error('set ROOMCAST_NODE1_URL and ROOMCAST_NODE2_URL');
   log(`node 1 ${NODE1}, node 2 ${NODE2}`);
 
-  await step('launch chromium', async () => {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 20_000,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
-    log(`chromium ${browser.version()}`);
-  });
+  startWatchdog(TOTAL_BUDGET_MS);
+  await step('launch chromium', launch);
+  const { browser } = run;
+  const pages = run.pages;
 
   const alice = await browser.newContext({ viewport: { width: 1180, height: 760 }, colorScheme: 'light' });
   const bob = await browser.newContext({ viewport: { width: NARROW, height: 780 }, colorScheme: 'light', hasTouch: true });
@@ -330,31 +54,20 @@ async function main() {
     window.WebSocket = class extends Native {
       constructor(...args) {
         super(...args);
-        window.__sockets.push(this);
+        // Room sockets only (`/ws/<room>`), not the per-user channel (`/ws`).
+        if (/\/ws\/[^?]/.test(String(args[0]))) window.__sockets.push(this);
       }
     };
   });
-  const a = await alice.newPage();
-  const b = await bob.newPage();
-  pages.alice = a;
-  pages.bob = b;
-  for (const [who, page] of Object.entries(pages)) {
-    page.setDefaultTimeout(WAIT_MS);
-    page.on('pageerror', (err) => problems.push(`${who}: uncaught ${err.message}`));
-    page.on('console', (msg) => {
-      if (msg.type() !== 'error') return;
-      const line = msg.text();
-      if (/Content.Security.Policy|Refused to/i.test(line)) problems.push(`${who}: ${line}`);
-      else log(`${who} console: ${line}`);
-    });
-  }
+  const a = watch('alice', await alice.newPage());
+  const b = watch('bob', await bob.newPage());
 
   await step('the page is served with a strict Content-Security-Policy', async () => {
     const res = await a.request.get(`${NODE1}/`);
     const csp = res.headers()['content-security-policy'] || '';
     if (!/default-src 'none'|default-src 'self'/.test(csp)) throw new Error(`no strict CSP on /: "${csp}"`);
     if (/https?:/.test(csp.replace(/connect-src[^;]*/, ''))) throw new Error(`CSP names outside hosts: "${csp}"`);
-    for (const [file, type] of [['/app.js', 'javascript'], ['/style.css', 'text/css']]) {
+    for (const [file, type] of [['/js/main.js', 'javascript'], ['/js/chat.js', 'javascript'], ['/style.css', 'text/css']]) {
       const r = await a.request.get(`${NODE1}${file}`);
       if (!r.ok() || !(r.headers()['content-type'] || '').includes(type)) {
         throw new Error(`${file}: ${r.status()} ${r.headers()['content-type']}`);
@@ -565,11 +278,8 @@ async function main() {
     await expectText(a.locator('#online-count'), '1', "alice's online count");
   });
 
-  if (problems.length) throw new Error(`the page reported errors:\n  ${problems.join('\n  ')}`);
   await alice.close();
-  await browser.close();
-  clearTimeout(watchdog);
-  log(`PASSED in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  await finish();
 }
 
 main().catch((err) => fail(err && err.stack ? err.stack : String(err)));

@@ -65,17 +65,37 @@ struct SocketUrl {
     url: String,
 }
 
+/// Where the echo socket is, and what it does with a frame.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct EchoSocket {
+    #[schema(example = "ws://localhost:8000/echo")]
+    url: String,
+    /// `echo`: each frame comes straight back; `relay`: each goes through
+    /// `ECHO_UPSTREAM_URL` and what the upstream answers comes back.
+    #[schema(example = "echo")]
+    mode: &'static str,
+}
+
 #[utoipa::path(
     get,
     path = "/echo_ws",
     tag = "sockets",
-    summary = "The URL of the echo socket",
-    responses((status = 200, description = "URL", body = SocketUrl), (status = 401)),
+    summary = "The URL of the echo socket, and whether it echoes or relays upstream",
+    responses((status = 200, description = "URL and mode", body = EchoSocket), (status = 401)),
     security(("bearer" = []), ("cookie" = []))
 )]
-async fn echo_ws(_user: AuthUser, headers: HeaderMap) -> Json<SocketUrl> {
-    Json(SocketUrl {
+async fn echo_ws(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    headers: HeaderMap,
+) -> Json<EchoSocket> {
+    Json(EchoSocket {
         url: format!("{}/echo", socket_base(&headers)),
+        mode: if state.config.echo_upstream_url.is_some() {
+            "relay"
+        } else {
+            "echo"
+        },
     })
 }
 

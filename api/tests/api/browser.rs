@@ -1,12 +1,13 @@
 //! The web client in a real browser: two `roomcast` processes on PostgreSQL
-//! and RabbitMQ, and `web/e2e/chat.spec.mjs` driving Debian's chromium
-//! (through playwright-core) as two users, one on each node.
+//! and RabbitMQ, and the scripts in `web/e2e/` driving Debian's chromium
+//! (through playwright-core) as users on both nodes: `chat.spec.mjs` the
+//! chat itself.
 //!
 //! Needs `node`, `/usr/bin/chromium` and `web/e2e/node_modules` (`npm ci
 //! --prefix web/e2e`); without them the test says `SKIPPED` and passes
-//! locally, and fails under `CI=true`. The script saves a screenshot of each
-//! window under the target directory (`e2e/`); with `ROOMCAST_UPDATE_SCREENSHOT=1`
-//! Alice's replaces the one the README shows, `docs/screenshot.png`, so a run
+//! locally, and fails under `CI=true`. The scripts save screenshots under the
+//! target directory (`e2e/`); with `ROOMCAST_UPDATE_SCREENSHOT=1` they replace
+//! the ones in `docs/` (`docs/screenshot.png`, the README's chat), so a run
 //! leaves the committed tree as it was unless asked.
 
 use std::{
@@ -18,8 +19,20 @@ use std::{
 use crate::helpers::{Backend, TestEnv, spawn_env_node};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// The script gives itself 60 s; this is the backstop if node itself hangs.
+/// The chat script gives itself 60 s; this is the backstop if node itself hangs.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn update_docs() -> bool {
+    std::env::var("ROOMCAST_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1")
+}
+
+fn target_e2e() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target>/tmp`; the shots sit beside it.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the tmp dir sits in the target dir")
+        .join("e2e")
+}
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -34,12 +47,8 @@ fn repo_root() -> PathBuf {
 
 /// Where the run saves Alice's and Bob's windows.
 fn screenshots(root: &Path) -> (PathBuf, PathBuf) {
-    // CARGO_TARGET_TMPDIR is `<target>/tmp`; the shots sit beside it.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the tmp dir sits in the target dir")
-        .join("e2e");
-    let wide = if std::env::var("ROOMCAST_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+    let target = target_e2e();
+    let wide = if update_docs() {
         root.join("docs/screenshot.png")
     } else {
         target.join("screenshot.png")
@@ -92,6 +101,59 @@ fn missing_prerequisites(e2e: &Path) -> Vec<String> {
     missing
 }
 
+/// Whether the browser test can run here; if not, it says `SKIPPED` (or
+/// fails under CI).
+fn prerequisites_or_skip(e2e: &Path) -> bool {
+    let missing = missing_prerequisites(e2e);
+    if missing.is_empty() {
+        return true;
+    }
+    let what = missing.join(", ");
+    if in_ci() {
+        panic!("the browser test needs {what}; .ci/run installs them");
+    }
+    eprintln!("SKIPPED: browser test needs {what}");
+    false
+}
+
+/// Runs `web/e2e/<script>` with `env` against the two nodes; fails unless it
+/// exits 0 having said `PASSED`.
+async fn run_script(e2e: &Path, script: &str, env: &[(&str, String)], timeout: Duration) {
+    let started = Instant::now();
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(e2e.join(script))
+        .current_dir(e2e)
+        .env("CHROMIUM", CHROMIUM)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().expect("start node");
+    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(output) => output.expect("wait for node"),
+        Err(_) => panic!(
+            "web/e2e/{script} did not finish in {} s ({env:?})",
+            timeout.as_secs()
+        ),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "web/e2e/{script} failed ({}) after {:.1} s ({env:?}):\n{stderr}",
+        output.status,
+        started.elapsed().as_secs_f64(),
+    );
+    assert!(
+        stdout.contains("PASSED"),
+        "web/e2e/{script} exited 0 without saying PASSED:\n{stdout}"
+    );
+}
+
 /// Alice on node 1 and Bob on node 2 register, Bob logs out and back in
 /// through the login form, they meet in a public room, talk, edit, delete,
 /// reconnect and scroll back, all through the web client; Bob's 390 px window
@@ -101,24 +163,15 @@ fn missing_prerequisites(e2e: &Path) -> Vec<String> {
 async fn two_users_chat_across_two_nodes_in_chromium() {
     let root = repo_root();
     let e2e = root.join("web/e2e");
-    let missing = missing_prerequisites(&e2e);
-    if !missing.is_empty() {
-        let what = missing.join(", ");
-        if in_ci() {
-            panic!("the browser test needs {what}; .ci/run installs them");
-        }
-        eprintln!("SKIPPED: browser test needs {what}");
+    if !prerequisites_or_skip(&e2e) {
         return;
     }
-
     let Some(env) = TestEnv::new(Backend::Postgres).await else {
         return;
     };
     // The first node migrates the database; the second starts on the ready schema.
     let node1 = spawn_env_node(&env, &[("NODE_ID", "web1")]);
     let node2 = spawn_env_node(&env, &[("NODE_ID", "web2")]);
-    let url1 = format!("http://{}", node1.addr);
-    let url2 = format!("http://{}", node2.addr);
 
     let (screenshot, narrow) = screenshots(&root);
     // File times can be coarser than the clock: allow a second.
@@ -129,42 +182,13 @@ async fn two_users_chat_across_two_nodes_in_chromium() {
             let _ = std::fs::remove_file(shot);
         }
     }
-    let started = Instant::now();
-    let mut script = tokio::process::Command::new("node");
-    script
-        .arg(e2e.join("chat.spec.mjs"))
-        .current_dir(&e2e)
-        .env("ROOMCAST_NODE1_URL", &url1)
-        .env("ROOMCAST_NODE2_URL", &url2)
-        .env("ROOMCAST_SCREENSHOT", &screenshot)
-        .env("ROOMCAST_SCREENSHOT_NARROW", &narrow)
-        .env("CHROMIUM", CHROMIUM)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = script.spawn().expect("start node");
-    let output = match tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output()).await {
-        Ok(output) => output.expect("wait for node"),
-        Err(_) => panic!(
-            "web/e2e/chat.spec.mjs did not finish in {} s (nodes {url1} and {url2})",
-            SCRIPT_TIMEOUT.as_secs()
-        ),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "web/e2e/chat.spec.mjs failed ({}) after {:.1} s against {url1} and {url2}:\n{stderr}",
-        output.status,
-        started.elapsed().as_secs_f64(),
-    );
-    assert!(
-        stdout.contains("PASSED"),
-        "the script exited 0 without saying PASSED:\n{stdout}"
-    );
+    let env_vars = [
+        ("ROOMCAST_NODE1_URL", format!("http://{}", node1.addr)),
+        ("ROOMCAST_NODE2_URL", format!("http://{}", node2.addr)),
+        ("ROOMCAST_SCREENSHOT", screenshot.display().to_string()),
+        ("ROOMCAST_SCREENSHOT_NARROW", narrow.display().to_string()),
+    ];
+    run_script(&e2e, "chat.spec.mjs", &env_vars, SCRIPT_TIMEOUT).await;
     assert_fresh_png(&screenshot, written_after);
     assert_fresh_png(&narrow, written_after);
     drop((node1, node2));

@@ -75,6 +75,7 @@ async fn echoes_and_keeps_a_transcript(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(url["url"], format!("ws://{}/echo", app.addr));
+    assert_eq!(url["mode"], "echo", "no upstream: the server echoes");
     let url: Value = api
         .client
         .get(api.url("/pub_ws"))
@@ -142,6 +143,17 @@ async fn relays_through_the_upstream(backend: Backend) {
     };
     let api = app.api();
     let (_, token) = api.user("relayed").await;
+    let info: Value = api
+        .client
+        .get(api.url("/echo_ws"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["mode"], "relay", "{info}");
     let mut ws = Ws::connect(app.addr, "/echo", Some(&token)).await.unwrap();
     ws.send_text(r#"{"say":"quiet"}"#).await;
     assert_eq!(ws.next_json().await["SAY"], "QUIET");
