@@ -29,6 +29,7 @@ use consumer::{
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use testsupport::{TestVhost, enc};
 use uuid::Uuid;
 
 /// Bound of anything that should happen promptly (a confirm, a delivery, a
@@ -746,114 +747,20 @@ async fn assert_no_event(events: &mut BoxStream<Bytes>, what: &str) {
     }
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+/// What the broker tests ask of their vhost beyond the shared helpers.
+trait VhostExt {
+    async fn get_ok(&self, path: &str) -> Value;
+    async fn dead_letters(&self, expected: usize) -> Vec<(String, String)>;
+    async fn connections_eventually(&self) -> Vec<String>;
 }
 
-/// Percent-encodes one path segment of a management API URL.
-fn enc(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("HTTP client")
-}
-
-/// A RabbitMQ vhost of its own for one test, made and removed through the
-/// management API.
-struct TestVhost {
-    name: String,
-    amqp_url: String,
-    api: String,
-    http: reqwest::Client,
-}
-
-impl TestVhost {
-    async fn new() -> Option<Self> {
-        let api = std::env::var("TEST_RABBITMQ_API")
-            .unwrap_or_else(|_| "http://guest:guest@127.0.0.1:15672".into());
-        let run = std::env::var("ROOMCAST_TEST_RUN").unwrap_or_else(|_| "local".into());
-        let name = format!("rc_{run}_{}", Uuid::new_v4().simple());
-        let http = http();
-        let created = http
-            .put(format!("{api}/api/vhosts/{}", enc(&name)))
-            .send()
-            .await;
-        match created {
-            Ok(res) if res.status().is_success() => {}
-            other => {
-                let why = match other {
-                    Ok(res) => format!("HTTP {}", res.status()),
-                    Err(err) => err.to_string(),
-                };
-                if in_ci() {
-                    panic!("RabbitMQ (with the management plugin) is required in CI: {why}");
-                }
-                eprintln!(
-                    "SKIPPED: RabbitMQ management API not reachable at {api} ({why}); set TEST_RABBITMQ_API"
-                );
-                return None;
-            }
-        }
-        let vhost = Self {
-            amqp_url: {
-                let base = std::env::var("TEST_AMQP_URL")
-                    .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
-                format!("{}/{}", base.trim_end_matches('/'), enc(&name))
-            },
-            name,
-            api,
-            http,
-        };
-        // From here on, `Drop` removes the vhost even if this fails.
-        let res = vhost
-            .http
-            .put(format!(
-                "{}/api/permissions/{}/guest",
-                vhost.api,
-                enc(&vhost.name)
-            ))
-            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
-            .await
-            .expect("set vhost permissions");
-        assert!(
-            res.status().is_success(),
-            "vhost permissions: {}",
-            res.status()
-        );
-        Some(vhost)
-    }
-
-    async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .unwrap_or_else(|err| panic!("GET {path}: {err}"));
-        let status = res.status();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
+impl VhostExt for TestVhost {
     /// GETs `path`, retrying until it answers 200 (the management API catches
     /// up with the broker asynchronously).
     async fn get_ok(&self, path: &str) -> Value {
         let deadline = Instant::now() + LONG;
         loop {
-            let (status, body) = self.get(path).await;
+            let (status, body) = self.get_with_status(path).await;
             if status.is_success() {
                 return body;
             }
@@ -868,7 +775,7 @@ impl TestVhost {
         let path = format!("/api/queues/{}/{}", enc(&self.name), enc(DEAD_LETTER_QUEUE));
         let deadline = Instant::now() + LONG;
         loop {
-            let (status, queue) = self.get(&path).await;
+            let (status, queue) = self.get_with_status(&path).await;
             if status.is_success() && queue["messages"].as_u64() == Some(expected as u64) {
                 break;
             }
@@ -879,8 +786,7 @@ impl TestVhost {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // One more than expected, to see any extra.
-        let res = self
-            .http
+        let res = testsupport::http()
             .post(format!("{}{path}/get", self.api))
             .json(
                 &json!({"count": expected + 1, "ackmode": "ack_requeue_true", "encoding": "auto"}),
@@ -905,20 +811,6 @@ impl TestVhost {
             .collect()
     }
 
-    /// Names of the client connections to this vhost.
-    async fn connections(&self) -> Vec<String> {
-        let (_, list) = self
-            .get(&format!("/api/vhosts/{}/connections", enc(&self.name)))
-            .await;
-        list.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// The connections, once the management API lists at least one.
     async fn connections_eventually(&self) -> Vec<String> {
         within("a connection in the management API", LONG, async {
@@ -931,37 +823,5 @@ impl TestVhost {
             }
         })
         .await
-    }
-
-    /// Force-closes a client connection, as an operator (or a crash) would.
-    async fn close_connection(&self, name: &str) {
-        let res = self
-            .http
-            .delete(format!("{}/api/connections/{}", self.api, enc(name)))
-            .send()
-            .await
-            .expect("DELETE connection");
-        assert!(
-            res.status().is_success(),
-            "close connection {name}: {}",
-            res.status()
-        );
-    }
-}
-
-impl Drop for TestVhost {
-    fn drop(&mut self) {
-        let url = format!("{}/api/vhosts/{}", self.api, enc(&self.name));
-        // A runtime of its own: this may run while the test's runtime unwinds.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let _ = http().delete(url).send().await;
-            });
-        })
-        .join();
     }
 }
