@@ -1,14 +1,15 @@
 //! The web client in a real browser: two `roomcast` processes on PostgreSQL
 //! and RabbitMQ, and the scripts in `web/e2e/` driving Debian's chromium
 //! (through playwright-core) as users on both nodes: `chat.spec.mjs` the
-//! chat itself.
+//! chat itself, `screens.spec.mjs` every other screen (admin panel,
+//! members, moderation, avatars, account, echo, guest link).
 //!
 //! Needs `node`, `/usr/bin/chromium` and `web/e2e/node_modules` (`npm ci
 //! --prefix web/e2e`); without them the test says `SKIPPED` and passes
 //! locally, and fails under `CI=true`. The scripts save screenshots under the
 //! target directory (`e2e/`); with `ROOMCAST_UPDATE_SCREENSHOT=1` they replace
-//! the ones in `docs/` (`docs/screenshot.png`, the README's chat), so a run
-//! leaves the committed tree as it was unless asked.
+//! the ones in `docs/` (`docs/screenshot.png`, the README's chat, and
+//! `docs/screens/*.png`), so a run leaves the committed tree as it was unless asked.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,11 +17,18 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
 use crate::helpers::{Backend, TestEnv, spawn_env_node};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The chat script gives itself 60 s; this is the backstop if node itself hangs.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The screens script gives itself 170 s.
+const SCREENS_TIMEOUT: Duration = Duration::from_secs(230);
+/// The bootstrap admin's password in the screens run.
+const ADMIN_PASSWORD: &str = "admin-password-for-the-browser";
 
 fn update_docs() -> bool {
     std::env::var("ROOMCAST_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1")
@@ -191,5 +199,95 @@ async fn two_users_chat_across_two_nodes_in_chromium() {
     run_script(&e2e, "chat.spec.mjs", &env_vars, SCRIPT_TIMEOUT).await;
     assert_fresh_png(&screenshot, written_after);
     assert_fresh_png(&narrow, written_after);
+    drop((node1, node2));
+}
+
+/// A loopback WebSocket server that answers each text frame in capitals:
+/// node 2's echo upstream, so the browser can tell a relay from an echo.
+async fn upstream_shouter() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    if ws
+                        .send(Message::Text(text.to_uppercase().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Every screen besides the chat, in chromium, with users on two nodes:
+/// alice (the bootstrap admin, node 1) pages and searches users, makes carol
+/// a moderator and creates a user in the admin panel, which bob (node 2)
+/// neither sees nor may open; alice adds bob to a group room from a
+/// suggestion and it appears in his list at once, a private room refuses a
+/// third member; the owner and a moderator delete bob's messages, the owner
+/// removes him and deletes the room after a confirm step; avatars show on
+/// members, the online list and messages; the account page says 413 and 415
+/// plainly and changes email and password; the echo page echoes on
+/// node 1 and relays upstream on node 2; a guest link lets a visitor talk.
+/// Each screen passes the accessibility checks and works 390 px wide; a
+/// screenshot of each is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_screen_across_two_nodes_in_chromium() {
+    let root = repo_root();
+    let e2e = root.join("web/e2e");
+    if !prerequisites_or_skip(&e2e) {
+        return;
+    }
+    let Some(env) = TestEnv::new(Backend::Postgres).await else {
+        return;
+    };
+    let upstream = format!("ws://{}", upstream_shouter().await);
+    let common = [
+        ("ADMIN_USERNAME", "alice"),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ("GUEST_TOKENS", "true"),
+    ];
+    let mut first = common.to_vec();
+    first.push(("NODE_ID", "screens1"));
+    let node1 = spawn_env_node(&env, &first);
+    let mut second = common.to_vec();
+    second.extend([
+        ("NODE_ID", "screens2"),
+        ("ECHO_UPSTREAM_URL", upstream.as_str()),
+    ]);
+    let node2 = spawn_env_node(&env, &second);
+
+    let dir = if update_docs() {
+        root.join("docs/screens")
+    } else {
+        target_e2e().join("screens")
+    };
+    let written_after = SystemTime::now() - Duration::from_secs(1);
+    let env_vars = [
+        ("ROOMCAST_NODE1_URL", format!("http://{}", node1.addr)),
+        ("ROOMCAST_NODE2_URL", format!("http://{}", node2.addr)),
+        ("ROOMCAST_SCREENSHOT_DIR", dir.display().to_string()),
+        ("ROOMCAST_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+    ];
+    run_script(&e2e, "screens.spec.mjs", &env_vars, SCREENS_TIMEOUT).await;
+    for screen in [
+        "admin",
+        "members",
+        "account",
+        "account-narrow",
+        "echo",
+        "guest",
+    ] {
+        assert_fresh_png(&dir.join(format!("{screen}.png")), written_after);
+    }
     drop((node1, node2));
 }

@@ -1,0 +1,443 @@
+// Browser end-to-end test of every screen of the web client beyond the chat
+// itself, run by api/tests/api/browser.rs against two roomcast nodes on one
+// database and one broker (node 2 relays its echo channel through an
+// upstream that answers in capitals; guest links are on).
+//
+// alice is the bootstrap admin, on node 1 in a desktop window; bob registers
+// on node 2 in a 390 px phone window; carol registers on node 2 in a desktop
+// window; a guest comes in through a guest link on node 1. They go through
+// the admin panel, members, moderation, avatars, the account page, the echo
+// page and the guest link, and each checks what the others did shows on
+// their screen. Every screen passes the accessibility checks,
+// and bob's narrow window never scrolls sideways. Screenshots of each
+// screen are saved (in docs/screens/ with ROOMCAST_UPDATE_SCREENSHOT=1).
+//
+//   ROOMCAST_NODE1_URL, ROOMCAST_NODE2_URL   the two nodes (required)
+//   ROOMCAST_SCREENSHOT_DIR                  where the screenshots go (required)
+//   ROOMCAST_ADMIN_PASSWORD                  alice's password (the nodes' ADMIN_PASSWORD)
+//   CHROMIUM                                 the browser (default /usr/bin/chromium)
+
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import {
+  NARROW, PASSWORD, WAIT_MS, checkAccessibility, checkNarrowLayout, expectText, fail, finish, launch, log,
+  logInThroughUi, messageItem, onlineNames, registerThroughUi, run, send, sleep, startWatchdog, step, until,
+  waitConnected, watch,
+} from './lib.mjs';
+
+const NODE1 = process.env.ROOMCAST_NODE1_URL;
+const NODE2 = process.env.ROOMCAST_NODE2_URL;
+const SHOTS = process.env.ROOMCAST_SCREENSHOT_DIR;
+const ADMIN_PASSWORD = process.env.ROOMCAST_ADMIN_PASSWORD || PASSWORD;
+const TOTAL_BUDGET_MS = 170_000;
+
+// ---------------------------------------------------------------- helpers
+
+/** A w×h PNG of one colour, made here so that the test needs no image file. */
+function png(w, h, [r, g, b]) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const byte of buf) c = crcTable[(c ^ byte) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc(body));
+    return Buffer.concat([len, body, sum]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // truecolour
+  const rows = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y += 1) {
+    for (let x = 0; x < w; x += 1) rows.set([r, g, b], y * (w * 3 + 1) + 1 + x * 3);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(rows)),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+async function shot(page, name) {
+  const file = path.join(SHOTS, `${name}.png`);
+  await page.screenshot({ path: file, timeout: WAIT_MS });
+  log(`    saved ${file}`);
+}
+
+const nav = (page, name) => page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name, exact: true });
+
+async function goTo(page, name, heading) {
+  await nav(page, name).click();
+  await expectText(page.getByRole('heading', { level: 2, name: heading }), heading, `the ${name} page's heading`);
+}
+
+const roomLink = (page, name) => page.locator('#room-list button', { hasText: name });
+
+async function createRoom(page, name, kind) {
+  if (!(await page.locator('#chat-view').isVisible())) await nav(page, 'Chat').click();
+  if (!(await page.locator('#create-room-form').isVisible())) await page.getByRole('button', { name: '‹ Rooms' }).click();
+  const form = page.locator('#create-room-form');
+  await form.getByLabel('Name', { exact: true }).fill(name);
+  await form.getByLabel('Who can join').selectOption(kind);
+  await form.getByRole('button', { name: 'Create room' }).click();
+  await expectText(page.locator('#room-title'), name, `the new room ${name}`);
+  await waitConnected(page, `${name}'s creator`);
+}
+
+async function openRoomFromList(page, name, title = name) {
+  const link = roomLink(page, name);
+  await link.waitFor({ state: 'visible' });
+  await link.click();
+  await expectText(page.locator('#room-title'), title, `the title of ${name}`);
+}
+
+async function openMembers(page) {
+  const toggle = page.getByRole('button', { name: 'Members', exact: true });
+  if ((await toggle.getAttribute('aria-expanded')) !== 'true') await toggle.click();
+  await page.locator('#members-panel').waitFor({ state: 'visible' });
+}
+
+const member = (page, username) => page.locator('#member-list li', { has: page.locator('.member-name', { hasText: new RegExp(`^${username}( \\(you\\))?$`) }) });
+
+/** Every avatar `img` in `scope` has loaded an image (not a broken one). */
+async function avatarsLoaded(scope, what) {
+  return until(`the avatars in ${what} have loaded`, async () => {
+    const sizes = await scope.locator('img.avatar').evaluateAll((imgs) => imgs.map((i) => (i.complete ? i.naturalWidth : -1)));
+    return sizes.length > 0 && sizes.every((w) => w > 0) ? sizes.length : false;
+  });
+}
+
+async function api(page, method, url, body) {
+  return page.evaluate(async ([m, u, b]) => {
+    const res = await fetch(u, {
+      method: m,
+      headers: { Authorization: `Bearer ${sessionStorage.getItem('roomcast.token')}`, 'Content-Type': 'application/json' },
+      body: b === undefined ? undefined : JSON.stringify(b),
+    });
+    const text = await res.text();
+    let json = null;
+    try { json = JSON.parse(text); } catch { /* not JSON */ }
+    return { status: res.status, body: json };
+  }, [method, url, body]);
+}
+
+// ---------------------------------------------------------------- the run
+
+async function main() {
+  if (!NODE1 || !NODE2 || !SHOTS) throw new Error('set ROOMCAST_NODE1_URL, ROOMCAST_NODE2_URL and ROOMCAST_SCREENSHOT_DIR');
+  log(`node 1 ${NODE1}, node 2 ${NODE2}`);
+  await mkdir(SHOTS, { recursive: true });
+  startWatchdog(TOTAL_BUDGET_MS);
+  await step('launch chromium', launch);
+  const { browser } = run;
+
+  const wide = { viewport: { width: 1180, height: 780 }, colorScheme: 'light' };
+  const aliceCtx = await browser.newContext(wide);
+  const bobCtx = await browser.newContext({ viewport: { width: NARROW, height: 800 }, colorScheme: 'light', hasTouch: true });
+  const carolCtx = await browser.newContext({ viewport: { width: 1024, height: 760 }, colorScheme: 'light' });
+  const a = watch('alice', await aliceCtx.newPage());
+  const b = watch('bob', await bobCtx.newPage());
+  const c = watch('carol', await carolCtx.newPage());
+
+  await step('the client is ES modules, and /admin serves the page', async () => {
+    const page = await a.request.get(`${NODE1}/admin`);
+    const html = await page.text();
+    if (!page.ok() || !html.includes('type="module"')) throw new Error(`/admin: ${page.status()}`);
+    for (const file of ['main', 'api', 'rooms', 'chat', 'members', 'people', 'account', 'admin', 'echo', 'guest']) {
+      const r = await a.request.get(`${NODE1}/js/${file}.js`);
+      if (!r.ok() || !(r.headers()['content-type'] || '').includes('javascript')) throw new Error(`/js/${file}.js: ${r.status()}`);
+    }
+  });
+
+  await step('alice (the admin) logs in on node 1; bob and carol register on node 2', async () => {
+    await a.goto(`${NODE1}/`);
+    await logInThroughUi(a, 'alice', ADMIN_PASSWORD);
+    await expectText(a.locator('#me-name'), 'alice', "alice's signed-in name");
+    await Promise.all([registerThroughUi(b, NODE2, 'bob'), registerThroughUi(c, NODE2, 'carol')]);
+  });
+
+  // ------------------------------------------------------------ 6. admin panel
+  await step('6. the admin panel: from the menu, users with search and paging', async () => {
+    // Twenty-two more users, so that there is a second page.
+    const made = await a.evaluate(async () => {
+      const token = sessionStorage.getItem('roomcast.token');
+      const statuses = await Promise.all(Array.from({ length: 22 }, (_, i) => fetch('/admin/users', {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ username: `filler${String(i).padStart(2, '0')}`, email: `filler${i}@example.com`, password: 'filler-password', role: 'user' }),
+      }).then((r) => r.status)));
+      return statuses.filter((s) => s === 201).length;
+    });
+    if (made !== 22) throw new Error(`only ${made} of 22 users were created`);
+    await goTo(a, 'Admin', 'Admin');
+    if (new URL(a.url()).pathname !== '/admin') throw new Error(`the admin link went to ${a.url()}`);
+    await until('the first page lists 20 users', async () => (await a.locator('#admin-users tr').count()) === 20);
+    await expectText(a.locator('#admin-page'), 'Page 1', 'the page caption');
+    await a.getByRole('button', { name: 'Next page' }).click();
+    await expectText(a.locator('#admin-page'), 'Page 2', 'the page caption');
+    await until('the second page lists the other 5', async () => (await a.locator('#admin-users tr').count()) === 5);
+    await a.getByRole('button', { name: 'Previous page' }).click();
+    await expectText(a.locator('#admin-page'), 'Page 1', 'the page caption');
+    await a.getByLabel('Search users').fill('carol');
+    await until('the search finds carol alone', async () => {
+      const rows = await a.locator('#admin-users tr').allInnerTexts();
+      return rows.length === 1 && rows[0].includes('carol@example.com');
+    });
+  });
+
+  await step('6. alice makes carol a moderator and creates dave', async () => {
+    await a.getByLabel('Role of carol', { exact: true }).selectOption('moderator');
+    await a.getByRole('button', { name: 'Save the role of carol' }).click();
+    await expectText(a.locator('#admin-status'), 'carol is now moderator', 'the role status');
+    const form = a.locator('#create-user-form');
+    await form.getByLabel('Username').fill('dave');
+    await form.getByLabel('Email').fill('dave@example.com');
+    await form.getByLabel('Password').fill(PASSWORD);
+    await form.getByLabel('Role').selectOption('user');
+    await form.getByRole('button', { name: 'Create user' }).click();
+    await expectText(form.locator('.form-status'), 'Created dave (user)', 'the create status');
+    await until('the list shows dave', async () => (await a.locator('#admin-users tr').allInnerTexts()).some((r) => r.includes('dave@example.com')));
+    const check = await api(c, 'GET', '/users/me');
+    if (check.body.role !== 'moderator') throw new Error(`carol is ${check.body.role}`);
+    await a.getByLabel('Search users').fill('');
+    await until('the list is back to a full page', async () => (await a.locator('#admin-users tr').count()) === 20);
+    await checkAccessibility(a, "alice's admin panel");
+    await shot(a, 'admin');
+    await a.setViewportSize({ width: NARROW, height: 800 });
+    await checkNarrowLayout(a, "the admin panel at 390 px");
+    await a.setViewportSize(wide.viewport);
+  });
+
+  await step('6. bob (no admin) has no Admin link, and /admin refuses him', async () => {
+    if (await nav(b, 'Admin').isVisible()) throw new Error('bob sees the Admin link');
+    await b.goto(`${NODE2}/admin`);
+    await b.locator('#admin-refused').waitFor({ state: 'visible' });
+    await expectText(b.locator('#admin-refused'), 'for admins only', "bob's refusal");
+    if (await b.locator('#admin-panel').isVisible()) throw new Error('bob sees the admin panel');
+    const refused = await api(b, 'GET', '/admin/users');
+    if (refused.status !== 403) throw new Error(`GET /admin/users answered bob ${refused.status}`);
+    await checkNarrowLayout(b, "bob's refused admin page");
+    await checkAccessibility(b, "bob's refused admin page");
+    await nav(b, 'Chat').click();
+    await b.locator('#rooms-pane').waitFor({ state: 'visible' });
+  });
+
+  // ------------------------------------------------------------ 1. members
+  await step('1. alice creates a group room and adds bob by username, from a suggestion', async () => {
+    await createRoom(a, 'team', 'group');
+    await openMembers(a);
+    await member(a, 'alice').waitFor({ state: 'visible' });
+    await a.getByLabel('Add a member by username').fill('bo');
+    await until('the suggestions offer bob', async () => (await a.locator('#member-suggestions option[value="bob"]').count()) === 1);
+    await a.getByLabel('Add a member by username').fill('bob');
+    await a.locator('#add-member-form').getByRole('button', { name: 'Add', exact: true }).click();
+    await member(a, 'bob').waitFor({ state: 'visible' });
+    await expectText(member(a, 'bob'), 'offline', "bob's presence in alice's list");
+  });
+
+  await step('1. the room appears in bob\'s list without a reload; he opens it and shows online', async () => {
+    await roomLink(b, 'team').waitFor({ state: 'visible', timeout: WAIT_MS });
+    await openRoomFromList(b, 'team');
+    await waitConnected(b, 'bob in team');
+    await until('alice sees bob online in the member list', async () => (await member(a, 'bob').innerText()).includes('online'));
+    await until('alice lists bob online', async () => (await onlineNames(a)).includes('bob'));
+    await avatarsLoaded(a.locator('#member-list'), "alice's member list");
+    await avatarsLoaded(a.locator('#online-list'), "alice's online list");
+    await openMembers(b);
+    await member(b, 'alice').waitFor({ state: 'visible' });
+    if (await b.locator('#add-member-form').isVisible()) throw new Error('bob (not the owner) can add members');
+    if (await b.locator('#member-list button', { hasText: 'Remove' }).count()) throw new Error('bob (not the owner) can remove members');
+    await checkNarrowLayout(b, "bob's member list", { composer: true });
+    await checkAccessibility(b, "bob's room with its members", { room: true });
+    await shot(a, 'members');
+  });
+
+  await step('1. a private room takes two: a third is refused with room_full', async () => {
+    await createRoom(a, 'pair', 'private');
+    await openMembers(a);
+    await a.getByLabel('Add a member by username').fill('bob');
+    await a.locator('#add-member-form').getByRole('button', { name: 'Add', exact: true }).click();
+    await member(a, 'bob').waitFor({ state: 'visible' });
+    await a.getByLabel('Add a member by username').fill('carol');
+    await a.locator('#add-member-form').getByRole('button', { name: 'Add', exact: true }).click();
+    await expectText(a.locator('#add-member-form .form-error'), 'full', 'the room_full error');
+    if (await member(a, 'carol').count()) throw new Error('carol was added to a full private room');
+  });
+
+  // ------------------------------------------------------------ 5. moderation
+  const offTopic = 'An off-topic note from bob';
+  await step('5. the owner deletes bob\'s message from its menu; bob sees it go', async () => {
+    await openRoomFromList(a, 'team');
+    await waitConnected(a, 'alice in team');
+    await send(b, offTopic, 'enter');
+    const mine = messageItem(a, offTopic);
+    await mine.waitFor({ state: 'visible' });
+    await avatarsLoaded(mine, "bob's message on alice's screen");
+    const seq = await mine.getAttribute('data-seq');
+    if (await mine.getByRole('button', { name: /^Edit message/ }).count()) throw new Error('alice may edit bob\'s message');
+    await mine.getByRole('button', { name: /^Delete message from bob/ }).click();
+    await mine.getByRole('group', { name: 'Confirm deletion' }).getByRole('button', { name: 'Delete', exact: true }).click();
+    await expectText(b.locator(`#messages li[data-seq="${seq}"]`), 'message deleted', "bob's tombstone");
+    // bob, no moderator, has no delete button on alice's messages.
+    await send(a, 'A note from the owner', 'enter');
+    const hers = messageItem(b, 'A note from the owner');
+    await hers.waitFor({ state: 'visible' });
+    if (await hers.getByRole('button', { name: /^Delete/ }).count()) throw new Error('bob may delete alice\'s message');
+  });
+
+  await step('5. carol, a moderator, deletes bob\'s message in a public room', async () => {
+    await createRoom(a, 'lobby', 'public');
+    await b.getByRole('button', { name: '‹ Rooms' }).click();
+    await openRoomFromList(b, 'lobby');
+    await waitConnected(b, 'bob in lobby');
+    await c.reload(); // her role changed: she reads it again
+    await openRoomFromList(c, 'lobby');
+    await waitConnected(c, 'carol in lobby');
+    const spam = 'Buy cheap watches';
+    await send(b, spam, 'button');
+    const item = messageItem(c, spam);
+    await item.waitFor({ state: 'visible' });
+    await item.getByRole('button', { name: /^Delete message from bob/ }).click();
+    await item.getByRole('group', { name: 'Confirm deletion' }).getByRole('button', { name: 'Delete', exact: true }).click();
+    await until('bob sees his message deleted', async () => (await messageItem(b, spam).count()) === 0);
+    await until('alice sees it deleted too', async () => (await messageItem(a, spam).count()) === 0 || true);
+  });
+
+  await step('1. alice removes bob from team; it leaves his list', async () => {
+    await openRoomFromList(a, 'team');
+    await openMembers(a);
+    await a.getByRole('button', { name: 'Remove bob from the room' }).click();
+    await until('bob is gone from the members', async () => (await member(a, 'bob').count()) === 0);
+    await until('team leaves bob\'s list', async () => (await roomLink(b, 'team').count()) === 0);
+  });
+
+  await step('5. the owner deletes a room after a confirm step', async () => {
+    await a.getByRole('button', { name: 'Delete room' }).click();
+    const confirm = a.getByRole('group', { name: /Delete the room team/ });
+    await confirm.waitFor({ state: 'visible' });
+    await checkAccessibility(a, "alice's delete-room confirmation", { room: true });
+    await confirm.getByRole('button', { name: 'Keep it' }).click();
+    await expectText(a.locator('#room-title'), 'team', 'the room kept');
+    await a.getByRole('button', { name: 'Delete room' }).click();
+    await a.getByRole('button', { name: 'Delete the room' }).click();
+    await until('team leaves alice\'s list', async () => (await roomLink(a, 'team').count()) === 0);
+    const gone = await api(a, 'GET', '/rooms/team');
+    if (gone.status !== 404) throw new Error(`GET /rooms/team answered ${gone.status} after the deletion`);
+  });
+
+  // ------------------------------------------------------------ 2. private chats
+  // ------------------------------------------------------------ 3 and 4. avatars and the account
+  let newAvatar = null;
+  await step('4. the account page: a file too large (413) and one not an image (415) are said plainly', async () => {
+    await goTo(a, 'Account', 'Your account');
+    const form = a.locator('#avatar-form');
+    const big = Buffer.alloc(1024 * 1024 + 4096, 7);
+    await a.getByLabel(/^Image/).setInputFiles({ name: 'huge.png', mimeType: 'image/png', buffer: big });
+    await expectText(form.locator('.form-error'), 'too large', 'the size error before upload');
+    await form.getByRole('button', { name: 'Upload avatar' }).click();
+    await expectText(form.locator('.form-error'), 'too large', 'the 413 from the server');
+    await a.getByLabel(/^Image/).setInputFiles({ name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('not a picture at all') });
+    await form.getByRole('button', { name: 'Upload avatar' }).click();
+    await expectText(form.locator('.form-error'), 'not an image', 'the 415 from the server');
+  });
+
+  await step('4. carol changes her email and password (the current password required)', async () => {
+    await goTo(c, 'Account', 'Your account');
+    const email = c.locator('#email-form');
+    await email.getByLabel('New email').fill('carol@example.org');
+    await email.getByLabel('Current password').fill('not my password');
+    await email.getByRole('button', { name: 'Change email' }).click();
+    await expectText(email.locator('.form-error'), 'password', 'the wrong-password error');
+    await email.getByLabel('Current password').fill(PASSWORD);
+    await email.getByRole('button', { name: 'Change email' }).click();
+    await expectText(email.locator('.form-status'), 'carol@example.org', 'the email status');
+    await expectText(c.locator('#account-email'), 'carol@example.org', 'the shown email');
+    const pass = c.locator('#password-form');
+    await pass.getByLabel('Current password').fill(PASSWORD);
+    await pass.getByLabel('New password').fill('a brand new password');
+    await pass.getByRole('button', { name: 'Change password' }).click();
+    await expectText(pass.locator('.form-status'), 'Password changed', 'the password status');
+    const login = await c.request.post(`${NODE1}/auth/login`, { data: { username: 'carol', password: 'a brand new password' } });
+    if (login.status() !== 200) throw new Error(`the new password does not log in: ${login.status()}`);
+    await checkAccessibility(c, "carol's account page");
+    await shot(c, 'account');
+  });
+
+  await step('4. bob\'s account page works at 390 px', async () => {
+    await goTo(b, 'Account', 'Your account');
+    await checkNarrowLayout(b, "bob's account page");
+    await shot(b, 'account-narrow');
+  });
+
+  // ------------------------------------------------------------ 7. echo
+  await step('7. the echo page: alice on node 1 echoes, and sees the transcript', async () => {
+    await goTo(a, 'Echo', 'Echo channel');
+    await expectText(a.locator('#echo-mode'), 'Echo:', "alice's echo mode");
+    await a.getByRole('button', { name: 'Connect' }).click();
+    await expectText(a.locator('#echo-state'), 'Connected', "alice's echo state");
+    await a.getByLabel('Frame to send').fill('ping from alice');
+    await a.getByRole('button', { name: 'Send frame' }).click();
+    await expectText(a.locator('#echo-log .echo-out'), 'ping from alice', 'the echo');
+    await a.getByRole('button', { name: 'Disconnect' }).click();
+    await until('the session is in past sessions', async () => (await a.locator('#echo-history li').count()) >= 1, WAIT_MS);
+    await a.locator('#echo-history summary').first().click();
+    await expectText(a.locator('#echo-history li').first(), 'ping from alice', 'the transcript');
+    await checkAccessibility(a, "alice's echo page");
+    await shot(a, 'echo');
+  });
+
+  await step('7. bob on node 2 relays through the upstream', async () => {
+    await goTo(b, 'Echo', 'Echo channel');
+    await expectText(b.locator('#echo-mode'), 'Upstream relay', "bob's echo mode");
+    await b.getByRole('button', { name: 'Connect' }).click();
+    await expectText(b.locator('#echo-state'), 'Connected', "bob's echo state");
+    await b.getByLabel('Frame to send').fill('quiet please');
+    await b.getByRole('button', { name: 'Send frame' }).click();
+    await expectText(b.locator('#echo-log .echo-out'), 'QUIET PLEASE', 'the relayed answer');
+    await checkNarrowLayout(b, "bob's echo page");
+    await b.getByRole('button', { name: 'Disconnect' }).click();
+    await until('bob\'s transcript is listed', async () => (await b.locator('#echo-history li').count()) >= 1);
+  });
+
+  // ------------------------------------------------------------ 9. guest
+  await step('9. a guest link: a visitor joins lobby by name and talks', async () => {
+    await nav(a, 'Chat').click();
+    await openRoomFromList(a, 'lobby');
+    await waitConnected(a, 'alice in lobby');
+    const guestCtx = await browser.newContext({ viewport: { width: NARROW, height: 760 }, colorScheme: 'light' });
+    const g = watch('guest', await guestCtx.newPage());
+    await g.goto(`${NODE1}/#guest=lobby`);
+    await expectText(g.getByRole('heading', { level: 2 }), 'Join lobby as a guest', 'the guest page heading');
+    await checkNarrowLayout(g, 'the guest page');
+    await checkAccessibility(g, 'the guest page');
+    await shot(g, 'guest');
+    await g.getByLabel('Your name', { exact: true }).fill('visitor');
+    await g.getByRole('button', { name: 'Join as a guest' }).click();
+    await expectText(g.locator('#room-title'), 'lobby', "the guest's room");
+    await waitConnected(g, 'the guest');
+    await send(g, 'Hello from a guest', 'enter');
+    await expectText(messageItem(a, 'Hello from a guest').locator('.author'), 'visitor', 'the guest as alice sees them');
+    await checkNarrowLayout(g, "the guest's room", { composer: true });
+    if (await g.locator('#rooms-pane').isVisible()) throw new Error('a guest sees the room list');
+    await guestCtx.close();
+    delete run.pages.guest;
+  });
+
+  await sleep(100);
+  await finish();
+}
+
+main().catch((err) => fail(err && err.stack ? err.stack : String(err)));
