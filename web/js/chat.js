@@ -6,7 +6,7 @@
 // `history`, every reconnection for `since=<the last seq seen>`, so nothing
 // is missed and nothing is shown twice (messages are keyed by seq).
 
-import { api, state } from './api.js';
+import { api, isGuest, state } from './api.js';
 import { $, announce, avatar, el, formatTime, setConn, showNotice, utf8Bytes, uuid } from './dom.js';
 import { refreshRooms } from './rooms.js';
 import { memberPresenceChanged } from './members.js';
@@ -43,9 +43,11 @@ export class RoomSession {
   }
 
   url() {
+    // The login cookie authenticates the socket (same origin): a token in the
+    // URL would end up in proxy and server logs. A guest has no cookie (a
+    // guest token comes in a body), so a guest's socket carries its token.
     const params = new URLSearchParams();
-    // The login cookie also authenticates a socket; the token is sent only when there is one.
-    if (state.token) params.set('token', state.token);
+    if (isGuest() && state.token) params.set('token', state.token);
     if (this.connectedOnce) params.set('since', String(this.lastSeq));
     else params.set('history', String(HISTORY_PAGE));
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
