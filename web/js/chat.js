@@ -267,7 +267,7 @@ export class RoomSession {
   }
 
   /** `join`/`leave`: one user's count on one node goes up or down. */
-  presence(user, delta) {
+  presence(user, delta, quiet = false) {
     if (!user) return;
     const entry = this.online.get(user.id) || { user, sockets: 0 };
     entry.user = { ...entry.user, ...user };
@@ -276,7 +276,7 @@ export class RoomSession {
     else this.online.delete(user.id);
     this.renderOnline();
     const mine = state.me && user.id === state.me.id;
-    if (!mine) {
+    if (!mine && !quiet) {
       if (delta > 0 && entry.sockets === 1) announce(`${user.username} joined.`);
       if (delta < 0 && entry.sockets === 0) announce(`${user.username} left.`);
     }
@@ -299,8 +299,18 @@ export class RoomSession {
       return;
     }
     const list = (value) => (Array.isArray(value) ? value : value ? [value] : []);
-    for (const user of list(frame.joined)) this.presence(user, +1);
-    for (const user of list(frame.left)) this.presence(user, -1);
+    const joined = list(frame.joined);
+    const left = list(frame.left);
+    // A crowd is one announcement, not one per person.
+    const quiet = joined.length + left.length > 3;
+    for (const user of joined) this.presence(user, +1, quiet);
+    for (const user of left) this.presence(user, -1, quiet);
+    if (quiet) {
+      const parts = [];
+      if (joined.length) parts.push(`${joined.length} joined`);
+      if (left.length) parts.push(`${left.length} left`);
+      announce(`${parts.join(', ')}.`);
+    }
     if (frame.user && frame.status) this.presence(frame.user, frame.status === 'offline' || frame.status === 'left' ? -1 : +1);
   }
 

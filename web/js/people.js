@@ -39,6 +39,7 @@ async function message(user, button) {
     const room = await privateRoomWith(user);
     $('people-search').value = '';
     $('people-results').replaceChildren();
+    $('people-status').textContent = '';
     await refreshRooms();
     const listed = state.rooms.find((r) => r.id === room.id);
     await openRoom(listed || { ...room, peer: { id: user.id, username: user.username, avatar_url: user.avatar_url } });
