@@ -8,6 +8,7 @@ use chrono::Utc;
 use consumer::{
     BrokerError,
     event::{Envelope, message_id},
+    rules::{self, ContentError},
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::{access::PostableRoom, error::ApiError, state::AppState};
 
 /// Longest `client_id` accepted.
-pub const MAX_CLIENT_ID: usize = 64;
+pub const MAX_CLIENT_ID: usize = rules::MAX_CLIENT_ID_BYTES;
 
 /// What a 202 or an `ack` reports.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -29,25 +30,20 @@ pub struct Accepted {
     pub status: &'static str,
 }
 
-/// Content must have something in it and fit `MAX_MESSAGE_BYTES`.
+/// Content must have something in it, no NUL, and fit `MAX_MESSAGE_BYTES`
+/// (the rules of [`consumer::rules`], which the store stage applies too).
 pub fn check_content(state: &AppState, content: &str) -> Result<(), ApiError> {
-    if content.trim().is_empty() {
-        return Err(ApiError::invalid_field("content", "must not be empty"));
-    }
-    if content.contains('\0') {
-        return Err(ApiError::invalid_field(
-            "content",
-            "must not contain NUL characters",
-        ));
-    }
-    if content.len() > state.config.max_message_bytes as usize {
-        return Err(ApiError::new(
+    let max = state.config.max_message_bytes as usize;
+    rules::check_content(content, max).map_err(|err| match err {
+        ContentError::TooLarge(_) => ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_large",
-            format!("content is over {} bytes", state.config.max_message_bytes),
-        ));
-    }
-    Ok(())
+            err.to_string(),
+        ),
+        ContentError::Empty | ContentError::Nul => {
+            ApiError::invalid_field("content", err.to_string())
+        }
+    })
 }
 
 /// Checks content and client id, then publishes and waits for the confirm.
@@ -59,7 +55,7 @@ pub async fn publish(
 ) -> Result<Accepted, ApiError> {
     check_content(state, &content)?;
     if let Some(client_id) = &client_id
-        && (client_id.is_empty() || client_id.len() > MAX_CLIENT_ID || client_id.contains('\0'))
+        && !rules::client_id_ok(client_id)
     {
         return Err(ApiError::invalid_field(
             "client_id",

@@ -13,6 +13,53 @@ pub const EVENTS_EXCHANGE: &str = "room.events";
 /// Header that carries a dead-letter reason.
 pub const REASON_HEADER: &str = "x-roomcast-reason";
 
+/// Why a message goes to `messages.dlq`: the `reason` label of
+/// [`crate::metrics::MESSAGES_DEAD_LETTERED`], and the start of the
+/// [`REASON_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Not JSON, or not an envelope.
+    Unparseable,
+    /// Text the databases refuse (NUL).
+    InvalidText,
+    /// No room with that id (or, from the console, that name).
+    UnknownRoom,
+    /// Content with nothing but whitespace.
+    EmptyContent,
+    /// Content over the store stage's limit.
+    TooLarge,
+    /// The sender is not a user (any more).
+    UnknownSender,
+    /// The sender may not post in that room (any more).
+    NotAMember,
+}
+
+impl Reject {
+    /// Every reason, so that metrics can start each at zero.
+    pub const ALL: [Reject; 7] = [
+        Reject::Unparseable,
+        Reject::InvalidText,
+        Reject::UnknownRoom,
+        Reject::EmptyContent,
+        Reject::TooLarge,
+        Reject::UnknownSender,
+        Reject::NotAMember,
+    ];
+
+    /// The metric label and header prefix.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Unparseable => "unparseable",
+            Reject::InvalidText => "invalid_text",
+            Reject::UnknownRoom => "unknown_room",
+            Reject::EmptyContent => "empty_content",
+            Reject::TooLarge => "too_large",
+            Reject::UnknownSender => "unknown_sender",
+            Reject::NotAMember => "not_a_member",
+        }
+    }
+}
+
 /// Namespace of client-id message ids: id = UUIDv5(NS, sender ‖ client_id).
 pub const CLIENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0b_3c1e_9a55_4d8e_b1f2_7a6c_2e9d_4b10);
 

@@ -6,6 +6,7 @@
 //!   the `messages` queue, and the room events sent on the `room.events` exchange.
 //! - [`broker`]: the [`Broker`] trait and its two implementations,
 //!   [`broker::amqp`] (RabbitMQ through lapin) and [`broker::memory`] (in-process).
+//! - [`rules`]: the rules of a message's fields, shared by ingest and the store stage.
 //! - [`store`]: the store stage — consumes `messages`, checks the rules again,
 //!   assigns each room's next `seq`, persists idempotently, publishes the event, acks.
 //! - [`delivery`]: the delivery stage — consumes this node's event queue into the [`Hub`].
@@ -17,6 +18,7 @@ pub mod delivery;
 pub mod event;
 pub mod hub;
 pub mod metrics;
+pub mod rules;
 pub mod store;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};

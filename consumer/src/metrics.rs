@@ -4,7 +4,7 @@
 /// Messages the store stage wrote (new rows, not redeliveries).
 pub const MESSAGES_STORED: &str = "roomcast_messages_stored_total";
 /// Messages sent to `messages.dlq`, labelled by `reason` (a
-/// [`crate::store::Reject`] label).
+/// [`crate::event::Reject`] label).
 pub const MESSAGES_DEAD_LETTERED: &str = "roomcast_messages_dead_lettered_total";
 /// `message` events handed to a local socket's queue.
 pub const MESSAGES_DELIVERED: &str = "roomcast_messages_delivered_total";
@@ -52,7 +52,7 @@ pub fn register() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in crate::store::Reject::ALL {
+    for reason in crate::event::Reject::ALL {
         metrics::counter!(MESSAGES_DEAD_LETTERED, "reason" => reason.label()).increment(0);
     }
 }

@@ -24,7 +24,7 @@ use std::{
 use bytes::Bytes;
 use consumer::{
     Broker, BrokerError, BrokerStatus,
-    broker::{BoxStream, Delivery, amqp::AmqpBroker, memory::MemoryBroker},
+    broker::{BoxStream, QueuedMessage, amqp::AmqpBroker, memory::MemoryBroker},
     event::{DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, REASON_HEADER},
 };
 use futures_util::StreamExt;
@@ -667,13 +667,13 @@ async fn wait_up_by(broker: &dyn Broker, deadline: Instant, what: &str) {
     }
 }
 
-async fn next_delivery(messages: &mut BoxStream<Delivery>, what: &str) -> Delivery {
+async fn next_delivery(messages: &mut BoxStream<QueuedMessage>, what: &str) -> QueuedMessage {
     within(what, LONG, messages.next())
         .await
         .unwrap_or_else(|| panic!("the message stream ended while waiting for {what}"))
 }
 
-async fn assert_no_delivery(messages: &mut BoxStream<Delivery>, what: &str) {
+async fn assert_no_delivery(messages: &mut BoxStream<QueuedMessage>, what: &str) {
     match tokio::time::timeout(QUIET, messages.next()).await {
         Err(_) => {}
         Ok(Some(delivery)) => panic!(

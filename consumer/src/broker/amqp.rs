@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{BoxStream, Broker, BrokerError, BrokerStatus, Delivery, Settle};
+use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle};
 use crate::event::{
     DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, REASON_HEADER, routing_key,
 };
@@ -339,7 +339,7 @@ impl Broker for AmqpBroker {
             .map_err(|_| BrokerError::Unavailable("no confirm from the broker in time".into()))?
     }
 
-    fn consume_messages(&self, prefetch: u16) -> BoxStream<Delivery> {
+    fn consume_messages(&self, prefetch: u16) -> BoxStream<QueuedMessage> {
         let (tx, rx) = mpsc::channel(usize::from(prefetch.max(1)));
         let inner = self.inner.clone();
         tokio::spawn(async move {
@@ -373,7 +373,7 @@ impl Broker for AmqpBroker {
                 };
                 while let Some(delivery) = consumer.next().await {
                     let Ok(d) = delivery else { break };
-                    let delivery = Delivery::new(
+                    let delivery = QueuedMessage::new(
                         Bytes::from(d.data),
                         d.redelivered,
                         Box::new(AmqpSettle(d.acker)),

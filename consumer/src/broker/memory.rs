@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
-use super::{BoxStream, Broker, BrokerError, BrokerStatus, Delivery, Settle};
+use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle};
 
 #[derive(Default)]
 struct State {
@@ -103,12 +103,12 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    fn consume_messages(&self, _prefetch: u16) -> BoxStream<Delivery> {
+    fn consume_messages(&self, _prefetch: u16) -> BoxStream<QueuedMessage> {
         // One active consumer, as with RabbitMQ's single-active-consumer queue:
         // a second one waits forever.
         match self.state.lock().expect("broker state").queue_rx.take() {
             Some(rx) => UnboundedReceiverStream::new(rx)
-                .map(|payload| Delivery::new(payload, false, Box::new(NoopSettle)))
+                .map(|payload| QueuedMessage::new(payload, false, Box::new(NoopSettle)))
                 .boxed(),
             None => futures_util::stream::pending().boxed(),
         }

@@ -41,14 +41,14 @@ pub trait Settle: Send + Sync {
 }
 
 /// One message taken from the `messages` queue, to be acked once handled.
-pub struct Delivery {
+pub struct QueuedMessage {
     pub payload: Bytes,
     /// The broker delivered it before (the earlier consumer died before acking).
     pub redelivered: bool,
     settle: Box<dyn Settle>,
 }
 
-impl Delivery {
+impl QueuedMessage {
     pub fn new(payload: Bytes, redelivered: bool, settle: Box<dyn Settle>) -> Self {
         Self {
             payload,
@@ -83,7 +83,7 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Consumes `messages` with manual acks, up to `prefetch` unacked at a time.
     /// The stream outlives reconnects: it resumes when the broker is back.
-    fn consume_messages(&self, prefetch: u16) -> BoxStream<Delivery>;
+    fn consume_messages(&self, prefetch: u16) -> BoxStream<QueuedMessage>;
 
     /// Every room event, through this node's own queue. Outlives reconnects.
     fn subscribe_events(&self) -> BoxStream<Bytes>;

@@ -1,0 +1,108 @@
+//! Inserting a batch's new rows: one statement shape per backend.
+
+use entity::message;
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, Set, Statement, Value,
+    sea_query::ArrayType,
+};
+
+/// Largest estimated payload of one insert statement sent to PostgreSQL.
+///
+/// The database driver leaves Nagle's algorithm on for its TCP connections:
+/// a statement too big for one write goes out in two, the second waits for
+/// the server's ACK of the first, and the server delays that ACK by 40 ms
+/// (measured: a 127-message insert took 45 ms over TCP, 1.4 ms over a Unix
+/// socket). Statements under this size go out in one write.
+const STATEMENT_BYTES: usize = 6 * 1024;
+
+/// Inserts a batch's new messages.
+///
+/// On PostgreSQL, `INSERT … SELECT FROM UNNEST(…)` with an array per column:
+/// seven parameters whatever the number of rows, so the statement is parsed
+/// and planned once per connection; as many statements as
+/// [`STATEMENT_BYTES`] asks. SQLite, in-process, takes a plain multi-row
+/// insert.
+pub(super) async fn insert_rows(
+    txn: &DatabaseTransaction,
+    rows: &[message::Model],
+) -> Result<(), DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        for chunk in rows.chunks(500) {
+            message::Entity::insert_many(chunk.iter().map(to_active))
+                .exec_without_returning(txn)
+                .await?;
+        }
+        return Ok(());
+    }
+    // Ids, room, seq, sender, time and the arrays' per-element headers.
+    let size =
+        |m: &message::Model| 100 + m.content.len() + m.client_id.as_ref().map_or(0, String::len);
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start + 1;
+        let mut bytes = size(&rows[start]);
+        while end < rows.len() && bytes + size(&rows[end]) <= STATEMENT_BYTES {
+            bytes += size(&rows[end]);
+            end += 1;
+        }
+        insert_unnest(txn, &rows[start..end]).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// One `INSERT … SELECT FROM UNNEST(…)` of `rows` (PostgreSQL).
+async fn insert_unnest(txn: &DatabaseTransaction, rows: &[message::Model]) -> Result<(), DbErr> {
+    let array = |ty: ArrayType, values: Vec<Value>| Value::Array(ty, Some(Box::new(values)));
+    let column = |f: fn(&message::Model) -> Value| rows.iter().map(f).collect::<Vec<_>>();
+    fn text(s: Option<String>) -> Value {
+        Value::String(Some(s.unwrap_or_default()))
+    }
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        // Array elements cannot be NULL through the driver: the optional
+        // columns travel as text, '' for none.
+        "INSERT INTO messages (id, room_id, seq, sender_id, content, client_id, created_at) \
+         SELECT i, r, s, NULLIF(u, '')::uuid, c, NULLIF(k, ''), t \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
+         $6::text[], $7::timestamptz[]) AS x(i, r, s, u, c, k, t)",
+        [
+            array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.id)))),
+            array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.room_id)))),
+            array(ArrayType::BigInt, column(|m| Value::BigInt(Some(m.seq)))),
+            array(
+                ArrayType::String,
+                column(|m| text(m.sender_id.map(|u| u.to_string()))),
+            ),
+            array(ArrayType::String, column(|m| text(Some(m.content.clone())))),
+            array(ArrayType::String, column(|m| text(m.client_id.clone()))),
+            array(
+                ArrayType::ChronoDateTimeUtc,
+                column(|m| Value::ChronoDateTimeUtc(Some(m.created_at))),
+            ),
+        ],
+    );
+    let inserted = txn.execute_raw(statement).await?.rows_affected();
+    if inserted != rows.len() as u64 {
+        return Err(DbErr::Custom(format!(
+            "inserted {inserted} of {} messages",
+            rows.len()
+        )));
+    }
+    Ok(())
+}
+
+fn to_active(m: &message::Model) -> message::ActiveModel {
+    message::ActiveModel {
+        id: Set(m.id),
+        room_id: Set(m.room_id),
+        seq: Set(m.seq),
+        sender_id: Set(m.sender_id),
+        content: Set(m.content.clone()),
+        client_id: Set(m.client_id.clone()),
+        created_at: Set(m.created_at),
+        edited_at: Set(m.edited_at),
+        deleted_at: Set(m.deleted_at),
+        sender_deleted: Set(m.sender_deleted),
+    }
+}

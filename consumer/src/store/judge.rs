@@ -1,0 +1,120 @@
+//! Parsing and judging: what each message of a batch becomes, decided without
+//! touching the database.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use entity::{message, room};
+use uuid::Uuid;
+
+use super::{MAX_CONTENT_BYTES, Rejected};
+use crate::{
+    broker::QueuedMessage,
+    event::{Envelope, Reject},
+    rules::{self, ContentError},
+};
+
+/// A parsed message with the id and time it will be stored under.
+#[derive(Debug, Clone)]
+pub(super) struct Incoming {
+    /// Its place in the batch.
+    pub index: usize,
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub envelope: Envelope,
+}
+
+/// Parses a batch; what is not an envelope, or carries text no database
+/// takes, is rejected here.
+pub(super) fn parse(batch: &[QueuedMessage]) -> (Vec<Incoming>, Vec<Rejected>) {
+    let mut rejected = Vec::new();
+    let mut incoming = Vec::with_capacity(batch.len());
+    for (index, queued) in batch.iter().enumerate() {
+        match serde_json::from_slice::<Envelope>(&queued.payload) {
+            Ok(envelope) if has_nul(&envelope) => {
+                // Databases refuse NUL in text; retrying would never succeed.
+                rejected.push((index, Reject::InvalidText, Some("NUL character".to_owned())));
+            }
+            Ok(envelope) => incoming.push(Incoming {
+                index,
+                // Hand-published messages have no id or time: give them now,
+                // so that retries of this batch keep them.
+                id: envelope.id.unwrap_or_else(Uuid::now_v7),
+                created_at: envelope.created_at.unwrap_or_else(Utc::now),
+                envelope,
+            }),
+            Err(err) => rejected.push((index, Reject::Unparseable, Some(err.to_string()))),
+        }
+    }
+    (incoming, rejected)
+}
+
+fn has_nul(envelope: &Envelope) -> bool {
+    [
+        Some(envelope.room_id.as_str()),
+        Some(envelope.content.as_str()),
+        envelope.client_id.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|text| text.contains('\0'))
+}
+
+/// What the database says about a batch, loaded before judging it.
+#[derive(Debug, Default)]
+pub(super) struct Context {
+    /// The batch's rooms by the key each message gave (a UUID or a name).
+    pub rooms: HashMap<String, room::Model>,
+    /// Messages of the batch that are already stored (a redelivery, a retry).
+    pub existing: HashMap<Uuid, message::Model>,
+    /// The usernames of the batch's senders that exist.
+    pub names: HashMap<Uuid, String>,
+    /// `(room, user)` memberships of the senders in rooms that are not public.
+    pub memberships: HashSet<(Uuid, Uuid)>,
+}
+
+/// What becomes of a message that breaks no rule.
+#[derive(Debug, PartialEq)]
+pub(super) enum Verdict<'c> {
+    /// Stored before: publish its event again, store nothing.
+    Stored(&'c message::Model),
+    /// A new row, its `seq` still to be allocated.
+    Store(message::Model),
+}
+
+/// Decides one message's fate from the context alone.
+pub(super) fn judge<'c>(ctx: &'c Context, m: &Incoming) -> Result<Verdict<'c>, Reject> {
+    if let Some(stored) = ctx.existing.get(&m.id) {
+        return Ok(Verdict::Stored(stored));
+    }
+    let room = ctx
+        .rooms
+        .get(&m.envelope.room_id)
+        .ok_or(Reject::UnknownRoom)?;
+    let content = &m.envelope.content;
+    rules::check_content(content, MAX_CONTENT_BYTES).map_err(|err| match err {
+        ContentError::Empty => Reject::EmptyContent,
+        ContentError::Nul => Reject::InvalidText,
+        ContentError::TooLarge(_) => Reject::TooLarge,
+    })?;
+    if let Some(sender) = m.envelope.sender_id {
+        if !ctx.names.contains_key(&sender) {
+            return Err(Reject::UnknownSender);
+        }
+        if room.kind != room::RoomKind::Public && !ctx.memberships.contains(&(room.id, sender)) {
+            return Err(Reject::NotAMember);
+        }
+    }
+    Ok(Verdict::Store(message::Model {
+        id: m.id,
+        room_id: room.id,
+        seq: 0,
+        sender_id: m.envelope.sender_id,
+        content: content.clone(),
+        client_id: m.envelope.client_id.clone(),
+        created_at: m.created_at,
+        edited_at: None,
+        deleted_at: None,
+        sender_deleted: false,
+    }))
+}

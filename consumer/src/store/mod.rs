@@ -1,0 +1,145 @@
+//! The store stage: `messages` → database → `room.events`.
+//!
+//! It takes what is waiting (up to [`BATCH_MAX`]), and stores it in steps:
+//! [`judge::parse`] the envelopes; in one transaction [`batch::load_context`]
+//! (rooms, senders, memberships, what is already stored), [`judge::judge`]
+//! each message (a pure function: store it, or a [`Reject`]),
+//! [`batch::allocate_seqs`] (each room's next `seq`), [`insert`] the new rows;
+//! then build the `message` events in order. The settler publishes them and
+//! only then acks. A message stored before (a redelivery, a client's retry)
+//! is not stored again, but its event is published again: sockets drop a
+//! `seq` they already have, so nothing is lost or doubled. A message that
+//! breaks a rule goes to `messages.dlq` with the reason.
+//!
+//! The `messages` queue has a single active consumer, so one store stage works
+//! at a time cluster-wide and a room's order is one order.
+
+mod batch;
+mod insert;
+mod judge;
+#[cfg(test)]
+mod tests;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{FutureExt, StreamExt};
+use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Broker, broker::QueuedMessage, event::Reject};
+
+/// Messages the broker may hand over before the first is acked.
+pub const PREFETCH: u16 = 512;
+/// Most messages stored in one transaction.
+pub const BATCH_MAX: usize = 256;
+/// Ceiling for content that did not come through ingest (which applies
+/// `MAX_MESSAGE_BYTES`), e.g. published by hand from the console.
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs until `stop` is cancelled.
+///
+/// Two tasks in a pipeline: this one takes batches and writes them to the
+/// database; the settler publishes each batch's events and acks it, in the
+/// same order, while the next batch is being written.
+pub async fn run(db: DatabaseConnection, broker: Arc<dyn Broker>, stop: CancellationToken) {
+    let mut queued = broker.consume_messages(PREFETCH);
+    let (to_settle, mut settling) = tokio::sync::mpsc::channel::<(Vec<QueuedMessage>, Outcome)>(2);
+    let settler = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            while let Some((batch, outcome)) = settling.recv().await {
+                settle(broker.as_ref(), batch, outcome).await;
+            }
+        })
+    };
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => break,
+            next = queued.next() => match next {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match queued.next().now_or_never() {
+                Some(Some(message)) => batch.push(message),
+                _ => break,
+            }
+        }
+        let Some(outcome) = persist(&db, &batch, &stop).await else {
+            break;
+        };
+        if to_settle.send((batch, outcome)).await.is_err() {
+            break;
+        }
+    }
+    drop(to_settle);
+    let _ = settler.await;
+}
+
+/// A message refused: its index in the batch, why, and a detail for the header.
+type Rejected = (usize, Reject, Option<String>);
+
+/// What a stored batch leaves to the settler.
+#[derive(Default)]
+struct Outcome {
+    /// `(room, message event)` in batch order, for every stored message.
+    events: Vec<(uuid::Uuid, Vec<u8>)>,
+    rejected: Vec<Rejected>,
+}
+
+/// Parses and stores a batch, retrying database errors with backoff. `None`
+/// on shutdown: the batch stays unacked and the broker redelivers it.
+async fn persist(
+    db: &DatabaseConnection,
+    batch: &[QueuedMessage],
+    stop: &CancellationToken,
+) -> Option<Outcome> {
+    let (incoming, rejected) = judge::parse(batch);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match batch::store_batch(db, &incoming).await {
+            Ok(mut outcome) => {
+                outcome.rejected.extend(rejected);
+                return Some(outcome);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "store stage: database error; retrying in {backoff:?}");
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Dead-letters the rejects, publishes the events in order, then acks the
+/// whole batch. On a broker error nothing more is acked: the broker
+/// redelivers, and the store stage stores nothing twice.
+async fn settle(broker: &dyn Broker, batch: Vec<QueuedMessage>, outcome: Outcome) {
+    for (index, reason, detail) in &outcome.rejected {
+        metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => reason.label())
+            .increment(1);
+        let header = match detail {
+            Some(detail) => format!("{}: {detail}", reason.label()),
+            None => reason.label().to_owned(),
+        };
+        if let Err(err) = broker.dead_letter(&batch[*index].payload, &header).await {
+            tracing::warn!(error = %err, "store stage: cannot dead-letter; the batch will be redelivered");
+            return;
+        }
+    }
+    if let Err(err) = broker.publish_events(&outcome.events).await {
+        tracing::warn!(error = %err, "store stage: cannot publish events; the batch will be redelivered");
+        return;
+    }
+    // Acks are independent frames: send them together, not one round trip each.
+    let acks = futures_util::future::join_all(batch.into_iter().map(QueuedMessage::ack)).await;
+    if let Some(Err(err)) = acks.into_iter().find(Result::is_err) {
+        tracing::warn!(error = %err, "store stage: ack failed; the message will be redelivered and not stored twice");
+    }
+}

@@ -1,0 +1,328 @@
+//! The store stage's steps, each on its own: judging as a table (no
+//! database), and loading the context and allocating seqs on SQLite in
+//! memory and on PostgreSQL (`TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432`; absent: fails under `CI=true`,
+//! skips loudly otherwise).
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use entity::{message, room, room_member, user};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, Set};
+use uuid::Uuid;
+
+use super::{
+    batch::{allocate_seqs, load_context},
+    judge::{Context, Incoming, Verdict, judge},
+};
+use crate::event::{Envelope, Reject};
+
+fn incoming(room: &str, sender: Option<Uuid>, content: &str) -> Incoming {
+    Incoming {
+        index: 0,
+        id: Uuid::now_v7(),
+        created_at: Utc::now(),
+        envelope: Envelope {
+            id: None,
+            room_id: room.to_owned(),
+            sender_id: sender,
+            content: content.to_owned(),
+            client_id: None,
+            created_at: None,
+        },
+    }
+}
+
+fn room_model(name: &str, kind: room::RoomKind) -> room::Model {
+    room::Model {
+        id: Uuid::now_v7(),
+        name: name.to_owned(),
+        kind,
+        owner_id: None,
+        last_seq: 0,
+        member_count: 0,
+        created_at: Utc::now(),
+    }
+}
+
+/// Every rule of `judge`, one row each: (message, expected verdict).
+#[test]
+fn judge_table() {
+    let public = room_model("hall", room::RoomKind::Public);
+    let group = room_model("crew", room::RoomKind::Group);
+    let (member, outsider, ghost) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let mut ctx = Context::default();
+    for r in [&public, &group] {
+        ctx.rooms.insert(r.id.to_string(), r.clone());
+        ctx.rooms.insert(r.name.clone(), r.clone());
+    }
+    ctx.names.insert(member, "member".into());
+    ctx.names.insert(outsider, "outsider".into());
+    ctx.memberships.insert((group.id, member));
+    let stored = incoming(&public.id.to_string(), Some(member), "before");
+    let stored_row = message::Model {
+        id: stored.id,
+        room_id: public.id,
+        seq: 7,
+        sender_id: Some(member),
+        content: "before".into(),
+        client_id: None,
+        created_at: stored.created_at,
+        edited_at: None,
+        deleted_at: None,
+        sender_deleted: false,
+    };
+    ctx.existing.insert(stored.id, stored_row.clone());
+    let (p, g) = (public.id.to_string(), group.id.to_string());
+    let big = "x".repeat(super::MAX_CONTENT_BYTES + 1);
+    let cases: Vec<(Incoming, Result<Option<Uuid>, Reject>)> = vec![
+        (incoming(&p, Some(member), "hi"), Ok(Some(public.id))),
+        (
+            incoming(&p, Some(outsider), "public: anyone"),
+            Ok(Some(public.id)),
+        ),
+        (incoming("hall", None, "by name"), Ok(Some(public.id))),
+        (incoming(&g, Some(member), "member"), Ok(Some(group.id))),
+        (incoming(&g, None, "console: no sender"), Ok(Some(group.id))),
+        (incoming(&g, Some(outsider), "x"), Err(Reject::NotAMember)),
+        (incoming(&p, Some(ghost), "x"), Err(Reject::UnknownSender)),
+        (incoming("nowhere", None, "x"), Err(Reject::UnknownRoom)),
+        (incoming(&p, None, " \n "), Err(Reject::EmptyContent)),
+        (incoming(&p, None, "a\0b"), Err(Reject::InvalidText)),
+        (incoming(&p, None, &big), Err(Reject::TooLarge)),
+        (stored.clone(), Ok(None)),
+    ];
+    for (m, expected) in cases {
+        let got = judge(&ctx, &m);
+        let what = format!("{:?} from {:?}", m.envelope.content, m.envelope.sender_id);
+        match (got, expected) {
+            (Ok(Verdict::Store(row)), Ok(Some(room))) => {
+                assert_eq!((row.room_id, row.id, row.seq), (room, m.id, 0), "{what}");
+                assert_eq!(row.content, m.envelope.content, "{what}");
+                assert_eq!(row.sender_id, m.envelope.sender_id, "{what}");
+            }
+            (Ok(Verdict::Stored(row)), Ok(None)) => assert_eq!(row, &stored_row),
+            (Err(got), Err(expected)) => assert_eq!(got, expected, "{what}"),
+            (got, expected) => panic!("{what}: got {got:?}, expected {expected:?}"),
+        }
+    }
+}
+
+/// A fresh migrated database; PostgreSQL ones are dropped when this goes.
+struct TestDb {
+    conn: DatabaseConnection,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn sqlite() -> Self {
+        let conn = Database::connect("sqlite::memory:").await.expect("sqlite");
+        Migrator::up(&conn, None).await.expect("migrations");
+        Self {
+            conn,
+            postgres: None,
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let base = std::env::var("TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let admin_url = format!("{base}/postgres");
+        let admin = match Database::connect(&admin_url).await {
+            Ok(admin) => admin,
+            Err(err) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+                panic!("PostgreSQL is required in CI: {err}")
+            }
+            Err(err) => {
+                eprintln!("SKIPPED: PostgreSQL not reachable at {admin_url} ({err})");
+                return None;
+            }
+        };
+        let run = std::env::var("ROOMCAST_TEST_RUN").unwrap_or_else(|_| "local".into());
+        let name = format!("rc_{run}_{}", Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
+        admin.close().await.ok();
+        let conn = Database::connect(format!("{base}/{name}"))
+            .await
+            .expect("connect");
+        Migrator::up(&conn, None).await.expect("migrations");
+        Some(Self {
+            conn,
+            postgres: Some((admin_url, name)),
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(admin) = Database::connect(&admin_url).await {
+                    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = admin.execute_unprepared(&drop).await;
+                    admin.close().await.ok();
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `mod <case> { sqlite, postgres }` tests that run `<case>(&DatabaseConnection)`.
+macro_rules! on_both_databases {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn sqlite() {
+                let db = super::TestDb::sqlite().await;
+                super::$case(&db.conn).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = super::TestDb::postgres().await {
+                    super::$case(&db.conn).await
+                }
+            }
+        }
+    )*};
+}
+
+on_both_databases!(seq_blocks_follow_last_seq, context_feeds_judge);
+
+async fn add_room(
+    db: &DatabaseConnection,
+    name: &str,
+    kind: room::RoomKind,
+    last_seq: i64,
+) -> Uuid {
+    let mut model = room_model(name, kind);
+    model.last_seq = last_seq;
+    let id = model.id;
+    room::ActiveModel::from(model)
+        .insert(db)
+        .await
+        .expect("room");
+    id
+}
+
+async fn add_user(db: &DatabaseConnection, name: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    user::ActiveModel {
+        id: Set(id),
+        username: Set(name.to_owned()),
+        email: Set(format!("{name}@example.com")),
+        password_hash: Set(None),
+        role: Set(user::Role::User),
+        avatar: Set(None),
+        created_at: Set(Utc::now()),
+    }
+    .insert(db)
+    .await
+    .expect("user");
+    id
+}
+
+/// Each room's block starts after its `last_seq`, and `last_seq` moves to
+/// the block's end; a second allocation continues from there.
+async fn seq_blocks_follow_last_seq(db: &DatabaseConnection) {
+    let a = add_room(db, "a", room::RoomKind::Public, 0).await;
+    let b = add_room(db, "b", room::RoomKind::Group, 41).await;
+    let untouched = add_room(db, "c", room::RoomKind::Public, 5).await;
+    assert!(allocate_seqs(db, &HashMap::new()).await.unwrap().is_empty());
+    let first = allocate_seqs(db, &HashMap::from([(a, 3), (b, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(first, HashMap::from([(a, 1), (b, 42)]));
+    let second = allocate_seqs(db, &HashMap::from([(a, 2)])).await.unwrap();
+    assert_eq!(second, HashMap::from([(a, 4)]));
+    let last = |id| async move {
+        room::Entity::find_by_id(id)
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq
+    };
+    assert_eq!(
+        (last(a).await, last(b).await, last(untouched).await),
+        (5, 42, 5)
+    );
+    // A room that no longer exists gets no block.
+    let gone = allocate_seqs(db, &HashMap::from([(Uuid::now_v7(), 2)]))
+        .await
+        .unwrap();
+    assert!(gone.is_empty());
+}
+
+/// The context read from the database is what judge needs: rooms by id and
+/// by name, senders, memberships of closed rooms, stored messages.
+async fn context_feeds_judge(db: &DatabaseConnection) {
+    let hall = add_room(db, "Hall", room::RoomKind::Public, 0).await;
+    let crew = add_room(db, "crew", room::RoomKind::Group, 0).await;
+    let (alice, bob) = (add_user(db, "alice").await, add_user(db, "bob").await);
+    room_member::ActiveModel {
+        room_id: Set(crew),
+        user_id: Set(alice),
+        joined_at: Set(Utc::now()),
+    }
+    .insert(db)
+    .await
+    .expect("member");
+    let old = incoming(&hall.to_string(), Some(bob), "old");
+    message::ActiveModel {
+        id: Set(old.id),
+        room_id: Set(hall),
+        seq: Set(1),
+        sender_id: Set(Some(bob)),
+        content: Set("old".into()),
+        client_id: Set(None),
+        created_at: Set(Utc::now()),
+        edited_at: Set(None),
+        deleted_at: Set(None),
+        sender_deleted: Set(false),
+    }
+    .insert(db)
+    .await
+    .expect("message");
+    let batch = vec![
+        old.clone(),
+        incoming("hall", Some(bob), "by name"),
+        incoming(&crew.to_string(), Some(alice), "member"),
+        incoming(&crew.to_string(), Some(bob), "outsider"),
+        incoming(&crew.to_string(), Some(Uuid::now_v7()), "nobody"),
+        incoming("nowhere", None, "lost"),
+    ];
+    let ctx = load_context(db, &batch).await.unwrap();
+    let verdicts: Vec<Result<&str, Reject>> = batch
+        .iter()
+        .map(|m| {
+            judge(&ctx, m).map(|v| match v {
+                Verdict::Stored(_) => "stored",
+                Verdict::Store(_) => "store",
+            })
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            Ok("stored"),
+            Ok("store"),
+            Ok("store"),
+            Err(Reject::NotAMember),
+            Err(Reject::UnknownSender),
+            Err(Reject::UnknownRoom),
+        ]
+    );
+    assert_eq!(ctx.names.get(&bob).map(String::as_str), Some("bob"));
+}
