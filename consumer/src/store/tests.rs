@@ -131,7 +131,7 @@ impl TestDb {
         let admin_url = format!("{base}/postgres");
         let admin = match Database::connect(&admin_url).await {
             Ok(admin) => admin,
-            Err(err) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            Err(err) if testsupport::in_ci() => {
                 panic!("PostgreSQL is required in CI: {err}")
             }
             Err(err) => {
