@@ -15,6 +15,7 @@
 //! - [`access`]: who may read, post in, enter, join or manage a room — the one
 //!   policy of HTTP, sockets and guest tokens, with auto-creation of rooms.
 //! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
+//! - [`frames`]: the socket's own server frames (`welcome`, `ack`, `error`, …).
 //! - [`presence`]: who is in each room on this node (`join` and `leave`).
 //! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
 //! - [`queries`]: the queries behind the routes, one module per aggregate,
@@ -39,6 +40,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod frames;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;

@@ -17,13 +17,14 @@ use axum::{
 };
 use chrono::Utc;
 use consumer::{
-    event::{MessageView, RoomEvent, SenderView},
-    hub::{CloseReason, Subscription},
+    event::{MessageView, SenderView},
+    hub::{CloseReason, Outbound, Subscription},
 };
 use entity::room;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use tokio::sync::mpsc;
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -32,6 +33,7 @@ use crate::{
     auth::{AuthUser, extractor::socket_user},
     error::Result,
     extract::QueryParams,
+    frames::{Replayed, RoomView, ServerFrame},
     ingest,
     queries::messages::{self, Page},
     state::AppState,
@@ -50,6 +52,8 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const REPLAY_PAGE: u64 = 200;
 /// Frames refused in a row for rate before the socket is closed (1008).
 const RATE_STRIKES: u32 = 20;
+/// Room events written to a socket before one flush, at most.
+const WRITE_BATCH: usize = 256;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -210,14 +214,17 @@ impl Session {
 
     /// Sends `welcome` and the replay; returns the last `seq` sent.
     async fn start(&self, sink: &mut Sink, since: Option<i64>, history: u32) -> Result<i64, End> {
-        let online = self.online();
-        let welcome = json!({
-            "type": "welcome",
-            "room": {"id": self.room.id, "name": self.room.name, "kind": self.room.kind},
-            "user": {"id": self.user.id, "username": self.user.username},
-            "online": online,
-        });
-        send_json(sink, &welcome).await?;
+        let (online, me) = (self.online(), self.me());
+        let welcome = ServerFrame::Welcome {
+            room: RoomView {
+                id: self.room.id,
+                name: &self.room.name,
+                kind: self.room.kind,
+            },
+            user: &me,
+            online: &online,
+        };
+        send_frame(sink, &welcome).await?;
 
         let db_error = |_| End::Close(1011, "internal error");
         let mut last_seq = since.unwrap_or(0).max(0);
@@ -251,14 +258,19 @@ impl Session {
         Ok(last_seq)
     }
 
+    /// A page of history, written out as one flush.
     async fn replay(&self, sink: &mut Sink, page: &[MessageView]) -> Result<(), End> {
-        for message in page {
-            let mut frame =
-                serde_json::to_value(RoomEvent::Message(message.clone())).unwrap_or(Value::Null);
-            frame["replay"] = Value::Bool(true);
-            send_json(sink, &frame).await?;
-        }
-        Ok(())
+        let write = async {
+            for message in page {
+                let frame = ServerFrame::Message(Replayed {
+                    message,
+                    replay: true,
+                });
+                sink.feed(Message::Text(frame.to_text().into())).await?;
+            }
+            sink.flush().await
+        };
+        timed(write).await
     }
 
     /// The socket's life after the replay.
@@ -296,14 +308,7 @@ impl Session {
                 }
                 outbound = sub.events.recv() => {
                     let Some(outbound) = outbound else { return End::Gone };
-                    if let Some(seq) = outbound.seq {
-                        if seq <= last_seq {
-                            continue; // already sent (replay overlap or redelivery)
-                        }
-                        last_seq = seq;
-                    }
-                    let Ok(text) = Utf8Bytes::try_from(outbound.frame) else { continue };
-                    if let Err(end) = send(sink, Message::Text(text)).await {
+                    if let Err(end) = write_events(sink, outbound, &mut sub.events, &mut last_seq).await {
                         return end;
                     }
                 }
@@ -321,7 +326,7 @@ impl Session {
                             if refused_in_a_row > RATE_STRIKES {
                                 return End::Close(1008, "rate limit exceeded");
                             }
-                            Some(error_frame("rate_limited", "too many messages; slow down", None))
+                            Some(ServerFrame::error("rate_limited", "too many messages; slow down", None).to_text())
                         }
                         Some(Ok(Message::Text(text))) => {
                             refused_in_a_row = 0;
@@ -332,7 +337,7 @@ impl Session {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
                     };
                     if let Some(reply) = reply
-                        && let Err(end) = send_json(sink, &reply).await
+                        && let Err(end) = send(sink, Message::Text(reply.into())).await
                     {
                         return end;
                     }
@@ -342,23 +347,17 @@ impl Session {
     }
 
     /// One client text frame; returns the reply frame, if any.
-    async fn handle_text(&self, text: &str) -> Option<Value> {
+    async fn handle_text(&self, text: &str) -> Option<String> {
         let frame = if text.trim_start().starts_with('{') {
             match serde_json::from_str::<Value>(text) {
                 Err(err) => {
-                    return Some(error_frame(
-                        "malformed_json",
-                        &format!("not valid JSON: {err}"),
-                        None,
-                    ));
+                    let detail = format!("not valid JSON: {err}");
+                    return Some(ServerFrame::error("malformed_json", &detail, None).to_text());
                 }
                 Ok(value) => match serde_json::from_value::<ClientFrame>(value.clone()) {
                     Ok(frame) => frame,
                     Err(err) => {
-                        let client_id = value
-                            .get("client_id")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned);
+                        let client_id = value.get("client_id").and_then(Value::as_str);
                         let code = if value
                             .get("type")
                             .and_then(Value::as_str)
@@ -368,7 +367,8 @@ impl Session {
                         } else {
                             "unknown_type"
                         };
-                        return Some(error_frame(code, &err.to_string(), client_id));
+                        let detail = err.to_string();
+                        return Some(ServerFrame::error(code, &detail, client_id).to_text());
                     }
                 },
             }
@@ -380,7 +380,7 @@ impl Session {
             }
         };
         match frame {
-            ClientFrame::Ping => Some(json!({"type": "pong"})),
+            ClientFrame::Ping => Some(ServerFrame::Pong.to_text()),
             ClientFrame::Message { content, client_id } => {
                 // Asked for every message: a member removed (or a guest
                 // whose seat went) cannot post through a socket still open.
@@ -391,10 +391,16 @@ impl Session {
                     Err(err) => Err(err),
                 };
                 match posted {
-                    Ok(accepted) => {
-                        Some(json!({"type": "ack", "client_id": client_id, "id": accepted.id}))
-                    }
-                    Err(err) => Some(error_frame(err.code, &err.detail, client_id)),
+                    Ok(accepted) => Some(
+                        ServerFrame::Ack {
+                            client_id: client_id.as_deref(),
+                            id: accepted.id,
+                        }
+                        .to_text(),
+                    ),
+                    Err(err) => Some(
+                        ServerFrame::error(err.code, &err.detail, client_id.as_deref()).to_text(),
+                    ),
                 }
             }
         }
@@ -434,10 +440,6 @@ async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
     .await;
 }
 
-fn error_frame(code: &str, detail: &str, client_id: Option<String>) -> Value {
-    json!({"type": "error", "code": code, "detail": detail, "client_id": client_id})
-}
-
 /// A read error's close.
 fn closing_error(err: &axum::Error) -> End {
     read_error_close(err).map_or(End::Gone, |(code, reason)| End::Close(code, reason))
@@ -458,16 +460,65 @@ pub(super) fn read_error_close(err: &axum::Error) -> Option<(u16, &'static str)>
     }
 }
 
-async fn send_json(sink: &mut Sink, value: &Value) -> Result<(), End> {
-    send(sink, Message::Text(value.to_string().into())).await
+async fn send_frame(sink: &mut Sink, frame: &ServerFrame<'_>) -> Result<(), End> {
+    send(sink, Message::Text(frame.to_text().into())).await
 }
 
 async fn send(sink: &mut Sink, message: Message) -> Result<(), End> {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+    timed(sink.send(message)).await
+}
+
+/// A write that must end within `SEND_TIMEOUT`.
+async fn timed<E>(write: impl Future<Output = Result<(), E>>) -> Result<(), End> {
+    match tokio::time::timeout(SEND_TIMEOUT, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Gone),
         Err(_) => Err(End::Stalled),
     }
+}
+
+/// Writes `first` and the room events queued behind it (up to
+/// [`WRITE_BATCH`]), then flushes once: a burst costs the socket one write to
+/// the network, not one per frame. Each event's bytes are the ones the hub
+/// handed to every socket of the room; nothing is serialised here. An event
+/// whose `seq` the socket already sent (replay overlap, redelivery) is skipped.
+async fn write_events<S>(
+    sink: &mut S,
+    first: Outbound,
+    queue: &mut mpsc::Receiver<Outbound>,
+    last_seq: &mut i64,
+) -> Result<(), End>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let write = async {
+        let (mut next, mut written) = (Some(first), 0);
+        while let Some(outbound) = next.take() {
+            if let Some(text) = fresh(outbound, last_seq) {
+                sink.feed(Message::Text(text)).await?;
+                written += 1;
+            }
+            if written < WRITE_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if written > 0 {
+            sink.flush().await?;
+        }
+        Ok::<(), S::Error>(())
+    };
+    timed(write).await
+}
+
+/// The event's text, unless it is a message the socket already has.
+fn fresh(outbound: Outbound, last_seq: &mut i64) -> Option<Utf8Bytes> {
+    if let Some(seq) = outbound.seq {
+        if seq <= *last_seq {
+            return None;
+        }
+        *last_seq = seq;
+    }
+    Utf8Bytes::try_from(outbound.frame).ok()
 }
 
 /// Counts an open socket in `roomcast_sockets` for as long as it lives.
@@ -483,5 +534,95 @@ impl SocketGauge {
 impl Drop for SocketGauge {
     fn drop(&mut self) {
         metrics::gauge!(crate::metrics::SOCKETS).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// A sink that keeps what it is given and counts its flushes.
+    #[derive(Default)]
+    struct Recorder {
+        frames: Vec<String>,
+        flushes: usize,
+    }
+
+    impl futures_util::Sink<Message> for Recorder {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            if let Message::Text(text) = item {
+                self.frames.push(text.to_string());
+            }
+            Ok(())
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn event(seq: Option<i64>, text: &str) -> Outbound {
+        Outbound {
+            seq,
+            frame: Bytes::from(text.to_owned()),
+        }
+    }
+
+    /// What is queued goes out in order with one flush, without the messages
+    /// the socket already has; a queue longer than a batch takes more flushes.
+    #[tokio::test]
+    async fn queued_events_go_out_with_one_flush() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        for (seq, text) in [
+            (Some(2), "m2"),
+            (None, "edit"),
+            (Some(3), "m3"),
+            (Some(4), "m4"),
+        ] {
+            tx.try_send(event(seq, text)).unwrap();
+        }
+        let (mut sink, mut last_seq) = (Recorder::default(), 2);
+        let first = event(Some(1), "m1");
+        assert!(
+            write_events(&mut sink, first, &mut rx, &mut last_seq)
+                .await
+                .is_ok()
+        );
+        assert_eq!(sink.frames, ["edit", "m3", "m4"]);
+        assert_eq!((sink.flushes, last_seq), (1, 4));
+
+        for seq in 5..(5 + WRITE_BATCH as i64 + 10) {
+            tx.try_send(event(Some(seq), "m")).unwrap();
+        }
+        let mut sink = Recorder::default();
+        while let Ok(first) = rx.try_recv() {
+            assert!(
+                write_events(&mut sink, first, &mut rx, &mut last_seq)
+                    .await
+                    .is_ok()
+            );
+        }
+        assert_eq!((sink.frames.len(), sink.flushes), (WRITE_BATCH + 10, 2));
     }
 }
