@@ -1,7 +1,10 @@
 # roomcast container image.
 #
 #   docker build -t roomcast .
-#   docker run -p 8000:8000 roomcast          # SQLite + in-process broker
+#   docker run -p 8000:8000 -e SECRET_KEY=$(openssl rand -hex 32) roomcast
+#                                             # SQLite + in-process broker
+#
+# The image listens on 0.0.0.0, so it refuses to start without a SECRET_KEY.
 #
 # The build uses BuildKit cache mounts (the default builder of current Docker
 # and Docker Compose) so that dependencies are compiled once and reused by

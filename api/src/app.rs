@@ -28,6 +28,8 @@ use crate::{
 
 /// How long shutdown waits for sockets to say goodbye.
 const SOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often rows of revoked tokens past their expiry are deleted (and at start).
+const REVOKED_TOKENS_PRUNE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct Application {
     listener: TcpListener,
@@ -38,10 +40,16 @@ impl Application {
     /// Connects and migrates the database, creates the bootstrap admin, binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
+        config.validate_serving().map_err(anyhow::Error::msg)?;
         if config.uses_dev_secret() {
             tracing::warn!(
                 "SECRET_KEY is not set: tokens are signed with the PUBLIC DEVELOPMENT KEY. \
                  Anyone can forge them. Set SECRET_KEY before exposing this server."
+            );
+        } else if config.uses_placeholder_secret() {
+            tracing::warn!(
+                "SECRET_KEY is a PUBLIC PLACEHOLDER: anyone can forge tokens. \
+                 This server listens on loopback only; set a random SECRET_KEY before exposing it."
             );
         }
         migrate(&config.database_url).await?;
@@ -124,6 +132,18 @@ impl Application {
                 limits.shrink();
             }
         });
+        let db = state.db.clone();
+        let prune = tokio::spawn(async move {
+            let mut every = tokio::time::interval(REVOKED_TOKENS_PRUNE);
+            loop {
+                every.tick().await;
+                match crate::queries::tokens::prune_expired(&db).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "expired revoked tokens pruned"),
+                    Err(err) => tracing::warn!(code = err.code, "pruning revoked tokens failed"),
+                }
+            }
+        });
         let app = routes::router(state.clone());
         let stop = state.stop.clone();
         let header_timeout = std::time::Duration::from_secs(config.http_header_timeout);
@@ -139,6 +159,7 @@ impl Application {
         state.presence.close().await;
         stages.stopped().await;
         shrink.abort();
+        prune.abort();
         state.broker.close().await;
         state.db.clone().close().await.ok();
         tracing::info!("roomcast stopped");
@@ -175,15 +196,33 @@ pub async fn migrate(url: &str) -> anyhow::Result<()> {
     result
 }
 
-/// Creates `ADMIN_USERNAME` as an admin if no such user exists, or promotes it.
+/// Creates `ADMIN_USERNAME` as an admin if no such user exists. An existing
+/// account is promoted only if its password is `ADMIN_PASSWORD`: otherwise
+/// whoever registered a free admin name first would become admin at the next
+/// restart.
 async fn bootstrap_admin(db: &DatabaseConnection, config: &Config) -> anyhow::Result<()> {
     let (Some(username), Some(password)) = (&config.admin_username, &config.admin_password) else {
         return Ok(());
     };
     if let Some(user) = users::find_by_username(db, username).await? {
-        if user.role != Role::Admin {
+        if user.role == Role::Admin {
+            return Ok(());
+        }
+        let matches = match user.password_hash.clone() {
+            Some(phc) => password::verify(password.expose().to_owned(), phc)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.detail))?,
+            None => false,
+        };
+        if matches {
             users::set_role(db, user, Role::Admin).await?;
             tracing::info!(%username, "bootstrap admin promoted");
+        } else {
+            tracing::warn!(
+                %username,
+                "ADMIN_USERNAME names an existing account whose password is not ADMIN_PASSWORD: \
+                 promoting no one (use `roomcast admin create --promote` to promote it)"
+            );
         }
         return Ok(());
     }
@@ -192,19 +231,32 @@ async fn bootstrap_admin(db: &DatabaseConnection, config: &Config) -> anyhow::Re
         username,
         &format!("{}@localhost", username.to_lowercase()),
         password.expose(),
+        false,
     )
     .await?;
     tracing::info!(%username, "bootstrap admin created");
     Ok(())
 }
 
-/// Creates an admin account, checking the same rules as registration.
+/// What [`create_admin`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCreated {
+    Created,
+    /// The account existed: it is an admin now, with the given password.
+    Promoted,
+}
+
+/// Creates an admin account, checking the same rules as registration. An
+/// existing account of that name is an error, unless `promote`: then it
+/// becomes an admin and its password is reset to `password` (its other
+/// tokens stop working, as after any password change).
 pub async fn create_admin(
     db: &DatabaseConnection,
     username: &str,
     email: &str,
     password: &str,
-) -> anyhow::Result<()> {
+    promote: bool,
+) -> anyhow::Result<AdminCreated> {
     crate::domain::validate_username(username)
         .map_err(|e| anyhow::anyhow!("ADMIN_USERNAME: {e}"))?;
     if !(8..=128).contains(&password.chars().count()) {
@@ -212,7 +264,21 @@ pub async fn create_admin(
     }
     let hash = password::hash(password.to_owned())
         .await
-        .map_err(|e| anyhow::anyhow!(e.detail))?;
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    if let Some(user) = users::find_by_username(db, username).await? {
+        if !promote {
+            anyhow::bail!(
+                "user {username} already exists; nothing changed. Pass --promote to make it \
+                 an admin and set its password to --password"
+            );
+        }
+        if user.role == Role::Guest {
+            anyhow::bail!("user {username} is a guest account and cannot become an admin");
+        }
+        let user = users::update_account(db, user, None, Some(hash)).await?;
+        users::set_role(db, user, Role::Admin).await?;
+        return Ok(AdminCreated::Promoted);
+    }
     let new = users::NewUser {
         username: username.into(),
         email: email.into(),
@@ -220,9 +286,9 @@ pub async fn create_admin(
         role: Role::Admin,
     };
     match users::create(db, new).await {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(AdminCreated::Created),
         // Another node created it at the same moment.
-        Err(QueryError::UsernameTaken) => Ok(()),
+        Err(QueryError::UsernameTaken) if !promote => Ok(AdminCreated::Created),
         Err(e) => Err(e.into()),
     }
 }

@@ -48,7 +48,7 @@ pub enum MigrateAction {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminAction {
-    /// Create an admin account.
+    /// Create an admin account (or, with --promote, make an existing one admin).
     Create {
         #[arg(long)]
         username: String,
@@ -57,5 +57,9 @@ pub enum AdminAction {
         /// The password; better given through the environment.
         #[arg(long, env = "ROOMCAST_NEW_ADMIN_PASSWORD", hide_env_values = true)]
         password: String,
+        /// If the user exists, make it an admin and reset its password to
+        /// --password (without this flag an existing user is an error).
+        #[arg(long)]
+        promote: bool,
     },
 }

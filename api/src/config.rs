@@ -10,26 +10,33 @@ use clap::{Args, ValueEnum, builder::BoolishValueParser};
 
 /// The development key used when `SECRET_KEY` is unset and no broker is configured.
 const DEV_SECRET: &str = "roomcast-development-secret-key-not-for-production-use";
+/// Keys that are public: the development key and the example compose once shipped.
+/// Anyone can sign tokens with them, so they serve only a loopback address.
+const PLACEHOLDER_SECRETS: [&str; 2] = [
+    DEV_SECRET,
+    "change-me-to-a-long-random-secret-of-32-bytes-or-more",
+];
 /// HS256 keys shorter than the hash output weaken the signature.
 const MIN_SECRET_BYTES: usize = 32;
 
 /// Everything `roomcast` (serve) needs; also the source of `--help`.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "BIND", default_value = "0.0.0.0:8000")]
+    /// Address to listen on. Any address but loopback needs a SECRET_KEY.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8000")]
     pub bind: SocketAddr,
 
     /// sea-orm database URL: `sqlite://…?mode=rwc` or `postgres://…`.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://roomcast.db?mode=rwc"
+        default_value = "sqlite://roomcast.db?mode=rwc",
+        hide_env_values = true
     )]
     pub database_url: String,
 
     /// RabbitMQ URL (`amqp://user:pass@host:5672/vhost`); unset runs the in-process broker.
-    #[arg(long, env = "AMQP_URL")]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
 
     /// Key that signs access tokens (HS256, at least 32 bytes). Required with AMQP_URL.
@@ -192,9 +199,38 @@ impl Config {
         self.secret_key.as_ref().map_or(DEV_SECRET, Secret::expose)
     }
 
+    /// Checks what only serving needs: a public signing key (none, or a
+    /// placeholder) is refused unless the server listens on loopback alone,
+    /// where nobody else can reach it. The error is one line naming `SECRET_KEY`.
+    pub fn validate_serving(&self) -> Result<(), String> {
+        if self.bind.ip().is_loopback() {
+            return Ok(());
+        }
+        match &self.secret_key {
+            None => Err(format!(
+                "SECRET_KEY: required to listen on {} (anything but loopback); \
+                 set it to a random string of at least {MIN_SECRET_BYTES} bytes",
+                self.bind
+            )),
+            Some(key) if is_placeholder(key.expose()) => Err(format!(
+                "SECRET_KEY: a public placeholder cannot sign tokens on {}; \
+                 set it to a random string of at least {MIN_SECRET_BYTES} bytes",
+                self.bind
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// True when tokens are signed with the public development key.
     pub fn uses_dev_secret(&self) -> bool {
         self.secret_key.is_none()
+    }
+
+    /// True when the configured key is public (see [`is_placeholder`]).
+    pub fn uses_placeholder_secret(&self) -> bool {
+        self.secret_key
+            .as_ref()
+            .is_some_and(|key| is_placeholder(key.expose()))
     }
 
     pub fn node_id(&self) -> String {
@@ -202,5 +238,27 @@ impl Config {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("node-{}", &id[..8])
         })
+    }
+}
+
+/// A key anyone may know: a shipped placeholder, or one character repeated.
+pub fn is_placeholder(key: &str) -> bool {
+    let mut chars = key.chars();
+    let first = chars.next();
+    PLACEHOLDER_SECRETS.contains(&key) || chars.all(|c| Some(c) == first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_recognised() {
+        assert!(is_placeholder(DEV_SECRET));
+        assert!(is_placeholder(
+            "change-me-to-a-long-random-secret-of-32-bytes-or-more"
+        ));
+        assert!(is_placeholder(&"x".repeat(64)));
+        assert!(!is_placeholder("a-long-random-secret-nobody-has-guessed-yet-9f3"));
     }
 }

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use api::{
     Application,
-    app::{create_admin, migrate, shutdown_signal},
+    app::{AdminCreated, create_admin, migrate, shutdown_signal},
     cli::{AdminAction, Cli, Command, MigrateAction},
     db, seed, telemetry,
 };
@@ -14,7 +14,15 @@ async fn main() -> ExitCode {
     // A missing .env is normal; a broken one is reported by the values it sets.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    if let Err(line) = cli.config.validate() {
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    let checked = cli.config.validate().and_then(|()| {
+        if serving {
+            cli.config.validate_serving()
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(line) = checked {
         eprintln!("error: {line}");
         return ExitCode::from(2);
     }
@@ -66,17 +74,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     username,
                     email,
                     password,
+                    promote,
                 },
         } => {
             migrate(&config.database_url).await?;
-            create_admin(
+            let done = create_admin(
                 &db::connect(&config.database_url).await?,
                 &username,
                 &email,
                 &password,
+                promote,
             )
             .await?;
-            println!("admin {username} created");
+            match done {
+                AdminCreated::Created => println!("admin {username} created"),
+                AdminCreated::Promoted => {
+                    println!("{username} promoted to admin; its password was reset")
+                }
+            }
             Ok(())
         }
     }

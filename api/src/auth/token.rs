@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 
 /// Leeway for clock skew between nodes when checking `exp`.
-const LEEWAY_SECS: u64 = 5;
+pub const LEEWAY_SECS: u64 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {

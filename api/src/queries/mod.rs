@@ -4,6 +4,7 @@
 
 pub mod messages;
 pub mod rooms;
+pub mod tokens;
 pub mod users;
 
 use sea_orm::{DbErr, SqlErr};

@@ -9,7 +9,6 @@ use axum::{
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use chrono::{TimeZone, Utc};
 use entity::user::Role;
-use sea_orm::{ActiveModelTrait, Set};
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
@@ -21,7 +20,7 @@ use crate::{
     client_addr::ClientAddr,
     error::{ApiError, Result},
     extract::{Valid, body_bytes, is_json, parse_json},
-    queries::{is_unique_violation, users},
+    queries::{tokens, users},
     state::AppState,
 };
 
@@ -244,16 +243,11 @@ async fn logout(
         .timestamp_opt(user.claims.exp, 0)
         .single()
         .unwrap_or_else(Utc::now);
-    let revoked = entity::revoked_token::ActiveModel {
-        jti: Set(user.claims.jti),
-        expires_at: Set(expires_at),
-    }
-    .insert(&state.db)
-    .await;
-    match revoked {
-        Ok(_) => {}
-        Err(err) if is_unique_violation(&err) => {} // logged out twice at once
-        Err(err) => return Err(err.into()),
+    tokens::revoke(&state.db, user.claims.jti, expires_at).await?;
+    // Rows of tokens that expired since are dead weight: logouts are rare
+    // enough to sweep them each time (a timer does too).
+    if let Err(err) = tokens::prune_expired(&state.db).await {
+        tracing::warn!(code = err.code, "pruning expired revoked tokens failed");
     }
     state.caches.tokens.invalidate(&user.claims.jti);
     // Clear the cookie whether or not this request carried it.

@@ -53,13 +53,17 @@ async fn healthz() -> Json<Health> {
     responses((status = 200, description = "Ready", body = Ready), (status = 503))
 )]
 /// The process can do its work: the database answers and the broker is connected.
+/// Anyone may ask, so the answer names what is down and no more: the
+/// driver's own error (hosts, user names, paths) goes to the log.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let mut down = Vec::new();
     if let Err(err) = state.db.ping().await {
-        down.push(format!("database: {err}"));
+        tracing::warn!(error = %err, "not ready: database");
+        down.push("database: unavailable");
     }
     if let BrokerStatus::Down(reason) = state.broker.status() {
-        down.push(format!("broker: {reason}"));
+        tracing::warn!(%reason, "not ready: broker");
+        down.push("broker: unavailable");
     }
     if !down.is_empty() {
         return Err(ApiError::unavailable("not_ready", down.join("; "), 1));

@@ -304,7 +304,94 @@ async fn bootstrap_admin_is_created(backend: Backend) {
     assert_eq!(me["role"], "admin");
 }
 
+/// `ADMIN_USERNAME` naming an account someone registered does not make it
+/// admin unless its password is `ADMIN_PASSWORD`.
+async fn bootstrap_admin_promotes_only_with_its_password(backend: Backend) {
+    let Some(env) = crate::helpers::TestEnv::new(backend).await else {
+        return;
+    };
+    let role = |node: &crate::helpers::Node, token: String| {
+        let api = crate::helpers::Api::new(node.addr);
+        async move {
+            let me: Value = api
+                .client
+                .get(api.url("/users/me"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            me["role"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    let node = crate::helpers::spawn_env_node(&env, &[]);
+    let (_, token) = crate::helpers::Api::new(node.addr).user("root").await; // password123
+    drop(node);
+
+    let (node, logs) = crate::helpers::spawn_node_with_logs(
+        &env.db.url,
+        &[
+            ("ADMIN_USERNAME", "root"),
+            ("ADMIN_PASSWORD", "the-operators-password"),
+        ],
+    );
+    assert_eq!(role(&node, token.clone()).await, "user");
+    assert!(
+        logs.lines()
+            .iter()
+            .any(|l| l.contains("promoting no one")),
+        "no warning: {:?}",
+        logs.lines()
+    );
+    drop(node);
+
+    let node = crate::helpers::spawn_node(
+        &env.db.url,
+        &[("ADMIN_USERNAME", "root"), ("ADMIN_PASSWORD", "password123")],
+    );
+    assert_eq!(role(&node, token).await, "admin");
+}
+
+/// Rows of revoked tokens past their expiry are deleted (a logout sweeps
+/// them); the rows of tokens still alive stay.
+async fn expired_revoked_tokens_are_pruned(backend: Backend) {
+    use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+    let Some(app) = crate::helpers::spawn_app(backend).await else {
+        return;
+    };
+    let db = sea_orm::Database::connect(&app.env.db.url).await.unwrap();
+    let stale = uuid::Uuid::new_v4();
+    entity::revoked_token::ActiveModel {
+        jti: Set(stale),
+        expires_at: Set(chrono::Utc::now() - chrono::Duration::hours(2)),
+    }
+    .insert(&db)
+    .await
+    .unwrap();
+    let api = app.api();
+    let (_, token) = api.user("leaver").await;
+    let res = api
+        .client
+        .post(api.url("/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let rows = entity::RevokedToken::find().all(&db).await.unwrap();
+    assert!(
+        rows.iter().all(|r| r.jti != stale),
+        "the expired row is still there"
+    );
+    assert_eq!(rows.len(), 1, "the fresh logout's row stays");
+    db.close().await.ok();
+}
+
 crate::on_both_backends!(
+    expired_revoked_tokens_are_pruned,
+    bootstrap_admin_promotes_only_with_its_password,
     register_login_me_logout,
     oauth2_password_form_login,
     wrong_password_and_unknown_user_look_the_same,

@@ -434,3 +434,150 @@ async fn a_fresh_directory_serves_the_embedded_default() {
     );
     assert!(log.contains("roomcast stopped"), "{log}");
 }
+
+/// A public signing key (none at all, the development key, the compose file's
+/// old default, one character repeated) serves loopback alone: on any other
+/// address the server refuses to start, with one line naming `SECRET_KEY`.
+#[test]
+fn a_public_signing_key_serves_only_loopback() {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/r.db?mode=rwc", db.path().display());
+    let repeated = "x".repeat(48);
+    for key in [
+        None,
+        Some("roomcast-development-secret-key-not-for-production-use"),
+        Some("change-me-to-a-long-random-secret-of-32-bytes-or-more"),
+        Some(repeated.as_str()),
+    ] {
+        let mut env = vec![("BIND", "0.0.0.0:0"), ("DATABASE_URL", url.as_str())];
+        env.extend(key.map(|k| ("SECRET_KEY", k)));
+        let out = roomcast(&[], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started with SECRET_KEY={key:?}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: SECRET_KEY:") && stderr.lines().count() == 1,
+            "SECRET_KEY={key:?}: {stderr}"
+        );
+    }
+    // Subcommands that do not serve do not need it.
+    let out = roomcast(
+        &["migrate", "up"],
+        &[("BIND", "0.0.0.0:0"), ("DATABASE_URL", url.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // On loopback a placeholder still serves, with a loud warning.
+    let (node, logs) = crate::helpers::spawn_node_with_logs(
+        &url,
+        &[(
+            "SECRET_KEY",
+            "change-me-to-a-long-random-secret-of-32-bytes-or-more",
+        )],
+    );
+    assert!(node.addr.ip().is_loopback());
+    let warned = || logs.lines().iter().any(|l| l.contains("PUBLIC PLACEHOLDER"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !warned() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(warned(), "no warning: {:?}", logs.lines());
+}
+
+/// `--help` names the variables but never shows the values they hold.
+#[test]
+fn help_hides_connection_strings_and_keys() {
+    let secrets = [
+        ("DATABASE_URL", "postgres://app:db-pass-4711@db.internal/rc"),
+        ("AMQP_URL", "amqp://app:amqp-pass-4711@mq.internal:5672/%2f"),
+        ("SECRET_KEY", "secret-key-4711-that-is-long-enough-for-hs256"),
+        ("ADMIN_PASSWORD", "admin-pass-4711"),
+    ];
+    let out = roomcast(&["--help"], &secrets);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (var, value) in secrets {
+        assert!(text.contains(var), "--help names {var}");
+        assert!(!text.contains("4711"), "--help shows {var}'s value:\n{text}");
+        assert!(!text.contains(value));
+    }
+}
+
+/// `admin create` on a name that exists changes nothing and says so, naming
+/// `--promote`; with it, the account becomes admin with the given password.
+async fn admin_create_on_an_existing_user(backend: Backend) {
+    let Some(db) = TestDb::new(backend).await else {
+        return;
+    };
+    let node = spawn_node(&db.url, &[]);
+    let api = Api::new(node.addr);
+    let (_, _) = api.user("squatter").await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "admin",
+            "create",
+            "--username",
+            "squatter",
+            "--email",
+            "boss@example.com",
+            "--password",
+            "boss-password",
+        ];
+        args.extend_from_slice(extra);
+        roomcast(&args, &env)
+    };
+    let out = create(&[]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stdout.contains("created"), "{stdout}");
+    assert!(
+        stderr.contains("already exists") && stderr.contains("--promote"),
+        "{stderr}"
+    );
+    let login = |password: &'static str| {
+        let api = &api;
+        async move {
+            api.client
+                .post(api.url("/auth/login"))
+                .json(&json!({"username": "squatter", "password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(login("boss-password").await.status(), 401);
+
+    let out = create(&["--promote"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("promoted"));
+    let res = login("boss-password").await;
+    assert_eq!(res.status(), 200);
+    let token = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = api
+        .client
+        .get(api.url("/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "admin", "{me}");
+}
+
+crate::on_both_backends!(admin_create_on_an_existing_user);

@@ -666,3 +666,131 @@ async fn definitions_with_other_arguments_are_refused() {
     assert!(broker.publish(b"{}").await.is_err());
     broker.close().await;
 }
+
+// --- Safe defaults ----------------------------------------------------------------
+
+/// The lines of the compose service `name` (up to the next service).
+fn compose_service(compose: &str, name: &str) -> Vec<String> {
+    let start = format!("  {name}:");
+    compose
+        .lines()
+        .skip_while(|l| *l != start)
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    ") || l.trim_start().starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The compose file ships no secret: `SECRET_KEY` and RabbitMQ's password
+/// come from the environment with no default (compose refuses to start
+/// without them), RabbitMQ's ports are published on loopback only, and the
+/// monitoring images are pinned.
+#[test]
+fn compose_ships_no_secret_and_no_open_broker() {
+    let compose = fs::read_to_string(repo_root().join("docker-compose.yml")).unwrap();
+    let setting = |key: &str| -> Vec<String> {
+        compose
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+            .map(|v| v.trim().to_owned())
+            .collect()
+    };
+    let key = setting("SECRET_KEY");
+    assert!(
+        !key.is_empty() && key.iter().all(|v| v.starts_with("${SECRET_KEY:?")),
+        "SECRET_KEY: {key:?}"
+    );
+    for amqp in setting("AMQP_URL") {
+        assert!(
+            amqp.contains("${RABBITMQ_PASSWORD:?"),
+            "AMQP_URL has a password of its own: {amqp}"
+        );
+    }
+    let rabbitmq = compose_service(&compose, "rabbitmq");
+    assert!(!rabbitmq.is_empty(), "no rabbitmq service");
+    let pass = rabbitmq
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("RABBITMQ_DEFAULT_PASS:"))
+        .expect("rabbitmq takes its password from RABBITMQ_DEFAULT_PASS");
+    assert!(pass.trim().starts_with("${RABBITMQ_PASSWORD:?"), "{pass}");
+    let mut ports = rabbitmq
+        .iter()
+        .skip_while(|l| l.trim() != "ports:")
+        .skip(1)
+        .take_while(|l| l.trim().starts_with("- "));
+    assert!(
+        ports.all(|p| p.contains("\"127.0.0.1:")),
+        "rabbitmq publishes a port beyond loopback: {rabbitmq:?}"
+    );
+    // No account ships in the definitions either.
+    let definitions = definitions_file();
+    assert_eq!(definitions["users"], json!([]), "definitions.json has users");
+    for service in ["prometheus", "grafana"] {
+        let image = compose_service(&compose, service)
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("image:").map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no image for {service}"));
+        let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
+        assert!(
+            !tag.is_empty() && tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+            "{service} image is not pinned: {image}"
+        );
+    }
+}
+
+/// The web client opens sockets with its cookie (same origin), never with the
+/// token in the URL, where proxies and servers would log it.
+#[test]
+fn the_web_client_puts_no_token_in_socket_urls() {
+    let dir = repo_root().join("web/js");
+    let mut scripts: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "js"))
+        .collect();
+    scripts.sort();
+    assert!(
+        scripts.iter().any(|p| fs::read_to_string(p)
+            .unwrap()
+            .contains("new WebSocket(")),
+        "no script in web/js opens a socket"
+    );
+    for script in scripts {
+        let text = fs::read_to_string(&script).unwrap();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or_default();
+            assert!(
+                !(code.contains("'token'") || code.contains("\"token\"") || code.contains("token=")),
+                "{} puts a token in a URL: {line}",
+                script.display()
+            );
+        }
+    }
+}
+
+/// nginx logs the path, not the query string: `?token=` stays out of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_logs_no_query_strings() {
+    let Some(nginx) = require_tool("nginx", Some("/usr/sbin/nginx")) else {
+        return;
+    };
+    let Some(env) = TestEnv::new(Backend::Sqlite).await else {
+        return;
+    };
+    let node = spawn_env_node(&env, &[("CLIENT_IP_SOURCE", "XRealIp")]);
+    let port = node.addr.port();
+    let proxy = Nginx::start(&nginx, port, port).await;
+    let api = Api::new(proxy.addr);
+    let (_, token) = api.user("logged").await;
+    let res = api
+        .client
+        .get(api.url(&format!("/ws/public?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_client_error());
+    let access = fs::read_to_string(proxy.prefix.path().join("access.log")).unwrap_or_default();
+    assert!(access.contains("/ws/public"), "{access}");
+    assert!(!access.contains(&token), "the token is in the access log");
+    assert!(!access.contains("token="), "{access}");
+}

@@ -134,7 +134,27 @@ async fn readyz_names_the_database_while_it_is_gone() {
     assert_not_ready(&body, retry, "database", "broker");
 }
 
+/// Anyone may ask `/readyz`: it says what is down, never the driver's error
+/// (which names hosts, ports and users).
+async fn readyz_shows_no_driver_error(backend: Backend) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    let url = format!("amqp://mq-user:mq-pass@127.0.0.1:{port}/%2f");
+    drop(closed);
+    let Some(app) = spawn_app_with(backend, |config| config.amqp_url = Some(url)).await else {
+        return;
+    };
+    let (status, body, _) = readyz(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["detail"], "broker: unavailable", "{body}");
+    let text = body.to_string();
+    for leak in [&port.to_string()[..], "mq-user", "os error", "refused", "127.0.0.1"] {
+        assert!(!text.contains(leak), "/readyz shows {leak}: {text}");
+    }
+}
+
 crate::on_both_backends!(
+    readyz_shows_no_driver_error,
     healthz_and_readyz,
     public_room_exists_after_migration,
     readyz_names_the_broker_while_it_is_down,
