@@ -144,6 +144,7 @@ impl Application {
                 }
             }
         });
+        let user_events = tokio::spawn(crate::user_events::run(state.clone()));
         let app = routes::router(state.clone());
         let stop = state.stop.clone();
         let header_timeout = std::time::Duration::from_secs(config.http_header_timeout);
@@ -160,6 +161,7 @@ impl Application {
         stages.stopped().await;
         shrink.abort();
         prune.abort();
+        user_events.abort();
         state.broker.close().await;
         state.db.clone().close().await.ok();
         tracing::info!("roomcast stopped");
@@ -275,7 +277,7 @@ pub async fn create_admin(
         if user.role == Role::Guest {
             anyhow::bail!("user {username} is a guest account and cannot become an admin");
         }
-        let user = users::update_account(db, user, None, Some(hash)).await?;
+        let user = users::update_account(db, user, None, Some(hash), None).await?;
         users::set_role(db, user, Role::Admin).await?;
         return Ok(AdminCreated::Promoted);
     }

@@ -10,9 +10,13 @@
 //! again against the database before it stores anything.
 //!
 //! A change made through this node (logout, account deletion, role change,
-//! member removal, room deletion) drops the entries it affects at once; other
-//! nodes see it within [`FRESH`]. Only answers that let a request through are
-//! cached; refusals always ask the database again.
+//! member removal, room deletion) drops the entries it affects at once. The
+//! account changes also travel to every node as user events (through the
+//! broker, before the change is answered): each node drops that user's
+//! entries and, for a while, refuses the revoked token or account before any
+//! cached answer (see [`Caches::refuse`]). Other changes reach other nodes
+//! within [`FRESH`]. Only answers that let a request through are cached;
+//! refusals always ask the database again.
 
 use std::{future::Future, hash::Hash, time::Duration};
 
@@ -118,6 +122,16 @@ where
         self.entries.invalidate(key);
     }
 
+    /// Drops the entries `doomed` picks (a walk over them all: for the rare
+    /// change that concerns one user's entries only).
+    pub fn forget_if(&self, doomed: impl Fn(&K, &V) -> bool) {
+        for (key, entry) in &self.entries {
+            if doomed(&key, &entry.value) {
+                self.entries.invalidate(&*key);
+            }
+        }
+    }
+
     pub fn clear(&self) {
         self.entries.invalidate_all();
     }
@@ -134,7 +148,6 @@ where
 }
 
 /// The caches the ingest path reads, one per question it asks.
-#[derive(Default)]
 pub struct Caches {
     /// Token id (`jti`) → the caller it authenticates.
     pub tokens: Cached<uuid::Uuid, crate::auth::AuthUser>,
@@ -142,6 +155,54 @@ pub struct Caches {
     pub rooms: Cached<String, entity::room::Model>,
     /// (room, user) pairs known to be members.
     pub members: Cached<(uuid::Uuid, uuid::Uuid), ()>,
+    /// Tokens and accounts that user events revoked: refused before any
+    /// cached answer, so that a value read just before the event (or kept
+    /// while the database is down) never lets one through.
+    revoked: Revoked,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self {
+            tokens: Cached::new(),
+            rooms: Cached::new(),
+            members: Cached::new(),
+            revoked: Revoked::new(),
+        }
+    }
+}
+
+/// What [`Caches::refuse`] checks: revocations for as long as a cached value
+/// from before them could still answer.
+struct Revoked {
+    tokens: moka::sync::Cache<uuid::Uuid, ()>,
+    users: moka::sync::Cache<uuid::Uuid, UserRevoked>,
+}
+
+#[derive(Clone, Copy)]
+enum UserRevoked {
+    Deleted,
+    /// Tokens of a generation before this one, except `kept`.
+    Before { generation: i32, kept: Option<uuid::Uuid> },
+}
+
+impl Revoked {
+    fn new() -> Self {
+        // An entry read before the revocation answers for at most KEEP; a
+        // read in flight at that moment finishes within REFRESH_WAIT or is
+        // refused by the database itself.
+        let ttl = KEEP * 2;
+        Self {
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(ttl)
+                .build(),
+            users: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
 }
 
 impl Caches {
@@ -155,6 +216,71 @@ impl Caches {
     pub fn room_deleted(&self) {
         self.rooms.clear();
         self.members.clear();
+    }
+
+    /// 401 if a user event revoked this token (or its account) lately,
+    /// whatever a cache or a slow read says.
+    pub fn refuse(&self, claims: &crate::auth::Claims) -> Result<(), ApiError> {
+        if self.revoked.tokens.contains_key(&claims.jti) {
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "the token was logged out",
+            ));
+        }
+        match self.revoked.users.get(&claims.sub) {
+            Some(UserRevoked::Deleted) => Err(ApiError::unauthorized(
+                "invalid_token",
+                "the account no longer exists",
+            )),
+            Some(UserRevoked::Before { generation, kept })
+                if claims.generation < generation && kept != Some(claims.jti) =>
+            {
+                Err(ApiError::unauthorized(
+                    "token_revoked",
+                    "the password was changed since this token was issued",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies a user event (from this node or another): revocations are
+    /// remembered, and whatever is cached about the user is dropped.
+    pub fn apply(&self, event: &consumer::event::UserEvent) {
+        use consumer::event::UserEvent;
+        let user_id = event.user_id();
+        match event {
+            UserEvent::SessionsRevoked { jti: Some(jti), .. } => {
+                self.revoked.tokens.insert(*jti, ());
+            }
+            UserEvent::SessionsRevoked {
+                jti: None,
+                generation,
+                kept,
+                ..
+            } => {
+                let generation = generation.unwrap_or(i32::MAX);
+                self.revoked.users.insert(
+                    user_id,
+                    UserRevoked::Before {
+                        generation,
+                        kept: *kept,
+                    },
+                );
+            }
+            UserEvent::AccountDeleted { .. } => {
+                self.revoked.users.insert(user_id, UserRevoked::Deleted);
+                self.members.forget_if(move |(_, member), _| *member == user_id);
+            }
+            UserEvent::RoleChanged { .. } => {}
+        }
+        self.tokens.forget_if(move |_, caller| caller.id == user_id);
+    }
+
+    /// Events may have been missed (the broker connection was lost): forget
+    /// every token and membership, so each is read again.
+    pub fn events_missed(&self) {
+        self.accounts_changed();
     }
 }
 

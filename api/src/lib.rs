@@ -21,7 +21,8 @@
 //! - [`queries`]: the queries behind the routes, one module per aggregate,
 //!   failing with their own `QueryError`.
 //! - [`domain`]: the rules for names; [`avatar`]: avatar images.
-//! - [`cache`]: short-lived caches of tokens, rooms and memberships for ingest.
+//! - [`cache`]: short-lived caches of tokens, rooms and memberships for ingest;
+//!   [`user_events`]: account changes announced to, and applied on, every node.
 //! - [`limits`]: rate and abuse limits; [`client_addr`]: the client's
 //!   address, from `CLIENT_IP_SOURCE`.
 //! - [`error`]: `ApiError`, which every failure becomes (problem+json).
@@ -52,6 +53,7 @@ pub mod serve;
 pub mod stages;
 pub mod state;
 pub mod telemetry;
+pub mod user_events;
 
 pub use app::Application;
 pub use config::Config;

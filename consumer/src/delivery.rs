@@ -1,11 +1,11 @@
-//! The delivery stage: this node's room events, from the broker into the [`Hub`].
+//! The delivery stage: this node's room and user events, from the broker into the [`Hub`].
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, Hub};
+use crate::{Broker, Hub, event::UserEvent};
 
 /// Runs until `stop` is cancelled.
 pub async fn run(broker: Arc<dyn Broker>, hub: Arc<Hub>, stop: CancellationToken) {
@@ -14,6 +14,11 @@ pub async fn run(broker: Arc<dyn Broker>, hub: Arc<Hub>, stop: CancellationToken
         tokio::select! {
             () = stop.cancelled() => return,
             event = events.next() => match event {
+                Some(frame) if UserEvent::is_user_frame(&frame) => {
+                    if let Some(event) = UserEvent::from_frame(&frame) {
+                        hub.apply_user_event(&event, frame);
+                    }
+                }
                 Some(frame) => hub.dispatch(frame),
                 None => return,
             },

@@ -8,7 +8,8 @@ use uuid::Uuid;
 pub const MESSAGES_QUEUE: &str = "messages";
 /// Where messages that break a rule go, with the reason in a header.
 pub const DEAD_LETTER_QUEUE: &str = "messages.dlq";
-/// Topic exchange of room events; routing key `room.<room_id>`.
+/// Topic exchange of room events (routing key `room.<room_id>`) and user
+/// events (routing key `user.<user_id>`); every node's event queue gets both.
 pub const EVENTS_EXCHANGE: &str = "room.events";
 /// Header that carries a dead-letter reason.
 pub const REASON_HEADER: &str = "x-roomcast-reason";
@@ -227,4 +228,156 @@ pub struct EventHeader {
 /// Routing key of a room's events.
 pub fn routing_key(room_id: Uuid) -> String {
     format!("room.{room_id}")
+}
+
+/// Routing key of a user's events.
+pub fn user_routing_key(user_id: Uuid) -> String {
+    format!("user.{user_id}")
+}
+
+/// Why a user's tokens stopped working, as [`UserEvent::SessionsRevoked`] says.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    Logout,
+    PasswordChanged,
+}
+
+/// Something that happened to one user's account, sent on `room.events` with
+/// routing key `user.<user_id>` so that every node acts on it at once: it
+/// forgets what it cached about the user and closes the sockets the change
+/// shuts out. Its JSON carries `"scope": "user"` beside `type`, so it is
+/// never taken for a room event.
+///
+/// To add one: a variant here (with `user_id`), what it does to sockets in
+/// [`UserEvent::closes`], and what it does to caches where the api applies
+/// user events. A socket stream of the user's own (the hub's per-user
+/// registry) receives every user event as its JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum UserEvent {
+    /// Tokens stopped working: the one with `jti` (a logout), or, with no
+    /// `jti`, every token of a generation before `generation` except `kept`
+    /// (a password change).
+    SessionsRevoked {
+        user_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jti: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        generation: Option<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kept: Option<Uuid>,
+        reason: RevokeReason,
+    },
+    /// The account is gone: every token of it stops working.
+    AccountDeleted { user_id: Uuid },
+    /// An admin changed the user's role; `demoted` when it lost rights.
+    RoleChanged {
+        user_id: Uuid,
+        role: String,
+        demoted: bool,
+    },
+}
+
+/// Which sockets of a user a [`UserEvent`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closes {
+    None,
+    /// Those opened with this token.
+    Token(Uuid),
+    /// All, except those opened with `kept` and those whose token is of
+    /// `generation` or later.
+    Older { generation: i32, kept: Option<Uuid> },
+    All,
+}
+
+impl UserEvent {
+    pub fn user_id(&self) -> Uuid {
+        match self {
+            Self::SessionsRevoked { user_id, .. }
+            | Self::AccountDeleted { user_id }
+            | Self::RoleChanged { user_id, .. } => *user_id,
+        }
+    }
+
+    /// The sockets of the user that this event shuts out (close 4001).
+    pub fn closes(&self) -> Closes {
+        match self {
+            Self::SessionsRevoked { jti: Some(jti), .. } => Closes::Token(*jti),
+            Self::SessionsRevoked {
+                jti: None,
+                generation,
+                kept,
+                ..
+            } => Closes::Older {
+                generation: generation.unwrap_or(i32::MAX),
+                kept: *kept,
+            },
+            Self::AccountDeleted { .. } => Closes::All,
+            Self::RoleChanged { demoted: true, .. } => Closes::All,
+            Self::RoleChanged { demoted: false, .. } => Closes::None,
+        }
+    }
+
+    /// The JSON sent on `room.events`: the event, with `"scope": "user"`
+    /// as its first member (so telling it from a room event reads no further).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(self).expect("user events always serialise");
+        let mut out = Vec::with_capacity(USER_FRAME_PREFIX.len() + body.len());
+        out.extend_from_slice(USER_FRAME_PREFIX);
+        out.extend_from_slice(&body[1..]); // after its `{`
+        out
+    }
+
+    /// True if `frame` is a user event (as [`UserEvent::to_bytes`] writes them).
+    pub fn is_user_frame(frame: &[u8]) -> bool {
+        frame.starts_with(USER_FRAME_PREFIX)
+    }
+
+    /// A user event from its JSON, or `None` if the frame is not one (a room event).
+    pub fn from_frame(frame: &[u8]) -> Option<Self> {
+        if !Self::is_user_frame(frame) {
+            return None;
+        }
+        match serde_json::from_slice(frame) {
+            Ok(event) => Some(event),
+            Err(err) => {
+                tracing::warn!(error = %err, "unreadable user event dropped");
+                None
+            }
+        }
+    }
+}
+
+/// How every user event's JSON starts: the mark that tells it from a room event.
+const USER_FRAME_PREFIX: &[u8] = br#"{"scope":"user","#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_events_round_trip_and_are_told_from_room_events() {
+        let user_id = Uuid::new_v4();
+        let event = UserEvent::SessionsRevoked {
+            user_id,
+            jti: None,
+            generation: Some(3),
+            kept: Some(Uuid::nil()),
+            reason: RevokeReason::PasswordChanged,
+        };
+        let bytes = event.to_bytes();
+        assert_eq!(UserEvent::from_frame(&bytes), Some(event.clone()));
+        assert_eq!(
+            event.closes(),
+            Closes::Older {
+                generation: 3,
+                kept: Some(Uuid::nil())
+            }
+        );
+        let room = RoomEvent::RoomDeleted {
+            room_id: Uuid::new_v4(),
+        };
+        assert_eq!(UserEvent::from_frame(&room.to_bytes()), None);
+    }
 }

@@ -65,6 +65,16 @@ pub struct Subscription {
     pub events: mpsc::Receiver<Outbound>,
     /// Becomes `Some` when the hub wants the socket closed.
     pub close: watch::Receiver<Option<CloseReason>>,
+    /// What closes it: also registered with the user's sockets.
+    closer: watch::Sender<Option<CloseReason>>,
+}
+
+impl Subscription {
+    /// Its close signal, for [`Hub::register_socket`]: a user event then
+    /// closes this room socket too.
+    pub fn closer(&self) -> watch::Sender<Option<CloseReason>> {
+        self.closer.clone()
+    }
 }
 
 impl Drop for Subscription {
@@ -78,6 +88,8 @@ pub struct Hub {
     rooms: RwLock<HashMap<Uuid, HashMap<u64, Member>>>,
     next_id: AtomicU64,
     slow_consumers: AtomicU64,
+    /// Every socket by user, for user events (see `user_sockets`).
+    pub(crate) user_sockets: crate::user_sockets::UserSockets,
 }
 
 impl Hub {
@@ -100,7 +112,7 @@ impl Hub {
                 Member {
                     user_id,
                     tx,
-                    close: close_tx,
+                    close: close_tx.clone(),
                 },
             );
         Subscription {
@@ -109,6 +121,7 @@ impl Hub {
             id,
             events,
             close,
+            closer: close_tx,
         }
     }
 

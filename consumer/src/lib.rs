@@ -10,7 +10,8 @@
 //! - [`store`]: the store stage — consumes `messages`, checks the rules again,
 //!   assigns each room's next `seq`, persists idempotently, publishes the event, acks.
 //! - [`delivery`]: the delivery stage — consumes this node's event queue into the [`Hub`].
-//! - [`hub`]: this node's sockets by room, each behind a bounded queue.
+//! - [`hub`]: this node's sockets by room, each behind a bounded queue;
+//!   [`user_sockets`]: the same sockets by user, which user events close.
 //! - [`metrics`]: the names of the metrics recorded here.
 
 pub mod broker;
@@ -20,6 +21,7 @@ pub mod hub;
 pub mod metrics;
 pub mod rules;
 pub mod store;
+pub mod user_sockets;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};
 pub use hub::Hub;

@@ -31,6 +31,12 @@ pub struct Model {
     pub role: Role,
     pub avatar: Option<Vec<u8>>,
     pub created_at: DateTimeUtc,
+    /// Tokens carry the generation they were issued in; only the current
+    /// one's are valid. A password change moves to the next generation.
+    pub token_generation: i32,
+    /// The `jti` of the token that changed the password: it stays valid
+    /// while the others of earlier generations do not.
+    pub kept_token: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -11,6 +11,7 @@ mod m20261122_000001_create_tables;
 mod m20261122_000002_public_room;
 mod m20261122_000003_echo_transcripts;
 mod m20261201_000004_sender_deleted;
+mod m20261204_000005_token_generation;
 
 /// The ordered list of roomcast's migrations.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_public_room::Migration),
             Box::new(m20261122_000003_echo_transcripts::Migration),
             Box::new(m20261201_000004_sender_deleted::Migration),
+            Box::new(m20261204_000005_token_generation::Migration),
         ]
     }
 }

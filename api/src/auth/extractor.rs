@@ -67,12 +67,23 @@ impl AuthUser {
     pub async fn from_token(state: &AppState, token: &str) -> Result<Self, ApiError> {
         let claims = state.tokens.verify(token)?;
         // Signature and expiry are checked on every call; the account and
-        // revocation come from the cache while fresh.
-        state
+        // revocation come from the cache while fresh, unless a user event
+        // revoked them since (checked again after a read that may have
+        // started before the event).
+        state.caches.refuse(&claims)?;
+        let user = state
             .caches
             .tokens
-            .get_or_fetch(claims.jti, || Self::from_database(state, claims))
-            .await
+            .get_or_fetch(claims.jti, || Self::from_database(state, claims.clone()))
+            .await?;
+        state.caches.refuse(&user.claims)?;
+        Ok(user)
+    }
+
+    /// Checks verified `claims` against the database alone (no cache): for
+    /// sockets that may have missed a user event.
+    pub async fn recheck(state: &AppState, claims: Claims) -> Result<Self, ApiError> {
+        Self::from_database(state, claims).await
     }
 
     /// The account of verified `claims`, if the token is not revoked.
@@ -107,6 +118,12 @@ impl AuthUser {
                 "the account no longer exists",
             ));
         };
+        if claims.generation != user.token_generation && user.kept_token != Some(claims.jti) {
+            return Err(ApiError::unauthorized(
+                "token_revoked",
+                "the password was changed since this token was issued",
+            ));
+        }
         Ok(Self {
             id: user.id,
             username: user.username,

@@ -26,6 +26,10 @@ pub struct Claims {
     /// Guest tokens are valid for this one room only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<Uuid>,
+    /// The user's token generation when it was issued: a password change
+    /// moves to the next, and the tokens of earlier ones stop working.
+    #[serde(rename = "gen", default)]
+    pub generation: i32,
 }
 
 /// Signs and checks tokens with the configured key.
@@ -63,6 +67,7 @@ impl TokenKeys {
             exp: now + ttl.as_secs() as i64,
             jti: Uuid::new_v4(),
             room,
+            generation: user.token_generation,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(ApiError::internal)?;

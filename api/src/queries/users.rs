@@ -80,6 +80,8 @@ pub async fn create(db: &impl ConnectionTrait, new: NewUser) -> Result<user::Mod
         role: Set(new.role),
         avatar: Set(None),
         created_at: Set(Utc::now()),
+        token_generation: Set(0),
+        kept_token: Set(None),
     };
     match model.insert(db).await {
         Ok(user) => Ok(user),
@@ -106,19 +108,25 @@ pub async fn set_role(
     })
 }
 
-/// Sets a new email and/or password hash.
+/// Sets a new email and/or password hash. A new password moves the user to
+/// the next token generation: every token issued before stops working,
+/// except the one whose `jti` is `keep` (the caller's, when they changed it).
 pub async fn update_account(
     db: &impl ConnectionTrait,
     user: user::Model,
     email: Option<String>,
     password_hash: Option<String>,
+    keep: Option<Uuid>,
 ) -> Result<user::Model, QueryError> {
+    let next_generation = user.token_generation.wrapping_add(1);
     let mut active: user::ActiveModel = user.into();
     if let Some(email) = email {
         active.email = Set(email.to_lowercase());
     }
     if let Some(hash) = password_hash {
         active.password_hash = Set(Some(hash));
+        active.token_generation = Set(next_generation);
+        active.kept_token = Set(keep);
     }
     match active.update(db).await {
         Ok(user) => Ok(user),

@@ -6,6 +6,7 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
+use consumer::event::UserEvent;
 use entity::user::Role;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -138,10 +139,30 @@ async fn set_role(
             "guest accounts have no role to change",
         ));
     }
+    let before = user.role;
     let user = users::set_role(&state.db, user, req.role).await?;
-    state.caches.accounts_changed();
+    crate::user_events::announce(
+        &state,
+        UserEvent::RoleChanged {
+            user_id: user.id,
+            role: format!("{:?}", req.role).to_lowercase(),
+            demoted: rank(req.role) < rank(before),
+        },
+    )
+    .await;
     tracing::info!(user = %id, role = ?req.role, by = %caller.id, "role changed");
     Ok(Json(UserView::private(&user)))
+}
+
+/// How much a role may do beyond its own rooms: losing rank closes the
+/// user's sockets (they reconnect under the new role's rules).
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Guest => 0,
+        Role::User => 1,
+        Role::Moderator => 2,
+        Role::Admin => 3,
+    }
 }
 
 #[utoipa::path(

@@ -8,6 +8,7 @@ use axum::{
 };
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use chrono::{TimeZone, Utc};
+use consumer::event::{RevokeReason, UserEvent};
 use entity::user::Role;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
@@ -249,7 +250,18 @@ async fn logout(
     if let Err(err) = tokens::prune_expired(&state.db).await {
         tracing::warn!(code = err.code, "pruning expired revoked tokens failed");
     }
-    state.caches.tokens.invalidate(&user.claims.jti);
+    // Every node refuses it, and closes its sockets, before this answers.
+    crate::user_events::announce(
+        &state,
+        UserEvent::SessionsRevoked {
+            user_id: user.id,
+            jti: Some(user.claims.jti),
+            generation: None,
+            kept: None,
+            reason: RevokeReason::Logout,
+        },
+    )
+    .await;
     // Clear the cookie whether or not this request carried it.
     let cleared = Cookie::build((COOKIE_NAME, ""))
         .http_only(true)

@@ -13,6 +13,7 @@ use axum::{
     response::Response,
 };
 use chrono::{DateTime, Utc};
+use consumer::hub::CloseReason;
 use entity::echo_transcript;
 use futures_util::{SinkExt, StreamExt};
 use sea_orm::{
@@ -172,9 +173,24 @@ impl Transcript {
 async fn session(state: AppState, user: AuthUser, socket: WebSocket) {
     let started_at = Utc::now();
     let mut transcript = Transcript::default();
+    // Ends with its token: at `exp`, or when a user event revokes it.
+    let mut account = state
+        .hub
+        .register_socket(crate::user_events::owner(&user), None);
+    let expires_in = (user.claims.exp - Utc::now().timestamp()).max(0) as u64;
+    let ended = async move {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(expires_in)) => {
+                close_frame(4001, "token expired")
+            }
+            _ = account.close.wait_for(Option::is_some) => {
+                close_frame(CloseReason::TOKEN_REVOKED.code, CloseReason::TOKEN_REVOKED.reason)
+            }
+        }
+    };
     let close = match state.config.echo_upstream_url.clone() {
-        None => echo_locally(&state, socket, &mut transcript).await,
-        Some(url) => relay(&state, socket, &url, &mut transcript).await,
+        None => echo_locally(&state, socket, &mut transcript, ended).await,
+        Some(url) => relay(&state, socket, &url, &mut transcript, ended).await,
     };
     if let Err(err) = close {
         tracing::debug!(error = %err, "echo session ended with an error");
@@ -210,11 +226,17 @@ async fn echo_locally(
     state: &AppState,
     mut socket: WebSocket,
     transcript: &mut Transcript,
+    ended: impl std::future::Future<Output = Message>,
 ) -> anyhow::Result<()> {
+    tokio::pin!(ended);
     loop {
         let message = tokio::select! {
             () = state.stop.cancelled() => {
                 socket.send(close_frame(1012, "server shutting down")).await?;
+                return Ok(());
+            }
+            close = &mut ended => {
+                socket.send(close).await?;
                 return Ok(());
             }
             message = socket.recv() => message,
@@ -245,7 +267,9 @@ async fn relay(
     socket: WebSocket,
     url: &str,
     transcript: &mut Transcript,
+    ended: impl std::future::Future<Output = Message>,
 ) -> anyhow::Result<()> {
+    tokio::pin!(ended);
     let (mut client_tx, mut client_rx) = socket.split();
     let upstream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -264,6 +288,11 @@ async fn relay(
             () = state.stop.cancelled() => {
                 let _ = up_tx.close().await;
                 client_tx.send(close_frame(1012, "server shutting down")).await?;
+                return Ok(());
+            }
+            close = &mut ended => {
+                let _ = up_tx.close().await;
+                client_tx.send(close).await?;
                 return Ok(());
             }
             from_client = client_rx.next() => match from_client {

@@ -9,6 +9,7 @@ use axum::{
     response::IntoResponse,
 };
 use chrono::{DateTime, Utc};
+use consumer::event::{RevokeReason, UserEvent};
 use entity::user::{self, Role};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -83,9 +84,7 @@ impl UserView {
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<UserView>> {
-    let user = users::find(&state.db, caller.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+    let user = account(&state, &caller).await?;
     Ok(Json(UserView::private(&user)))
 }
 
@@ -126,21 +125,8 @@ async fn update_me(
     Valid(req): Valid<UpdateMe>,
 ) -> Result<Json<UserView>> {
     caller.require_registered()?;
-    let user = users::find(&state.db, caller.id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-    let Some(phc) = user.password_hash.clone() else {
-        return Err(ApiError::forbidden(
-            "wrong_password",
-            "this account has no password",
-        ));
-    };
-    if !password::verify(req.current_password, phc).await? {
-        return Err(ApiError::forbidden(
-            "wrong_password",
-            "the current password is wrong",
-        ));
-    }
+    let user = account(&state, &caller).await?;
+    check_password(&user, req.current_password).await?;
     if let Some(email) = &req.email
         && users::find_by_email(&state.db, email)
             .await?
@@ -155,22 +141,92 @@ async fn update_me(
         Some(new) => Some(password::hash(new).await?),
         None => None,
     };
-    let user = users::update_account(&state.db, user, req.email, hash).await?;
+    let changed_password = hash.is_some();
+    // A new password ends every other session: the caller's token is kept.
+    let user = users::update_account(
+        &state.db,
+        user,
+        req.email,
+        hash,
+        Some(caller.claims.jti),
+    )
+    .await?;
+    if changed_password {
+        crate::user_events::announce(
+            &state,
+            UserEvent::SessionsRevoked {
+                user_id: user.id,
+                jti: None,
+                generation: Some(user.token_generation),
+                kept: Some(caller.claims.jti),
+                reason: RevokeReason::PasswordChanged,
+            },
+        )
+        .await;
+    }
     Ok(Json(UserView::private(&user)))
+}
+
+/// The caller's account; a token whose account is gone is refused (401),
+/// never "not found".
+async fn account(state: &AppState, caller: &AuthUser) -> Result<user::Model> {
+    users::find(&state.db, caller.id).await?.ok_or_else(|| {
+        ApiError::unauthorized("invalid_token", "the account no longer exists")
+    })
+}
+
+/// 403 `wrong_password` unless `given` is the account's password.
+async fn check_password(user: &user::Model, given: String) -> Result<()> {
+    let Some(phc) = user.password_hash.clone() else {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "this account has no password",
+        ));
+    };
+    if !password::verify(given, phc).await? {
+        return Err(ApiError::forbidden(
+            "wrong_password",
+            "the current password is wrong",
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"current_password": "correct-horse-battery"}))]
+struct DeleteMe {
+    #[validate(length(max = 128, message = "must be at most 128 characters"))]
+    current_password: String,
 }
 
 #[utoipa::path(
     delete,
     path = "/users/me",
     tag = "users",
-    summary = "Delete your account; messages stay with sender null",
-    responses((status = 204, description = "Deleted"), (status = 401)),
+    summary = "Delete your account (current_password required); messages stay with sender null",
+    request_body = DeleteMe,
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401),
+        (status = 403, description = "Wrong current password (wrong_password)"),
+        (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
-/// Deletes the account; its messages stay, from a deleted user (`sender: null`).
-async fn delete_me(State(state): State<AppState>, caller: AuthUser) -> Result<StatusCode> {
+/// Deletes the account once the password confirms it (a stolen token alone
+/// cannot); its messages stay, from a deleted user (`sender: null`). Every
+/// node then refuses its tokens and closes its sockets.
+async fn delete_me(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    Valid(req): Valid<DeleteMe>,
+) -> Result<StatusCode> {
+    caller.require_registered()?;
+    let user = account(&state, &caller).await?;
+    check_password(&user, req.current_password).await?;
     users::delete(&state.db, caller.id).await?;
-    state.caches.accounts_changed();
+    crate::user_events::announce(&state, UserEvent::AccountDeleted { user_id: caller.id }).await;
     tracing::info!(user = %caller.id, "account deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -169,6 +169,12 @@ impl Session {
     async fn run(self, socket: WebSocket, since: Option<i64>, history: u32) {
         let (mut sink, mut stream) = socket.split();
         let mut sub = self.state.hub.subscribe(self.room.id, self.user.id);
+        // Among the user's sockets too: a user event (logout, password
+        // change, deletion) closes it through the subscription's signal.
+        let _account = self
+            .state
+            .hub
+            .register_socket(crate::user_events::owner(&self.user), Some(sub.closer()));
         let _gauge = SocketGauge::open();
 
         let end = match self.start(&mut sink, since, history).await {

@@ -118,6 +118,7 @@ async fn deleted_account_keeps_its_messages(backend: Backend) {
         .client
         .delete(api.url("/users/me"))
         .bearer_auth(&bob)
+        .json(&json!({"current_password": "password123"}))
         .send()
         .await
         .unwrap();

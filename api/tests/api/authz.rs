@@ -820,7 +820,12 @@ async fn cookie_is_refused_cross_site(backend: Backend) {
             // Would end the session the next origins need, were they allowed.
             requests.extend([
                 ("POST", "/auth/logout", None, 204),
-                ("DELETE", "/users/me", None, 204),
+                (
+                    "DELETE",
+                    "/users/me",
+                    Some(json!({"current_password": "password123"})),
+                    204,
+                ),
             ]);
         }
         for (method, path, body, ok) in requests {
@@ -903,7 +908,15 @@ async fn jwt_attacks(backend: Backend) {
     let (status, _) = send(&api, "POST", "/auth/logout", Some(&revoked), &[], None).await;
     assert_eq!(status, 204);
     let (_, deleted) = api.user("ghost").await;
-    let (status, _) = send(&api, "DELETE", "/users/me", Some(&deleted), &[], None).await;
+    let (status, _) = send(
+        &api,
+        "DELETE",
+        "/users/me",
+        Some(&deleted),
+        &[],
+        Some(json!({"current_password": "password123"})),
+    )
+    .await;
     assert_eq!(status, 204);
 
     const BAD: &str = "invalid_token";

@@ -26,5 +26,6 @@ mod messages;
 mod openapi;
 mod postman;
 mod rooms;
+mod sessions;
 mod telemetry;
 mod ws;

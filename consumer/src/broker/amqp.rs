@@ -29,6 +29,7 @@ use uuid::Uuid;
 use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle};
 use crate::event::{
     DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, REASON_HEADER, routing_key,
+    user_routing_key,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,6 +78,8 @@ struct Inner {
     session: watch::Sender<Option<Arc<Session>>>,
     last_error: std::sync::Mutex<String>,
     stop: CancellationToken,
+    /// Times this node's event queue was bound (see [`Broker::rebinds`]).
+    rebinds: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -95,6 +98,7 @@ impl AmqpBroker {
             session,
             last_error: std::sync::Mutex::new("connecting".into()),
             stop: CancellationToken::new(),
+            rebinds: watch::channel(0).0,
         });
         tokio::spawn(supervise(inner.clone()));
         let _ = tokio::time::timeout(CONNECT_TIMEOUT, ready.wait_for(Option::is_some)).await;
@@ -304,6 +308,18 @@ impl Broker for AmqpBroker {
             .await
     }
 
+    async fn publish_user_event(&self, user_id: Uuid, event: &[u8]) -> Result<(), BrokerError> {
+        let properties =
+            BasicProperties::default().with_content_type(ShortString::from("application/json"));
+        self.publish_confirmed(
+            EVENTS_EXCHANGE,
+            &user_routing_key(user_id),
+            event,
+            properties,
+        )
+        .await
+    }
+
     async fn publish_events(&self, events: &[(Uuid, Vec<u8>)]) -> Result<(), BrokerError> {
         // Send all in order, then wait for the confirms together: one round
         // trip for the batch instead of one per event.
@@ -407,15 +423,17 @@ impl Broker for AmqpBroker {
                     channel
                         .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
                         .await?;
-                    channel
-                        .queue_bind(
-                            queue.as_str().into(),
-                            EVENTS_EXCHANGE.into(),
-                            "room.*".into(),
-                            QueueBindOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await?;
+                    for pattern in ["room.*", "user.*"] {
+                        channel
+                            .queue_bind(
+                                queue.as_str().into(),
+                                EVENTS_EXCHANGE.into(),
+                                pattern.into(),
+                                QueueBindOptions::default(),
+                                FieldTable::default(),
+                            )
+                            .await?;
+                    }
                     // Events are not acked one by one: a node that dies loses
                     // only what its sockets will fetch again with `since`.
                     let no_ack = BasicConsumeOptions {
@@ -433,7 +451,10 @@ impl Broker for AmqpBroker {
                         .await
                 };
                 let mut consumer = match consumer.await {
-                    Ok(consumer) => consumer,
+                    Ok(consumer) => {
+                        inner.rebinds.send_modify(|n| *n += 1);
+                        consumer
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot subscribe to room events yet");
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -449,6 +470,10 @@ impl Broker for AmqpBroker {
             }
         });
         ReceiverStream::new(rx).boxed()
+    }
+
+    fn rebinds(&self) -> watch::Receiver<u64> {
+        self.inner.rebinds.subscribe()
     }
 
     fn status(&self) -> BrokerStatus {

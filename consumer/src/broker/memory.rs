@@ -103,6 +103,12 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn publish_user_event(&self, _user_id: Uuid, event: &[u8]) -> Result<(), BrokerError> {
+        // One exchange, one queue per subscriber: as with RabbitMQ, user and
+        // room events share the stream, in publish order.
+        self.publish_event(Uuid::nil(), event).await
+    }
+
     fn consume_messages(&self, _prefetch: u16) -> BoxStream<QueuedMessage> {
         // One active consumer, as with RabbitMQ's single-active-consumer queue:
         // a second one waits forever.

@@ -73,6 +73,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes a room event to `room.events` (routing key `room.<room_id>`).
     async fn publish_event(&self, room_id: Uuid, event: &[u8]) -> Result<(), BrokerError>;
 
+    /// Publishes a user event to `room.events` (routing key `user.<user_id>`),
+    /// which every node's event queue receives; returns once confirmed.
+    async fn publish_user_event(&self, user_id: Uuid, event: &[u8]) -> Result<(), BrokerError>;
+
     /// Publishes several room events, in order; returns once all are confirmed.
     async fn publish_events(&self, events: &[(Uuid, Vec<u8>)]) -> Result<(), BrokerError> {
         for (room_id, event) in events {
@@ -85,8 +89,16 @@ pub trait Broker: Send + Sync + 'static {
     /// The stream outlives reconnects: it resumes when the broker is back.
     fn consume_messages(&self, prefetch: u16) -> BoxStream<QueuedMessage>;
 
-    /// Every room event, through this node's own queue. Outlives reconnects.
+    /// Every room and user event, through this node's own queue. Outlives reconnects.
     fn subscribe_events(&self) -> BoxStream<Bytes>;
+
+    /// Counts the times this node's event queue was bound, from 1 for the
+    /// first time. A change after that means events published meanwhile may
+    /// have been missed: what depends on them (open sockets' tokens) is
+    /// checked again. A broker that never loses events never changes it.
+    fn rebinds(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(1).1
+    }
 
     fn status(&self) -> BrokerStatus;
 
