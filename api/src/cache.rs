@@ -183,7 +183,10 @@ struct Revoked {
 enum UserRevoked {
     Deleted,
     /// Tokens of a generation before this one, except `kept`.
-    Before { generation: i32, kept: Option<uuid::Uuid> },
+    Before {
+        generation: i32,
+        kept: Option<uuid::Uuid>,
+    },
 }
 
 impl Revoked {
@@ -270,7 +273,8 @@ impl Caches {
             }
             UserEvent::AccountDeleted { .. } => {
                 self.revoked.users.insert(user_id, UserRevoked::Deleted);
-                self.members.forget_if(move |(_, member), _| *member == user_id);
+                self.members
+                    .forget_if(move |(_, member), _| *member == user_id);
             }
             UserEvent::RoleChanged { .. } => {}
         }

@@ -259,6 +259,8 @@ mod tests {
             "change-me-to-a-long-random-secret-of-32-bytes-or-more"
         ));
         assert!(is_placeholder(&"x".repeat(64)));
-        assert!(!is_placeholder("a-long-random-secret-nobody-has-guessed-yet-9f3"));
+        assert!(!is_placeholder(
+            "a-long-random-secret-nobody-has-guessed-yet-9f3"
+        ));
     }
 }

@@ -287,7 +287,10 @@ pub enum Closes {
     Token(Uuid),
     /// All, except those opened with `kept` and those whose token is of
     /// `generation` or later.
-    Older { generation: i32, kept: Option<Uuid> },
+    Older {
+        generation: i32,
+        kept: Option<Uuid>,
+    },
     All,
 }
 

@@ -185,7 +185,12 @@ impl Hub {
         self.close_where(user_id, reason, |_| true);
     }
 
-    fn close_where(&self, user_id: Uuid, reason: CloseReason, doomed: impl Fn(&SocketOwner) -> bool) {
+    fn close_where(
+        &self,
+        user_id: Uuid,
+        reason: CloseReason,
+        doomed: impl Fn(&SocketOwner) -> bool,
+    ) {
         let users = self.user_sockets.users.read().expect("user lock");
         for entry in users.get(&user_id).into_iter().flat_map(HashMap::values) {
             if doomed(&entry.owner) {

@@ -143,14 +143,8 @@ async fn update_me(
     };
     let changed_password = hash.is_some();
     // A new password ends every other session: the caller's token is kept.
-    let user = users::update_account(
-        &state.db,
-        user,
-        req.email,
-        hash,
-        Some(caller.claims.jti),
-    )
-    .await?;
+    let user =
+        users::update_account(&state.db, user, req.email, hash, Some(caller.claims.jti)).await?;
     if changed_password {
         crate::user_events::announce(
             &state,
@@ -170,9 +164,9 @@ async fn update_me(
 /// The caller's account; a token whose account is gone is refused (401),
 /// never "not found".
 async fn account(state: &AppState, caller: &AuthUser) -> Result<user::Model> {
-    users::find(&state.db, caller.id).await?.ok_or_else(|| {
-        ApiError::unauthorized("invalid_token", "the account no longer exists")
-    })
+    users::find(&state.db, caller.id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))
 }
 
 /// 403 `wrong_password` unless `given` is the account's password.

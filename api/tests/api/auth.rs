@@ -339,9 +339,7 @@ async fn bootstrap_admin_promotes_only_with_its_password(backend: Backend) {
     );
     assert_eq!(role(&node, token.clone()).await, "user");
     assert!(
-        logs.lines()
-            .iter()
-            .any(|l| l.contains("promoting no one")),
+        logs.lines().iter().any(|l| l.contains("promoting no one")),
         "no warning: {:?}",
         logs.lines()
     );
@@ -349,7 +347,10 @@ async fn bootstrap_admin_promotes_only_with_its_password(backend: Backend) {
 
     let node = crate::helpers::spawn_node(
         &env.db.url,
-        &[("ADMIN_USERNAME", "root"), ("ADMIN_PASSWORD", "password123")],
+        &[
+            ("ADMIN_USERNAME", "root"),
+            ("ADMIN_PASSWORD", "password123"),
+        ],
     );
     assert_eq!(role(&node, token).await, "admin");
 }

@@ -479,7 +479,11 @@ fn a_public_signing_key_serves_only_loopback() {
         )],
     );
     assert!(node.addr.ip().is_loopback());
-    let warned = || logs.lines().iter().any(|l| l.contains("PUBLIC PLACEHOLDER"));
+    let warned = || {
+        logs.lines()
+            .iter()
+            .any(|l| l.contains("PUBLIC PLACEHOLDER"))
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     while !warned() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -493,7 +497,10 @@ fn help_hides_connection_strings_and_keys() {
     let secrets = [
         ("DATABASE_URL", "postgres://app:db-pass-4711@db.internal/rc"),
         ("AMQP_URL", "amqp://app:amqp-pass-4711@mq.internal:5672/%2f"),
-        ("SECRET_KEY", "secret-key-4711-that-is-long-enough-for-hs256"),
+        (
+            "SECRET_KEY",
+            "secret-key-4711-that-is-long-enough-for-hs256",
+        ),
         ("ADMIN_PASSWORD", "admin-pass-4711"),
     ];
     let out = roomcast(&["--help"], &secrets);
@@ -501,7 +508,10 @@ fn help_hides_connection_strings_and_keys() {
     let text = String::from_utf8_lossy(&out.stdout);
     for (var, value) in secrets {
         assert!(text.contains(var), "--help names {var}");
-        assert!(!text.contains("4711"), "--help shows {var}'s value:\n{text}");
+        assert!(
+            !text.contains("4711"),
+            "--help shows {var}'s value:\n{text}"
+        );
         assert!(!text.contains(value));
     }
 }

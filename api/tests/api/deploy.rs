@@ -724,7 +724,11 @@ fn compose_ships_no_secret_and_no_open_broker() {
     );
     // No account ships in the definitions either.
     let definitions = definitions_file();
-    assert_eq!(definitions["users"], json!([]), "definitions.json has users");
+    assert_eq!(
+        definitions["users"],
+        json!([]),
+        "definitions.json has users"
+    );
     for service in ["prometheus", "grafana"] {
         let image = compose_service(&compose, service)
             .iter()

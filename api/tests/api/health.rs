@@ -148,7 +148,13 @@ async fn readyz_shows_no_driver_error(backend: Backend) {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["detail"], "broker: unavailable", "{body}");
     let text = body.to_string();
-    for leak in [&port.to_string()[..], "mq-user", "os error", "refused", "127.0.0.1"] {
+    for leak in [
+        &port.to_string()[..],
+        "mq-user",
+        "os error",
+        "refused",
+        "127.0.0.1",
+    ] {
         assert!(!text.contains(leak), "/readyz shows {leak}: {text}");
     }
 }

@@ -43,7 +43,13 @@ async fn stays_open(ws: &mut Ws, what: &str) {
     assert_eq!(pong["type"], "pong", "{what}");
 }
 
-async fn status(api: &Api, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+async fn status(
+    api: &Api,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut req = api.client.request(method, api.url(path)).bearer_auth(token);
     if let Some(body) = body {
@@ -93,8 +99,20 @@ async fn logout_closes_that_tokens_sockets(backend: Backend) {
     assert_eq!(code, 204);
     let (code, body) = me(&api, &first).await;
     assert_eq!((code, body["code"].as_str()), (401, Some("token_revoked")));
-    closes(&mut room, 4001, WITHIN, "room socket of the logged-out token").await;
-    closes(&mut echo, 4001, WITHIN, "echo socket of the logged-out token").await;
+    closes(
+        &mut room,
+        4001,
+        WITHIN,
+        "room socket of the logged-out token",
+    )
+    .await;
+    closes(
+        &mut echo,
+        4001,
+        WITHIN,
+        "echo socket of the logged-out token",
+    )
+    .await;
     stays_open(&mut other_room, "the other token's room socket").await;
     other_echo.send_text("still here").await;
     assert_eq!(me(&api, &second).await.0, 200);
@@ -125,7 +143,11 @@ async fn password_change_revokes_other_tokens(backend: Backend) {
     .await;
     assert_eq!(code, 200, "{body}");
     let (code, body) = me(&api, &stolen).await;
-    assert_eq!((code, body["code"].as_str()), (401, Some("token_revoked")), "{body}");
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (401, Some("token_revoked")),
+        "{body}"
+    );
     closes(&mut room, 4001, WITHIN, "room socket of another token").await;
     closes(&mut echo, 4001, WITHIN, "echo socket of another token").await;
     stays_open(&mut own_room, "the changer's own socket").await;
@@ -173,8 +195,20 @@ async fn deleted_accounts_token_is_401_on_every_route(backend: Backend) {
     )
     .await;
     assert_eq!(code, 204, "{body}");
-    closes(&mut room, 4001, WITHIN, "room socket of the deleted account").await;
-    closes(&mut echo, 4001, WITHIN, "echo socket of the deleted account").await;
+    closes(
+        &mut room,
+        4001,
+        WITHIN,
+        "room socket of the deleted account",
+    )
+    .await;
+    closes(
+        &mut echo,
+        4001,
+        WITHIN,
+        "echo socket of the deleted account",
+    )
+    .await;
     let routes: Vec<(&str, String, Option<Value>)> = vec![
         ("GET", "/users/me".into(), None),
         (
@@ -272,7 +306,13 @@ async fn echo_sockets_expire_with_their_token(backend: Backend) {
     let mut echo = Ws::connect(app.addr, "/echo", Some(&short))
         .await
         .unwrap_or_else(|r| panic!("echo refused: {r:?}"));
-    closes(&mut echo, 4001, Duration::from_secs(6), "echo socket at exp").await;
+    closes(
+        &mut echo,
+        4001,
+        Duration::from_secs(6),
+        "echo socket at exp",
+    )
+    .await;
 }
 
 crate::on_both_backends!(
@@ -302,11 +342,28 @@ async fn user_events_reach_every_node() {
     // Logout on A: B refuses the token it has just cached.
     let (mut room, mut echo) = sockets(b.addr, &leaver).await;
     assert_eq!(me(&api_b, &leaver).await.0, 200);
-    assert_eq!(status(&api_a, "POST", "/auth/logout", &leaver, None).await.0, 204);
+    assert_eq!(
+        status(&api_a, "POST", "/auth/logout", &leaver, None)
+            .await
+            .0,
+        204
+    );
     let (code, body) = me(&api_b, &leaver).await;
     assert_eq!(code, 401, "node B after a logout on A: {body}");
-    closes(&mut room, 4001, WITHIN, "B's room socket after a logout on A").await;
-    closes(&mut echo, 4001, WITHIN, "B's echo socket after a logout on A").await;
+    closes(
+        &mut room,
+        4001,
+        WITHIN,
+        "B's room socket after a logout on A",
+    )
+    .await;
+    closes(
+        &mut echo,
+        4001,
+        WITHIN,
+        "B's echo socket after a logout on A",
+    )
+    .await;
 
     // Password change on A: B refuses the other token at once.
     let (mut room, _echo) = sockets(b.addr, &other).await;
@@ -322,7 +379,13 @@ async fn user_events_reach_every_node() {
     assert_eq!(code, 200, "{body}");
     let (code, body) = me(&api_b, &other).await;
     assert_eq!(code, 401, "node B after a password change on A: {body}");
-    closes(&mut room, 4001, WITHIN, "B's socket after a password change on A").await;
+    closes(
+        &mut room,
+        4001,
+        WITHIN,
+        "B's socket after a password change on A",
+    )
+    .await;
 
     // Deletion on A: the kept token is 401 on B at once, never 404.
     let (mut room, _echo) = sockets(b.addr, &changer).await;
@@ -372,9 +435,16 @@ async fn a_reconnected_node_rechecks_its_sockets() {
     stays_open(&mut room, "no event told the node yet").await;
 
     let vhost = app.vhost().expect("a RabbitMQ vhost");
+    vhost.wait_for_connections(1).await;
     assert!(vhost.close_connections().await > 0);
     // Reconnecting takes the supervisor's backoff (up to 5 s).
-    closes(&mut room, 4001, Duration::from_secs(12), "room socket after the rebind").await;
+    closes(
+        &mut room,
+        4001,
+        Duration::from_secs(12),
+        "room socket after the rebind",
+    )
+    .await;
     closes(&mut echo, 4001, WITHIN, "echo socket after the rebind").await;
     stays_open(&mut other, "a valid token's socket").await;
 }
