@@ -140,7 +140,7 @@ impl Application {
                 match crate::queries::tokens::prune_expired(&db).await {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(rows = n, "expired revoked tokens pruned"),
-                    Err(err) => tracing::warn!(code = err.code, "pruning revoked tokens failed"),
+                    Err(err) => tracing::warn!(error = %err, "pruning revoked tokens failed"),
                 }
             }
         });

@@ -6,15 +6,14 @@ use entity::revoked_token;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
-use super::is_unique_violation;
-use crate::error::ApiError;
+use super::{QueryError, is_unique_violation};
 
 /// Records `jti` as logged out until `expires_at`; twice is fine.
 pub async fn revoke(
     db: &impl ConnectionTrait,
     jti: Uuid,
     expires_at: DateTime<Utc>,
-) -> Result<(), ApiError> {
+) -> Result<(), QueryError> {
     let revoked = revoked_token::ActiveModel {
         jti: Set(jti),
         expires_at: Set(expires_at),
@@ -30,7 +29,7 @@ pub async fn revoke(
 
 /// Deletes the rows of tokens past their expiry (they are refused for that
 /// alone); returns how many went.
-pub async fn prune_expired(db: &impl ConnectionTrait) -> Result<u64, ApiError> {
+pub async fn prune_expired(db: &impl ConnectionTrait) -> Result<u64, QueryError> {
     // The token's own leeway: a row goes only once no clock can accept it.
     let before = Utc::now() - chrono::Duration::seconds(crate::auth::token::LEEWAY_SECS as i64);
     let deleted = revoked_token::Entity::delete_many()

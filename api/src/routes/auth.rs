@@ -248,7 +248,7 @@ async fn logout(
     // Rows of tokens that expired since are dead weight: logouts are rare
     // enough to sweep them each time (a timer does too).
     if let Err(err) = tokens::prune_expired(&state.db).await {
-        tracing::warn!(code = err.code, "pruning expired revoked tokens failed");
+        tracing::warn!(error = %err, "pruning expired revoked tokens failed");
     }
     // Every node refuses it, and closes its sockets, before this answers.
     crate::user_events::announce(
