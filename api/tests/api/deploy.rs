@@ -754,9 +754,9 @@ fn the_web_client_puts_no_token_in_socket_urls() {
         .collect();
     scripts.sort();
     assert!(
-        scripts.iter().any(|p| fs::read_to_string(p)
-            .unwrap()
-            .contains("new WebSocket(")),
+        scripts
+            .iter()
+            .any(|p| fs::read_to_string(p).unwrap().contains("new WebSocket(")),
         "no script in web/js opens a socket"
     );
     for script in scripts {
@@ -764,7 +764,9 @@ fn the_web_client_puts_no_token_in_socket_urls() {
         for line in text.lines() {
             let code = line.split("//").next().unwrap_or_default();
             assert!(
-                !(code.contains("'token'") || code.contains("\"token\"") || code.contains("token=")),
+                !(code.contains("'token'")
+                    || code.contains("\"token\"")
+                    || code.contains("token=")),
                 "{} puts a token in a URL: {line}",
                 script.display()
             );
