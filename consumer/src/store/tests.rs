@@ -226,6 +226,8 @@ async fn add_user(db: &DatabaseConnection, name: &str) -> Uuid {
         role: Set(user::Role::User),
         avatar: Set(None),
         created_at: Set(Utc::now()),
+        token_generation: Set(0),
+        kept_token: Set(None),
     }
     .insert(db)
     .await
