@@ -1,11 +1,11 @@
 //! The RabbitMQ broker, through lapin.
 //!
 //! A supervisor task owns the connection: it connects, declares the topology
-//! (the same as `rabbitmq/definitions.json`), publishes the live session on a
+//! (the same as `rabbitmq/definitions.json`), publishes the live link on a
 //! `watch` channel, and when the connection dies clears it and reconnects with
-//! backoff. Publishers fail fast with `Unavailable` while there is no session,
+//! backoff. Publishers fail fast with `Unavailable` while there is no link,
 //! so ingest answers 503 rather than a false 202. Consumers are tasks that
-//! re-subscribe on every new session; unacked messages of a dead session are
+//! re-subscribe on every new link; unacked messages of a dead link are
 //! redelivered by RabbitMQ and stored once thanks to idempotent ids.
 
 use std::{sync::Arc, time::Duration};
@@ -67,7 +67,7 @@ fn classic_queue_arguments() -> FieldTable {
 }
 
 /// A live connection and its confirm-mode publishing channel.
-struct Session {
+struct Link {
     connection: Connection,
     publisher: Channel,
 }
@@ -75,7 +75,7 @@ struct Session {
 struct Inner {
     url: String,
     node_id: String,
-    session: watch::Sender<Option<Arc<Session>>>,
+    link: watch::Sender<Option<Arc<Link>>>,
     last_error: std::sync::Mutex<String>,
     stop: CancellationToken,
     /// Times this node's event queue was bound (see [`Broker::rebinds`]).
@@ -89,13 +89,13 @@ pub struct AmqpBroker {
 
 impl AmqpBroker {
     /// Starts the connection supervisor; waits up to `CONNECT_TIMEOUT` for the
-    /// first session but returns either way (the node then starts not ready).
+    /// first link but returns either way (the node then starts not ready).
     pub async fn start(url: &str, node_id: &str) -> Self {
-        let (session, mut ready) = watch::channel(None);
+        let (link, mut ready) = watch::channel(None);
         let inner = Arc::new(Inner {
             url: url.to_owned(),
             node_id: node_id.to_owned(),
-            session,
+            link,
             last_error: std::sync::Mutex::new("connecting".into()),
             stop: CancellationToken::new(),
             rebinds: watch::channel(0).0,
@@ -110,8 +110,8 @@ impl AmqpBroker {
         format!("{EVENTS_EXCHANGE}.{}", self.inner.node_id)
     }
 
-    fn session(&self) -> Result<Arc<Session>, BrokerError> {
-        self.inner.session.borrow().clone().ok_or_else(|| {
+    fn link(&self) -> Result<Arc<Link>, BrokerError> {
+        self.inner.link.borrow().clone().ok_or_else(|| {
             BrokerError::Unavailable(self.inner.last_error.lock().expect("error slot").clone())
         })
     }
@@ -123,10 +123,10 @@ impl AmqpBroker {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let session = self.session()?;
+        let link = self.link()?;
         let unavailable = |e: lapin::Error| BrokerError::Unavailable(e.to_string());
         let confirm = async {
-            let confirm = session
+            let confirm = link
                 .publisher
                 .basic_publish(
                     exchange.into(),
@@ -156,21 +156,21 @@ fn persistent_json() -> BasicProperties {
         .with_content_type(ShortString::from("application/json"))
 }
 
-/// Connects, declares, serves the session until the connection dies; repeats.
+/// Connects, declares, serves the link until the connection dies; repeats.
 async fn supervise(inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     loop {
-        match open_session(&inner).await {
-            Ok(session) => {
+        match open_link(&inner).await {
+            Ok(link) => {
                 backoff = Duration::from_millis(100);
                 if connected_before {
                     metrics::counter!(crate::metrics::BROKER_RECONNECTS).increment(1);
                 }
                 connected_before = true;
-                let mut events = session.connection.events_listener();
-                let session = Arc::new(session);
-                inner.session.send_replace(Some(session.clone()));
+                let mut events = link.connection.events_listener();
+                let link = Arc::new(link);
+                inner.link.send_replace(Some(link.clone()));
                 tracing::info!(node = %inner.node_id, "broker connected");
                 // Wait for the connection to fail (or for shutdown).
                 let mut poll = tokio::time::interval(Duration::from_millis(500));
@@ -183,13 +183,13 @@ async fn supervise(inner: Arc<Inner>) {
                             None => break Some("connection closed".to_owned()),
                         },
                         _ = poll.tick() => {
-                            if !session.connection.status().connected() {
+                            if !link.connection.status().connected() {
                                 break Some("connection lost".to_owned());
                             }
                         }
                     }
                 };
-                inner.session.send_replace(None);
+                inner.link.send_replace(None);
                 match reason {
                     // Shutting down: `close()` closes the connection.
                     None => return,
@@ -212,7 +212,7 @@ async fn supervise(inner: Arc<Inner>) {
     }
 }
 
-async fn open_session(inner: &Inner) -> Result<Session, String> {
+async fn open_link(inner: &Inner) -> Result<Link, String> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("roomcast {}", inner.node_id).into());
     let connection =
@@ -229,7 +229,7 @@ async fn open_session(inner: &Inner) -> Result<Session, String> {
         Ok::<_, lapin::Error>(publisher)
     };
     match setup.await {
-        Ok(publisher) => Ok(Session {
+        Ok(publisher) => Ok(Link {
             connection,
             publisher,
         }),
@@ -323,13 +323,13 @@ impl Broker for AmqpBroker {
     async fn publish_events(&self, events: &[(Uuid, Vec<u8>)]) -> Result<(), BrokerError> {
         // Send all in order, then wait for the confirms together: one round
         // trip for the batch instead of one per event.
-        let session = self.session()?;
+        let link = self.link()?;
         let unavailable = |e: lapin::Error| BrokerError::Unavailable(e.to_string());
         let properties =
             BasicProperties::default().with_content_type(ShortString::from("application/json"));
         let mut confirms = Vec::with_capacity(events.len());
         for (room_id, event) in events {
-            let confirm = session
+            let confirm = link
                 .publisher
                 .basic_publish(
                     EVENTS_EXCHANGE.into(),
@@ -359,13 +359,13 @@ impl Broker for AmqpBroker {
         let (tx, rx) = mpsc::channel(usize::from(prefetch.max(1)));
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let mut sessions = inner.session.subscribe();
+            let mut links = inner.link.subscribe();
             loop {
-                let Some(session) = next_session(&mut sessions, &inner.stop).await else {
+                let Some(link) = next_link(&mut links, &inner.stop).await else {
                     return;
                 };
                 let consumer = async {
-                    let channel = session.connection.create_channel().await?;
+                    let channel = link.connection.create_channel().await?;
                     channel
                         .basic_qos(prefetch, BasicQosOptions::default())
                         .await?;
@@ -408,13 +408,13 @@ impl Broker for AmqpBroker {
         let inner = self.inner.clone();
         let queue = self.node_queue();
         tokio::spawn(async move {
-            let mut sessions = inner.session.subscribe();
+            let mut links = inner.link.subscribe();
             loop {
-                let Some(session) = next_session(&mut sessions, &inner.stop).await else {
+                let Some(link) = next_link(&mut links, &inner.stop).await else {
                     return;
                 };
                 let consumer = async {
-                    let channel = session.connection.create_channel().await?;
+                    let channel = link.connection.create_channel().await?;
                     let exclusive = QueueDeclareOptions {
                         exclusive: true,
                         auto_delete: true,
@@ -477,20 +477,20 @@ impl Broker for AmqpBroker {
     }
 
     fn status(&self) -> BrokerStatus {
-        match self.session() {
+        match self.link() {
             Ok(_) => BrokerStatus::Up,
             Err(err) => BrokerStatus::Down(err.to_string()),
         }
     }
 
     async fn close(&self) {
-        // Take the session before stopping the supervisor, which would clear
+        // Take the link before stopping the supervisor, which would clear
         // it; then say "down" at once and close it here.
-        let session = self.inner.session.send_replace(None);
+        let link = self.inner.link.send_replace(None);
         self.inner.stop.cancel();
-        if let Some(session) = session {
+        if let Some(link) = link {
             // Bounded: a broker that does not answer must not hold up shutdown.
-            let connection = &session.connection;
+            let connection = &link.connection;
             let closed = async {
                 let _ = connection.close(200, "shutting down".into()).await;
                 // Until the broker has let go, it may still hand this node messages.
@@ -503,21 +503,21 @@ impl Broker for AmqpBroker {
     }
 }
 
-/// The next live session: the current one if it is new to this consumer, or
+/// The next live link: the current one if it is new to this consumer, or
 /// the next to come. `None` on shutdown.
-async fn next_session(
-    sessions: &mut watch::Receiver<Option<Arc<Session>>>,
+async fn next_link(
+    links: &mut watch::Receiver<Option<Arc<Link>>>,
     stop: &CancellationToken,
-) -> Option<Arc<Session>> {
+) -> Option<Arc<Link>> {
     loop {
-        if let Some(session) = sessions.borrow_and_update().clone()
-            && session.connection.status().connected()
+        if let Some(link) = links.borrow_and_update().clone()
+            && link.connection.status().connected()
         {
-            return Some(session);
+            return Some(link);
         }
         tokio::select! {
             () = stop.cancelled() => return None,
-            changed = sessions.changed() => if changed.is_err() { return None },
+            changed = links.changed() => if changed.is_err() { return None },
         }
     }
 }
