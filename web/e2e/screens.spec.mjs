@@ -438,6 +438,22 @@ async function main() {
     delete run.pages.guest;
   });
 
+  // ------------------------------------------------------------ 4. deleting an account
+  await step('4. carol deletes her account: a wrong password is refused, the right one deletes it', async () => {
+    await goTo(c, 'Account', 'Your account');
+    await c.getByRole('button', { name: 'Delete account…' }).click();
+    const form = c.getByRole('form', { name: 'Confirm account deletion' });
+    await form.getByLabel('Your password, to confirm').fill('not my password');
+    await form.getByRole('button', { name: 'Delete my account' }).click();
+    await expectText(form.locator('.form-error'), 'password', 'the wrong-password refusal');
+    await form.getByLabel('Your password, to confirm').fill('a brand new password');
+    await form.getByRole('button', { name: 'Delete my account' }).click();
+    await c.locator('#auth-view').waitFor({ state: 'visible' });
+    await expectText(c.locator('#notice-text'), 'was deleted', "carol's notice");
+    const gone = await c.request.post(`${NODE2}/auth/login`, { data: { username: 'carol', password: 'a brand new password' } });
+    if (gone.status() !== 401) throw new Error(`carol's login after deletion: ${gone.status()}`);
+  });
+
   await sleep(100);
   await finish();
 }

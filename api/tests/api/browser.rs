@@ -236,7 +236,8 @@ async fn upstream_shouter() -> std::net::SocketAddr {
 /// third member; the owner and a moderator delete bob's messages, the owner
 /// removes him and deletes the room after a confirm step; avatars show on
 /// members, the online list and messages; the account page says 413 and 415
-/// plainly and changes email and password; the echo page echoes on
+/// plainly, changes email and password and deletes carol's account only
+/// with her password; the echo page echoes on
 /// node 1 and relays upstream on node 2; a guest link lets a visitor talk.
 /// Each screen passes the accessibility checks and works 390 px wide; a
 /// screenshot of each is saved.
