@@ -33,11 +33,17 @@ pub enum Reject {
     UnknownSender,
     /// The sender may not post in that room (any more).
     NotAMember,
+    /// A field out of what the database holds (a `client_id` too long, a
+    /// `created_at` out of range); the header names it.
+    InvalidField,
+    /// The database refused it for a reason no check foresaw; found by
+    /// splitting the batch it failed in. The header has the error.
+    Refused,
 }
 
 impl Reject {
     /// Every reason, so that metrics can start each at zero.
-    pub const ALL: [Reject; 7] = [
+    pub const ALL: [Reject; 9] = [
         Reject::Unparseable,
         Reject::InvalidText,
         Reject::UnknownRoom,
@@ -45,6 +51,8 @@ impl Reject {
         Reject::TooLarge,
         Reject::UnknownSender,
         Reject::NotAMember,
+        Reject::InvalidField,
+        Reject::Refused,
     ];
 
     /// The metric label and header prefix.
@@ -57,6 +65,8 @@ impl Reject {
             Reject::TooLarge => "too_large",
             Reject::UnknownSender => "unknown_sender",
             Reject::NotAMember => "not_a_member",
+            Reject::InvalidField => "invalid_field",
+            Reject::Refused => "refused_by_database",
         }
     }
 }

@@ -2,6 +2,8 @@
 //! before it answers 202, and the store stage again before it writes (a
 //! message published by hand never went through ingest).
 
+use chrono::{DateTime, Datelike, Utc};
+
 /// Longest `client_id`, in bytes (the column holds 64 characters; a byte is
 /// never more than a character).
 pub const MAX_CLIENT_ID_BYTES: usize = 64;
@@ -39,6 +41,13 @@ pub fn client_id_ok(client_id: &str) -> bool {
     !client_id.is_empty() && client_id.len() <= MAX_CLIENT_ID_BYTES && !client_id.contains('\0')
 }
 
+/// A `created_at` every backend and client represents the same way: a
+/// four-digit year from 1970 (PostgreSQL refuses years before 4713 BC, and
+/// RFC 3339 has four-digit years).
+pub fn created_at_ok(created_at: DateTime<Utc>) -> bool {
+    (1970..=9999).contains(&created_at.year())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +69,16 @@ mod tests {
         assert!(!client_id_ok(""));
         assert!(!client_id_ok(&"x".repeat(MAX_CLIENT_ID_BYTES + 1)));
         assert!(!client_id_ok("a\0"));
+    }
+
+    #[test]
+    fn created_at_rules() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        assert!(created_at_ok(Utc::now()));
+        assert!(created_at_ok(at("1970-01-01T00:00:00Z")));
+        assert!(created_at_ok(at("9999-12-31T23:59:59Z")));
+        assert!(!created_at_ok(at("1969-12-31T23:59:59Z")));
+        assert!(!created_at_ok(at("-5000-01-01T00:00:00Z")));
+        assert!(!created_at_ok(at("+10000-01-01T00:00:00Z")));
     }
 }

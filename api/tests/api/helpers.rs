@@ -264,6 +264,19 @@ impl TestApp {
         }
     }
 
+    /// Publishes raw bytes (not necessarily JSON, nor UTF-8) into `messages`
+    /// with no sender, as from the RabbitMQ console.
+    pub async fn publish_bytes_by_hand(&self, payload: &[u8]) {
+        match &self.env.vhost {
+            Some(vhost) => publish_bytes_by_hand(vhost, "messages", payload).await,
+            None => self
+                .broker
+                .publish(payload)
+                .await
+                .expect("publish into the in-process broker"),
+        }
+    }
+
     /// The RabbitMQ vhost of the app (`None` on the in-process broker).
     pub fn vhost(&self) -> Option<&TestVhost> {
         self.env.vhost.as_ref()
@@ -564,4 +577,26 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Publishes raw bytes by hand into `queue` of `vhost` (base64 through the
+/// management API).
+pub async fn publish_bytes_by_hand(vhost: &TestVhost, queue: &str, payload: &[u8]) {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+    let res = client()
+        .post(format!(
+            "{}/api/exchanges/{}/amq.default/publish",
+            vhost.api,
+            testsupport::enc(&vhost.name)
+        ))
+        .json(
+            &json!({"properties": {"delivery_mode": 2}, "routing_key": queue,
+            "payload": encoded, "payload_encoding": "base64"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["routed"], true, "published by hand: {body}");
 }

@@ -24,6 +24,7 @@ mod hostile;
 mod limits;
 mod messages;
 mod openapi;
+mod pipeline;
 mod postman;
 mod rooms;
 mod sessions;

@@ -49,7 +49,7 @@ pub(super) async fn store_batch(
                 slots.push(Slot::New(new_rows.len()));
                 new_rows.push(model);
             }
-            Err(reason) => outcome.rejected.push((m.index, reason, None)),
+            Err((reason, detail)) => outcome.rejected.push((m.index, reason, detail)),
         }
     }
 
@@ -212,7 +212,11 @@ async fn resolve_rooms(
             }
         }
     }
-    for key in keys.iter().filter(|k| Uuid::parse_str(k).is_err()) {
+    // A name longer than any room's (64 characters) names none: no query.
+    let names = keys
+        .iter()
+        .filter(|k| Uuid::parse_str(k).is_err() && k.chars().count() <= 64);
+    for key in names {
         let found = room::Entity::find()
             .filter(Func::lower(Expr::col(room::Column::Name)).eq(Expr::val(key.to_lowercase())))
             .one(conn)

@@ -11,7 +11,7 @@ use super::{MAX_CONTENT_BYTES, Rejected};
 use crate::{
     broker::QueuedMessage,
     event::{Envelope, Reject},
-    rules::{self, ContentError},
+    rules::{self, ContentError, MAX_CLIENT_ID_BYTES},
 };
 
 /// A parsed message with the id and time it will be stored under.
@@ -82,27 +82,42 @@ pub(super) enum Verdict<'c> {
     Store(message::Model),
 }
 
-/// Decides one message's fate from the context alone.
-pub(super) fn judge<'c>(ctx: &'c Context, m: &Incoming) -> Result<Verdict<'c>, Reject> {
+/// Why a message is refused, and a detail for the header.
+pub(super) type Refusal = (Reject, Option<String>);
+
+/// Decides one message's fate from the context alone. Every field is
+/// checked against what the database holds, so that no insert fails for
+/// one message's sake.
+pub(super) fn judge<'c>(ctx: &'c Context, m: &Incoming) -> Result<Verdict<'c>, Refusal> {
     if let Some(stored) = ctx.existing.get(&m.id) {
         return Ok(Verdict::Stored(stored));
     }
     let room = ctx
         .rooms
         .get(&m.envelope.room_id)
-        .ok_or(Reject::UnknownRoom)?;
+        .ok_or((Reject::UnknownRoom, None))?;
     let content = &m.envelope.content;
     rules::check_content(content, MAX_CONTENT_BYTES).map_err(|err| match err {
-        ContentError::Empty => Reject::EmptyContent,
-        ContentError::Nul => Reject::InvalidText,
-        ContentError::TooLarge(_) => Reject::TooLarge,
+        ContentError::Empty => (Reject::EmptyContent, None),
+        ContentError::Nul => (Reject::InvalidText, None),
+        ContentError::TooLarge(_) => (Reject::TooLarge, None),
     })?;
+    if let Some(client_id) = &m.envelope.client_id
+        && !rules::client_id_ok(client_id)
+    {
+        let detail = format!("client_id: must be 1 to {MAX_CLIENT_ID_BYTES} bytes");
+        return Err((Reject::InvalidField, Some(detail)));
+    }
+    if !rules::created_at_ok(m.created_at) {
+        let detail = "created_at: the year must be 1970 to 9999".to_owned();
+        return Err((Reject::InvalidField, Some(detail)));
+    }
     if let Some(sender) = m.envelope.sender_id {
         if !ctx.names.contains_key(&sender) {
-            return Err(Reject::UnknownSender);
+            return Err((Reject::UnknownSender, None));
         }
         if room.kind != room::RoomKind::Public && !ctx.memberships.contains(&(room.id, sender)) {
-            return Err(Reject::NotAMember);
+            return Err((Reject::NotAMember, None));
         }
     }
     Ok(Verdict::Store(message::Model {

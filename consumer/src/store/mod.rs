@@ -9,7 +9,11 @@
 //! only then acks. A message stored before (a redelivery, a client's retry)
 //! is not stored again, but its event is published again: sockets drop a
 //! `seq` they already have, so nothing is lost or doubled. A message that
-//! breaks a rule goes to `messages.dlq` with the reason.
+//! breaks a rule goes to `messages.dlq` with the reason. Every field is
+//! checked before the insert; should the database still refuse a batch (not
+//! a lost connection, which is retried), the batch is split until the one
+//! message it refuses is found and dead-lettered, so that no message can
+//! stall the stage.
 //!
 //! The `messages` queue has a single active consumer, so one store stage works
 //! at a time cluster-wide and a room's order is one order.
@@ -23,7 +27,7 @@ mod tests;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{FutureExt, StreamExt};
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, broker::QueuedMessage, event::Reject};
@@ -90,21 +94,59 @@ struct Outcome {
     rejected: Vec<Rejected>,
 }
 
-/// Parses and stores a batch, retrying database errors with backoff. `None`
-/// on shutdown: the batch stays unacked and the broker redelivers it.
+/// Parses and stores a batch. A part of it the database refuses is split in
+/// two until the message it refuses is alone, and that one is dead-lettered:
+/// one bad message never holds up the others. `None` on shutdown: the batch
+/// stays unacked and the broker redelivers it.
 async fn persist(
     db: &DatabaseConnection,
     batch: &[QueuedMessage],
     stop: &CancellationToken,
 ) -> Option<Outcome> {
     let (incoming, rejected) = judge::parse(batch);
+    let mut outcome = Outcome {
+        events: Vec::new(),
+        rejected,
+    };
+    // The parts still to store, the next on top: halves keep batch order.
+    let mut parts: Vec<&[judge::Incoming]> = vec![&incoming];
+    while let Some(part) = parts.pop() {
+        match store_retrying(db, part, stop).await? {
+            Ok(stored) => {
+                outcome.events.extend(stored.events);
+                outcome.rejected.extend(stored.rejected);
+            }
+            Err(err) if part.len() == 1 => {
+                tracing::warn!(error = %err, "store stage: the database refuses a message; dead-lettering it");
+                let detail: String = err.to_string().chars().take(500).collect();
+                outcome
+                    .rejected
+                    .push((part[0].index, Reject::Refused, Some(detail)));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, messages = part.len(), "store stage: the database refuses a batch; splitting it");
+                let (first, second) = part.split_at(part.len() / 2);
+                parts.push(second);
+                parts.push(first);
+            }
+        }
+    }
+    Some(outcome)
+}
+
+/// Stores a part of a batch, retrying with backoff what may pass later
+/// (see [`is_transient`]). `None` on shutdown; `Some(Err)` when the database
+/// refuses what the part holds.
+async fn store_retrying(
+    db: &DatabaseConnection,
+    part: &[judge::Incoming],
+    stop: &CancellationToken,
+) -> Option<Result<Outcome, DbErr>> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match batch::store_batch(db, &incoming).await {
-            Ok(mut outcome) => {
-                outcome.rejected.extend(rejected);
-                return Some(outcome);
-            }
+        match batch::store_batch(db, part).await {
+            Ok(outcome) => return Some(Ok(outcome)),
+            Err(err) if !is_transient(&err) => return Some(Err(err)),
             Err(err) => {
                 tracing::warn!(error = %err, "store stage: database error; retrying in {backoff:?}");
                 tokio::select! {
@@ -114,6 +156,39 @@ async fn persist(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// True when a database error says "not now" rather than "not this message":
+/// the connection, the pool, or the database's own state (a deadlock, a
+/// serialization conflict, resources, an operator, a busy SQLite file).
+/// Anything else is a refusal of what the batch holds.
+fn is_transient(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error};
+    let (DbErr::Exec(RuntimeErr::SqlxError(err)) | DbErr::Query(RuntimeErr::SqlxError(err))) = err
+    else {
+        return matches!(err, DbErr::Conn(_) | DbErr::ConnectionAcquire(_));
+    };
+    match &**err {
+        Error::Database(db) if db.try_downcast_ref::<sea_orm::SqlxSqliteError>().is_some() => {
+            // Primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+            db.code()
+                .and_then(|code| code.parse::<u32>().ok())
+                .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14))
+        }
+        // SQLSTATE classes: connection exception, transaction rollback,
+        // insufficient resources, operator intervention, system error.
+        Error::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58"))),
+        Error::Io(_)
+        | Error::Tls(_)
+        | Error::Protocol(_)
+        | Error::PoolTimedOut
+        | Error::PoolClosed
+        | Error::WorkerCrashed
+        | Error::BeginFailed => true,
+        _ => false,
     }
 }
 

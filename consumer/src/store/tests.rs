@@ -16,7 +16,11 @@ use super::{
     batch::{allocate_seqs, load_context},
     judge::{Context, Incoming, Verdict, judge},
 };
-use crate::event::{Envelope, Reject};
+use crate::{
+    broker::QueuedMessage,
+    event::{Envelope, Reject},
+};
+use tokio_util::sync::CancellationToken;
 
 fn incoming(room: &str, sender: Option<Uuid>, content: &str) -> Incoming {
     Incoming {
@@ -32,6 +36,11 @@ fn incoming(room: &str, sender: Option<Uuid>, content: &str) -> Incoming {
             created_at: None,
         },
     }
+}
+
+fn with(mut m: Incoming, change: impl FnOnce(&mut Incoming)) -> Incoming {
+    change(&mut m);
+    m
 }
 
 fn room_model(name: &str, kind: room::RoomKind) -> room::Model {
@@ -91,10 +100,28 @@ fn judge_table() {
         (incoming(&p, None, " \n "), Err(Reject::EmptyContent)),
         (incoming(&p, None, "a\0b"), Err(Reject::InvalidText)),
         (incoming(&p, None, &big), Err(Reject::TooLarge)),
+        (
+            with(incoming(&p, None, "x"), |m| {
+                m.envelope.client_id = Some("k".repeat(65))
+            }),
+            Err(Reject::InvalidField),
+        ),
+        (
+            with(incoming(&p, None, "x"), |m| {
+                m.envelope.client_id = Some(String::new())
+            }),
+            Err(Reject::InvalidField),
+        ),
+        (
+            with(incoming(&p, None, "x"), |m| {
+                m.created_at = "-5000-01-01T00:00:00Z".parse().unwrap()
+            }),
+            Err(Reject::InvalidField),
+        ),
         (stored.clone(), Ok(None)),
     ];
     for (m, expected) in cases {
-        let got = judge(&ctx, &m);
+        let got = judge(&ctx, &m).map_err(|(reason, _)| reason);
         let what = format!("{:?} from {:?}", m.envelope.content, m.envelope.sender_id);
         match (got, expected) {
             (Ok(Verdict::Store(row)), Ok(Some(room))) => {
@@ -198,7 +225,11 @@ macro_rules! on_both_databases {
     )*};
 }
 
-on_both_databases!(seq_blocks_follow_last_seq, context_feeds_judge);
+on_both_databases!(
+    seq_blocks_follow_last_seq,
+    context_feeds_judge,
+    a_refused_message_is_split_out
+);
 
 async fn add_room(
     db: &DatabaseConnection,
@@ -309,7 +340,7 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
     let verdicts: Vec<Result<&str, Reject>> = batch
         .iter()
         .map(|m| {
-            judge(&ctx, m).map(|v| match v {
+            judge(&ctx, m).map_err(|(r, _)| r).map(|v| match v {
                 Verdict::Stored(_) => "stored",
                 Verdict::Store(_) => "store",
             })
@@ -327,4 +358,61 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
         ]
     );
     assert_eq!(ctx.names.get(&bob).map(String::as_str), Some("bob"));
+}
+
+struct NoSettle;
+
+#[async_trait::async_trait]
+impl crate::broker::Settle for NoSettle {
+    async fn ack(self: Box<Self>) -> Result<(), crate::BrokerError> {
+        Ok(())
+    }
+}
+
+/// A message the database refuses for a reason no check foresaw (here a
+/// rule added to the table) is found by splitting its batch and rejected
+/// alone; the others are stored and their events keep batch order.
+async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
+    let refuse = match db.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => {
+            "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.content = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poison refused'); END"
+        }
+        _ => "ALTER TABLE messages ADD CONSTRAINT poison CHECK (content <> 'poison')",
+    };
+    db.execute_unprepared(refuse)
+        .await
+        .expect("the refusing rule");
+    let hall = add_room(db, "hall", room::RoomKind::Public, 0).await;
+    let contents = ["a", "b", "poison", "c", "d", "e", "poison", "f"];
+    let batch: Vec<QueuedMessage> = contents
+        .iter()
+        .map(|content| {
+            let body = serde_json::json!({"room_id": hall, "content": content});
+            QueuedMessage::new(body.to_string().into(), false, Box::new(NoSettle))
+        })
+        .collect();
+    let outcome = super::persist(db, &batch, &CancellationToken::new())
+        .await
+        .expect("not stopped");
+    let refused: Vec<(usize, Reject)> = outcome.rejected.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(refused, [(2, Reject::Refused), (6, Reject::Refused)]);
+    assert!(outcome.rejected[0].2.as_deref().unwrap().contains("poison"));
+    let delivered: Vec<(String, i64)> = outcome
+        .events
+        .iter()
+        .map(|(_, event)| {
+            let event: serde_json::Value = serde_json::from_slice(event).unwrap();
+            (
+                event["content"].as_str().unwrap().to_owned(),
+                event["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, i64)> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .zip(1..)
+        .map(|(c, seq)| ((*c).to_owned(), seq))
+        .collect();
+    assert_eq!(delivered, expected, "gap-free seqs in batch order");
 }

@@ -1,0 +1,156 @@
+//! The message pipeline against what reaches `messages` without ingest:
+//! hand-published (console) envelopes of every hostile shape never stall the
+//! store stage.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{
+    helpers::{Backend, TestApp, spawn_app},
+    ws_client::Ws,
+};
+
+/// How soon the next good message must be delivered after a hostile one.
+const NEXT_GOOD_WITHIN: Duration = Duration::from_secs(1);
+
+/// Hostile payloads for `messages`, each with what makes it hostile. `R` is
+/// the room's id.
+fn hostile_table(room: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let deep = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let obj = |extra: Value| {
+        let mut m = json!({"room_id": room, "content": "hostile"});
+        for (k, v) in extra.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        m.to_string().into_bytes()
+    };
+    vec![
+        (
+            "client_id over the column",
+            obj(json!({"client_id": "k".repeat(65)})),
+        ),
+        (
+            "client_id of 64 characters, 128 bytes",
+            obj(json!({"client_id": "é".repeat(64)})),
+        ),
+        ("client_id empty", obj(json!({"client_id": ""}))),
+        ("client_id a number", obj(json!({"client_id": 12}))),
+        ("content an object", obj(json!({"content": {"a": 1}}))),
+        ("content a huge number", obj(json!({"content": 1e300}))),
+        (
+            "content over the limit",
+            obj(json!({"content": "x".repeat(70_000)})),
+        ),
+        ("content whitespace", obj(json!({"content": " \n\t "}))),
+        ("content with NUL", obj(json!({"content": "a\u{0}b"}))),
+        (
+            "created_at before PostgreSQL's range",
+            obj(json!({"created_at": "-5000-01-01T00:00:00Z"})),
+        ),
+        (
+            "created_at after year 9999",
+            obj(json!({"created_at": "+200000-01-01T00:00:00Z"})),
+        ),
+        (
+            "created_at not a time",
+            obj(json!({"created_at": "yesterday"})),
+        ),
+        ("created_at a number", obj(json!({"created_at": 1e308}))),
+        ("id not a uuid", obj(json!({"id": "xyz"}))),
+        (
+            "id a huge number",
+            br#"{"room_id":"R","content":"x","id":1e400}"#.to_vec(),
+        ),
+        ("sender_id not a uuid", obj(json!({"sender_id": "root"}))),
+        (
+            "room_id unknown",
+            obj(json!({"room_id": uuid::Uuid::nil()})),
+        ),
+        ("room_id a number", obj(json!({"room_id": 5}))),
+        (
+            "room_id a long name",
+            obj(json!({"room_id": "r".repeat(10_000)})),
+        ),
+        ("room_id with NUL", obj(json!({"room_id": "a\u{0}"}))),
+        (
+            "no content",
+            format!(r#"{{"room_id":"{room}"}}"#).into_bytes(),
+        ),
+        ("an array", b"[1,2,3]".to_vec()),
+        ("a string", br#""hello""#.to_vec()),
+        ("null", b"null".to_vec()),
+        ("empty", Vec::new()),
+        ("deep JSON", deep(100_000).into_bytes()),
+        (
+            "bad UTF-8",
+            [
+                &br#"{"room_id":""#[..],
+                room.as_bytes(),
+                br#"","content":"\xff\xfe"}"#,
+            ]
+            .concat(),
+        ),
+        (
+            "lone surrogate",
+            format!(r#"{{"room_id":"{room}","content":"\ud800"}}"#).into_bytes(),
+        ),
+    ]
+}
+
+/// Every hostile envelope is dead-lettered, and the good message published
+/// right after it is delivered within a second; history has only the good ones.
+async fn hostile_envelopes_never_stall(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let room = api.create_room(&alice, "ops", "public").await;
+    let room_id = room["id"].as_str().unwrap().to_owned();
+    let (mut ws, _) = Ws::join(app.addr, "/ws/ops?history=0", &alice).await;
+    let table = hostile_table(&room_id);
+    // Not hostile after all: an unknown field is ignored however deep it is.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let harmless = format!(r#"{{"room_id":"{room_id}","content":"deep extra","z":{deep}}}"#);
+    app.publish_bytes_by_hand(harmless.as_bytes()).await;
+    assert_eq!(ws.next_of(&["message"]).await["content"], "deep extra");
+    let mut slowest = Duration::ZERO;
+    for (i, (what, payload)) in table.iter().enumerate() {
+        app.publish_bytes_by_hand(payload).await;
+        let good = format!("good after {what}");
+        app.publish_by_hand(&json!({"room_id": room_id, "content": good}))
+            .await;
+        let published = Instant::now();
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next_of(&["message"]))
+            .await
+            .unwrap_or_else(|_| panic!("case {i} ({what}): the store stage stalled"));
+        let took = published.elapsed();
+        assert_eq!(m["content"], good, "case {i} ({what}) was delivered");
+        assert!(took < NEXT_GOOD_WITHIN, "case {i} ({what}): {took:?}");
+        slowest = slowest.max(took);
+    }
+    eprintln!(
+        "{} hostile envelopes; slowest next good message: {slowest:?}",
+        table.len()
+    );
+    assert_dead_letters(&app, table.len()).await;
+}
+
+/// On RabbitMQ, `messages.dlq` holds exactly the hostile envelopes.
+async fn assert_dead_letters(app: &TestApp, n: usize) {
+    let Some(vhost) = app.vhost() else { return };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let q = vhost
+            .get(&format!("/api/queues/{}/messages.dlq", vhost.name))
+            .await;
+        if q["messages"].as_u64() == Some(n as u64) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "dead letters: {q}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+crate::on_both_backends!(hostile_envelopes_never_stall);
