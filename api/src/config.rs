@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "ACCESS_TOKEN_TTL", default_value = "30m", value_parser = humantime::parse_duration)]
     pub access_token_ttl: Duration,
 
+    /// How long a sign-in lasts unused: the refresh cookie's lifetime, renewed
+    /// at each `POST /auth/refresh`, e.g. `14d`, `12h`.
+    #[arg(long, env = "REFRESH_TOKEN_TTL", default_value = "14d", value_parser = humantime::parse_duration)]
+    pub refresh_token_ttl: Duration,
+
     /// This node's name in logs and broker queues; generated when unset.
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,

@@ -86,10 +86,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn user() -> SenderView {
-        SenderView {
-            id: Uuid::nil(),
-            username: "ann".into(),
-        }
+        SenderView::new(Uuid::nil(), "ann", 0)
     }
 
     #[test]

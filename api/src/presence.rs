@@ -172,10 +172,7 @@ mod tests {
     use consumer::broker::memory::MemoryBroker;
 
     fn user(name: &str) -> SenderView {
-        SenderView {
-            id: Uuid::new_v4(),
-            username: name.to_owned(),
-        }
+        SenderView::new(Uuid::new_v4(), name, 0)
     }
 
     fn kinds(events: &[RoomEvent]) -> Vec<(&'static str, String)> {

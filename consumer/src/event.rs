@@ -112,15 +112,38 @@ pub fn message_id(sender: Option<Uuid>, room: Uuid, client_id: Option<&str>) -> 
 
 /// Who sent a message, as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice"}))]
+#[schema(example = json!({"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0"}))]
 pub struct SenderView {
     pub id: Uuid,
     pub username: String,
+    /// The avatar's versioned URL ([`avatar_url`]): it changes when the
+    /// avatar does. Always sent; empty only in events from a node older
+    /// than this field.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub avatar_url: String,
+}
+
+impl SenderView {
+    /// A user as a sender, from their id, name and avatar version.
+    pub fn new(id: Uuid, username: impl Into<String>, avatar_version: i32) -> Self {
+        Self {
+            id,
+            username: username.into(),
+            avatar_url: avatar_url(id, avatar_version),
+        }
+    }
+}
+
+/// Where a user's avatar is served, with the version of the image in the
+/// query: a new upload makes a new URL, so each URL may be cached for good.
+pub fn avatar_url(user_id: Uuid, avatar_version: i32) -> String {
+    format!("/users/{user_id}/avatar?v={avatar_version}")
 }
 
 /// A message as clients see it (history and the `message` event).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a3-1f00-7000-8000-00000000000a", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "seq": 42, "sender": {"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice"}, "sender_deleted": false, "content": "Hello, everyone!", "client_id": "web-5f2c-1", "created_at": "2025-06-01T09:33:00Z", "edited_at": null, "deleted": false}))]
+#[schema(example = json!({"id": "0190d1a3-1f00-7000-8000-00000000000a", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "seq": 42, "sender": {"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0"}, "sender_deleted": false, "content": "Hello, everyone!", "client_id": "web-5f2c-1", "created_at": "2025-06-01T09:33:00Z", "edited_at": null, "deleted": false}))]
 pub struct MessageView {
     pub id: Uuid,
     pub room_id: Uuid,

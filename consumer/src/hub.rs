@@ -236,10 +236,7 @@ mod tests {
     fn every_room_event_has_its_kind() {
         use crate::event::{MessageView, RoomEvent, SenderView};
         let room_id = Uuid::new_v4();
-        let user = SenderView {
-            id: Uuid::new_v4(),
-            username: "ann".into(),
-        };
+        let user = SenderView::new(Uuid::new_v4(), "ann", 0);
         let message = MessageView {
             id: Uuid::new_v4(),
             room_id,

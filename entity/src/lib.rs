@@ -5,6 +5,7 @@
 
 pub mod echo_transcript;
 pub mod message;
+pub mod refresh_token;
 pub mod revoked_token;
 pub mod room;
 pub mod room_member;
@@ -12,6 +13,7 @@ pub mod user;
 
 pub use echo_transcript::Entity as EchoTranscript;
 pub use message::Entity as Message;
+pub use refresh_token::Entity as RefreshToken;
 pub use revoked_token::Entity as RevokedToken;
 pub use room::Entity as Room;
 pub use room_member::Entity as RoomMember;

@@ -30,6 +30,8 @@ pub struct Model {
     pub password_hash: Option<String>,
     pub role: Role,
     pub avatar: Option<Vec<u8>>,
+    /// Uploads so far: the version in the avatar's URL.
+    pub avatar_version: i32,
     pub created_at: DateTimeUtc,
     /// Tokens carry the generation they were issued in; only the current
     /// one's are valid. A password change moves to the next generation.

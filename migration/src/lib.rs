@@ -12,6 +12,8 @@ mod m20261122_000002_public_room;
 mod m20261122_000003_echo_transcripts;
 mod m20261201_000004_sender_deleted;
 mod m20261204_000005_token_generation;
+mod m20261204_000006_avatar_version;
+mod m20261204_000007_refresh_tokens;
 
 /// The ordered list of roomcast's migrations.
 pub struct Migrator;
@@ -25,6 +27,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_echo_transcripts::Migration),
             Box::new(m20261201_000004_sender_deleted::Migration),
             Box::new(m20261204_000005_token_generation::Migration),
+            Box::new(m20261204_000006_avatar_version::Migration),
+            Box::new(m20261204_000007_refresh_tokens::Migration),
         ]
     }
 }

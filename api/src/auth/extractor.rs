@@ -29,6 +29,8 @@ pub struct AuthUser {
     pub id: Uuid,
     pub username: String,
     pub role: Role,
+    /// The version in the avatar's URL, for the sender this user is on sockets.
+    pub avatar_version: i32,
     pub claims: Claims,
 }
 
@@ -128,6 +130,7 @@ impl AuthUser {
             id: user.id,
             username: user.username,
             role: user.role,
+            avatar_version: user.avatar_version,
             claims,
         })
     }

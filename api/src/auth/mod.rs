@@ -1,7 +1,8 @@
-//! Who is calling: password hashing, access tokens, and the [`AuthUser`] extractor.
+//! Who is calling: password hashing, access and refresh tokens, and the [`AuthUser`] extractor.
 
 pub mod extractor;
 pub mod password;
+pub mod refresh;
 pub mod token;
 
 pub use extractor::{AuthUser, TokenSource};

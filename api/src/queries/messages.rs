@@ -40,34 +40,35 @@ pub async fn history(
     with_senders(db, rows).await
 }
 
-/// Attaches sender names to rows.
+/// Attaches senders (name and avatar) to rows.
 pub async fn with_senders(
     db: &impl ConnectionTrait,
     rows: Vec<message::Model>,
 ) -> Result<Vec<MessageView>, QueryError> {
     let ids: Vec<Uuid> = rows.iter().filter_map(|m| m.sender_id).collect();
-    let names: HashMap<Uuid, String> = if ids.is_empty() {
+    let names: HashMap<Uuid, (String, i32)> = if ids.is_empty() {
         HashMap::new()
     } else {
         user::Entity::find()
             .select_only()
             .column(user::Column::Id)
             .column(user::Column::Username)
+            .column(user::Column::AvatarVersion)
             .filter(user::Column::Id.is_in(ids))
-            .into_tuple::<(Uuid, String)>()
+            .into_tuple::<(Uuid, String, i32)>()
             .all(db)
             .await?
             .into_iter()
+            .map(|(id, name, avatar)| (id, (name, avatar)))
             .collect()
     };
     Ok(rows
         .iter()
         .map(|m| {
             let sender = m.sender_id.and_then(|id| {
-                names.get(&id).map(|n| SenderView {
-                    id,
-                    username: n.clone(),
-                })
+                names
+                    .get(&id)
+                    .map(|(name, avatar)| SenderView::new(id, name.as_str(), *avatar))
             });
             MessageView::from_model(m, sender)
         })

@@ -31,11 +31,14 @@ pub enum Added {
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[schema(example = json!({
-    "user_id": "0190d1a2-4b5d-7a10-9c00-0000000000b0", "username": "bob", "joined_at": "2025-06-01T09:32:00Z"
+    "user_id": "0190d1a2-4b5d-7a10-9c00-0000000000b0", "username": "bob",
+    "avatar_url": "/users/0190d1a2-4b5d-7a10-9c00-0000000000b0/avatar?v=0", "joined_at": "2025-06-01T09:32:00Z"
 }))]
 pub struct Member {
     pub user_id: Uuid,
     pub username: String,
+    /// The avatar's versioned URL.
+    pub avatar_url: String,
     pub joined_at: chrono::DateTime<Utc>,
 }
 
@@ -195,10 +198,11 @@ pub async fn remove_member(
 
 /// Members with their names, oldest first.
 pub async fn members(db: &impl ConnectionTrait, room_id: Uuid) -> Result<Vec<Member>, QueryError> {
-    let rows: Vec<(Uuid, String, chrono::DateTime<Utc>)> = room_member::Entity::find()
+    let rows: Vec<(Uuid, String, i32, chrono::DateTime<Utc>)> = room_member::Entity::find()
         .select_only()
         .column(room_member::Column::UserId)
         .column(user::Column::Username)
+        .column(user::Column::AvatarVersion)
         .column(room_member::Column::JoinedAt)
         .join(JoinType::InnerJoin, room_member::Relation::User.def())
         .filter(room_member::Column::RoomId.eq(room_id))
@@ -208,9 +212,10 @@ pub async fn members(db: &impl ConnectionTrait, room_id: Uuid) -> Result<Vec<Mem
         .await?;
     Ok(rows
         .into_iter()
-        .map(|(user_id, username, joined_at)| Member {
+        .map(|(user_id, username, avatar_version, joined_at)| Member {
             user_id,
             username,
+            avatar_url: consumer::event::avatar_url(user_id, avatar_version),
             joined_at,
         })
         .collect())
@@ -256,4 +261,102 @@ pub async fn list(
 pub async fn delete(db: &impl ConnectionTrait, room_id: Uuid) -> Result<(), QueryError> {
     room::Entity::delete_by_id(room_id).exec(db).await?;
     Ok(())
+}
+
+/// The private room `a` and `b` are both members of, the oldest if several.
+pub async fn find_private(
+    db: &impl ConnectionTrait,
+    a: Uuid,
+    b: Uuid,
+) -> Result<Option<room::Model>, QueryError> {
+    let member_of = |user: Uuid| {
+        Query::select()
+            .column(room_member::Column::RoomId)
+            .from(room_member::Entity)
+            .and_where(room_member::Column::UserId.eq(user))
+            .to_owned()
+    };
+    Ok(room::Entity::find()
+        .filter(room::Column::Kind.eq(RoomKind::Private))
+        .filter(room::Column::Id.in_subquery(member_of(a)))
+        .filter(room::Column::Id.in_subquery(member_of(b)))
+        .order_by_asc(room::Column::CreatedAt)
+        .order_by_asc(room::Column::Id)
+        .one(db)
+        .await?)
+}
+
+/// Creates the private room of `owner` and `peer`, both members, in one
+/// transaction: nobody ever sees it with one seat free.
+pub async fn create_private(
+    db: &(impl ConnectionTrait + TransactionTrait),
+    name: &str,
+    owner: Uuid,
+    peer: Uuid,
+) -> Result<room::Model, QueryError> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let room = room::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        name: Set(name.to_owned()),
+        kind: Set(RoomKind::Private),
+        owner_id: Set(Some(owner)),
+        last_seq: Set(0),
+        member_count: Set(2),
+        created_at: Set(now),
+    }
+    .insert(&txn)
+    .await;
+    let room = match room {
+        Ok(room) => room,
+        Err(err) if is_unique_violation(&err) => return Err(QueryError::RoomNameTaken),
+        Err(err) => return Err(err.into()),
+    };
+    for user_id in [owner, peer] {
+        let inserted = room_member::ActiveModel {
+            room_id: Set(room.id),
+            user_id: Set(user_id),
+            joined_at: Set(now),
+        }
+        .insert(&txn)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            // One of the two was deleted meanwhile.
+            Err(err) if super::is_foreign_key_violation(&err) => {
+                return Err(QueryError::NotFound("user"));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    txn.commit().await?;
+    Ok(room)
+}
+
+/// For each of `rooms` (private ones), its member other than `user`, as a
+/// sender: how a private room is shown to `user`.
+pub async fn peers(
+    db: &impl ConnectionTrait,
+    user: Uuid,
+    rooms: Vec<Uuid>,
+) -> Result<std::collections::HashMap<Uuid, consumer::event::SenderView>, QueryError> {
+    if rooms.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<(Uuid, Uuid, String, i32)> = room_member::Entity::find()
+        .select_only()
+        .column(room_member::Column::RoomId)
+        .column(room_member::Column::UserId)
+        .column(user::Column::Username)
+        .column(user::Column::AvatarVersion)
+        .join(JoinType::InnerJoin, room_member::Relation::User.def())
+        .filter(room_member::Column::RoomId.is_in(rooms))
+        .filter(room_member::Column::UserId.ne(user))
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(room, id, name, avatar)| (room, consumer::event::SenderView::new(id, name, avatar)))
+        .collect())
 }

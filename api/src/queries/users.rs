@@ -79,6 +79,7 @@ pub async fn create(db: &impl ConnectionTrait, new: NewUser) -> Result<user::Mod
         password_hash: Set(new.password_hash.clone()),
         role: Set(new.role),
         avatar: Set(None),
+        avatar_version: Set(0),
         created_at: Set(Utc::now()),
         token_generation: Set(0),
         kept_token: Set(None),
@@ -208,16 +209,70 @@ pub async fn search(
         .await?)
 }
 
-/// Stores a user's avatar (already normalised PNG bytes).
+/// Registered users (no guests) whose name contains `search`, by name: the
+/// directory every user may search. Emails are neither searched nor shown,
+/// so the directory cannot be probed for who registered with which address.
+/// The avatar images stay in the database: only the columns a listing shows
+/// are read.
+pub async fn directory(
+    db: &impl ConnectionTrait,
+    search: Option<&str>,
+    limit: u64,
+    offset: u64,
+) -> Result<Vec<Listed>, QueryError> {
+    use sea_orm::{QueryOrder, QuerySelect, sea_query::LikeExpr};
+    let mut query = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .column(user::Column::Username)
+        .column(user::Column::Role)
+        .column(user::Column::AvatarVersion)
+        .column(user::Column::CreatedAt)
+        .filter(user::Column::Role.ne(Role::Guest));
+    if let Some(search) = search.filter(|s| !s.is_empty()) {
+        query = query.filter(
+            Expr::expr(Func::lower(Expr::col(user::Column::Username)))
+                .like(LikeExpr::new(super::like_pattern(search)).escape('\\')),
+        );
+    }
+    Ok(query
+        .order_by_asc(Expr::expr(Func::lower(Expr::col(user::Column::Username))))
+        .order_by_asc(user::Column::Id)
+        .limit(limit)
+        .offset(offset)
+        .into_model::<Listed>()
+        .all(db)
+        .await?)
+}
+
+/// A user as a listing shows them: no email, no image.
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+pub struct Listed {
+    pub id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub avatar_version: i32,
+    pub created_at: chrono::DateTime<Utc>,
+}
+
+/// Stores a user's avatar (already normalised PNG bytes) and counts the
+/// version up in the same statement; returns the new version.
 pub async fn set_avatar(
     db: &impl ConnectionTrait,
     id: Uuid,
     png: Vec<u8>,
-) -> Result<(), QueryError> {
-    user::Entity::update_many()
+) -> Result<i32, QueryError> {
+    let updated = user::Entity::update_many()
         .col_expr(user::Column::Avatar, Expr::value(png))
+        .col_expr(
+            user::Column::AvatarVersion,
+            Expr::col(user::Column::AvatarVersion).add(1),
+        )
         .filter(user::Column::Id.eq(id))
-        .exec(db)
+        .exec_with_returning(db)
         .await?;
-    Ok(())
+    updated
+        .first()
+        .map(|u| u.avatar_version)
+        .ok_or(QueryError::NotFound("user"))
 }

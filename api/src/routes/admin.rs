@@ -33,7 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
-    "username": "carol", "email": "carol@example.com", "password": "carol-long-password", "role": "moderator"
+    "username": "erin", "email": "erin@example.com", "password": "erin-long-password", "role": "moderator"
 }))]
 struct NewUser {
     #[validate(custom(function = "crate::domain::validate_username"))]

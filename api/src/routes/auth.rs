@@ -1,10 +1,10 @@
-//! Register, log in (JSON or OAuth2 password form), log out.
+//! Register, log in (JSON or OAuth2 password form), stay signed in (refresh), log out.
 
 use axum::{
     Json,
     extract::{Request, State},
-    http::{HeaderMap, StatusCode},
-    response::IntoResponse,
+    http::{HeaderMap, StatusCode, header},
+    response::{AppendHeaders, IntoResponse},
 };
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use chrono::{TimeZone, Utc};
@@ -17,7 +17,10 @@ use super::users::UserView;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::{AuthUser, COOKIE_NAME, password},
+    auth::{
+        AuthUser, COOKIE_NAME, password,
+        refresh::{self, Refreshed},
+    },
     client_addr::ClientAddr,
     error::{ApiError, Result},
     extract::{Valid, body_bytes, is_json, parse_json},
@@ -30,11 +33,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(logout))
+        .routes(routes!(refresh))
 }
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"username": "alice", "email": "alice@example.com", "password": "correct-horse-battery"}))]
+#[schema(example = json!({"username": "dave", "email": "dave@example.com", "password": "correct-horse-battery"}))]
 pub struct RegisterRequest {
     #[validate(custom(function = "crate::domain::validate_username"))]
     pub username: String,
@@ -80,7 +84,7 @@ async fn register(
 /// As JSON, like every body, it may hold only these fields.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"username": "alice", "password": "correct-horse-battery"}))]
+#[schema(example = json!({"username": "alice", "password": "demo-password"}))]
 struct LoginRequest {
     username: String,
     password: String,
@@ -192,8 +196,33 @@ async fn login(
         return Err(invalid_credentials());
     }
 
+    let refresh = refresh::issue(&state.db, user.id, None, state.config.refresh_token_ttl).await?;
+    let (jar, body) = signed_in(&state, &user, jar)?;
+    Ok((jar, set_cookies([refresh_cookie(&state, refresh)]), body))
+}
+
+/// Cookies set after the jar's: the access cookie stays the first
+/// `Set-Cookie` of a response, whatever else it sets.
+fn set_cookies<const N: usize>(
+    cookies: [Cookie<'static>; N],
+) -> AppendHeaders<Vec<(header::HeaderName, String)>> {
+    AppendHeaders(
+        cookies
+            .into_iter()
+            .map(|c| (header::SET_COOKIE, c.to_string()))
+            .collect(),
+    )
+}
+
+/// The answer to a login or a refresh: a new access token, in the body and
+/// in the cookie.
+fn signed_in(
+    state: &AppState,
+    user: &entity::user::Model,
+    jar: CookieJar,
+) -> Result<(CookieJar, Json<TokenResponse>)> {
     let ttl = state.config.access_token_ttl;
-    let (token, _) = state.tokens.issue(&user, ttl, None)?;
+    let (token, _) = state.tokens.issue(user, ttl, None)?;
     let cookie = Cookie::build((COOKIE_NAME, token.clone()))
         .http_only(true)
         .same_site(SameSite::Lax)
@@ -206,6 +235,74 @@ async fn login(
         expires_in: ttl.as_secs(),
     };
     Ok((jar.add(cookie), Json(body)))
+}
+
+/// The refresh cookie: HttpOnly, sent only to `/auth/…` (refresh and
+/// logout) and only by this site's own pages.
+fn refresh_cookie(state: &AppState, token: String) -> Cookie<'static> {
+    Cookie::build((REFRESH_COOKIE, token))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path(REFRESH_PATH)
+        .max_age(cookie_max_age(state.config.refresh_token_ttl))
+        .build()
+}
+
+fn cleared_refresh_cookie() -> Cookie<'static> {
+    Cookie::build((REFRESH_COOKIE, ""))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path(REFRESH_PATH)
+        .max_age(time::Duration::ZERO)
+        .build()
+}
+
+/// Name of the refresh token's cookie.
+pub const REFRESH_COOKIE: &str = "roomcast_refresh";
+/// The refresh cookie goes to these paths only.
+const REFRESH_PATH: &str = "/auth";
+
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "auth",
+    summary = "Stay signed in: a new access token for the refresh cookie, which is rotated",
+    description = "Login sets an HttpOnly `roomcast_refresh` cookie (path `/auth`, `SameSite=Strict`, lifetime `REFRESH_TOKEN_TTL`, 14 days by default). This call exchanges it for a new access token (body and `roomcast_token` cookie, as login gives) and a new refresh cookie; the old one is spent. A spent refresh token used again more than 10 s after its rotation ends that sign-in everywhere (`token_reused`); within 10 s (two tabs refreshing at once) it gets an access token and no new refresh cookie. Logout revokes the sign-in's refresh tokens.",
+    responses((status = 200, description = "A new access token", body = TokenResponse), (status = 401, description = "No refresh cookie (`missing_token`), or one that is unknown (`invalid_token`), expired (`token_expired`), revoked by logout (`token_revoked`) or reused (`token_reused`)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "A cross-site request (`origin_not_allowed`)", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("refresh_cookie" = []))
+)]
+/// `POST /auth/refresh`: rotates the refresh cookie and issues an access token.
+async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    jar: CookieJar,
+) -> Result<impl IntoResponse> {
+    if !crate::auth::extractor::origin_allowed(&headers, &state.config) {
+        return Err(ApiError::forbidden(
+            "origin_not_allowed",
+            "cross-site requests cannot use the cookie",
+        ));
+    }
+    let token = jar
+        .get(REFRESH_COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("missing_token", "no refresh cookie: log in"))?;
+    let refreshed = refresh::refresh(&state.db, &token, state.config.refresh_token_ttl).await;
+    let (user_id, next) = match refreshed {
+        Ok(Refreshed::Rotated { user_id, token }) => (user_id, Some(token)),
+        Ok(Refreshed::Concurrent { user_id }) => (user_id, None),
+        // A dead refresh cookie is of no use to keep.
+        Err(err) => return Ok((set_cookies([cleared_refresh_cookie()]), err).into_response()),
+    };
+    let user = users::find(&state.db, user_id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))?;
+    let (jar, body) = signed_in(&state, &user, jar)?;
+    Ok(match next {
+        Some(token) => (jar, set_cookies([refresh_cookie(&state, token)]), body).into_response(),
+        None => (jar, body).into_response(),
+    })
 }
 
 fn cookie_max_age(ttl: std::time::Duration) -> time::Duration {
@@ -231,7 +328,7 @@ fn invalid_credentials() -> ApiError {
     post,
     path = "/auth/logout",
     tag = "auth",
-    summary = "Revoke this token and clear the cookie",
+    summary = "Revoke this token and this sign-in's refresh tokens; clear both cookies",
     responses((status = 204, description = "Logged out"), (status = 401)),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -262,6 +359,10 @@ async fn logout(
         },
     )
     .await;
+    // This sign-in's refresh tokens end with it.
+    if let Some(refresh) = jar.get(REFRESH_COOKIE) {
+        refresh::revoke_family_of(&state.db, refresh.value()).await?;
+    }
     // Clear the cookie whether or not this request carried it.
     let cleared = Cookie::build((COOKIE_NAME, ""))
         .http_only(true)
@@ -269,5 +370,9 @@ async fn logout(
         .path("/")
         .max_age(time::Duration::ZERO);
     let jar = jar.add(cleared);
-    Ok((jar, StatusCode::NO_CONTENT))
+    Ok((
+        jar,
+        set_cookies([cleared_refresh_cookie()]),
+        StatusCode::NO_CONTENT,
+    ))
 }

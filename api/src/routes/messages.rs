@@ -40,7 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"room_id": "general", "content": "Hello, everyone!", "client_id": "web-5f2c-1"}))]
+#[schema(example = json!({"room_id": "lobby", "content": "Hello, everyone!", "client_id": "web-5f2c-1"}))]
 struct NewMessage {
     /// The room's UUID or name.
     room_id: String,
@@ -84,7 +84,7 @@ async fn post_message(
     tag = "messages",
     summary = "Publish a message to this room",
     request_body = NewRoomMessage,
-    params(("room" = String, Path, description = "The room's UUID or name")),
+    params(("room" = String, Path, description = "The room's UUID or name", example = "lobby")),
     responses(
         (status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401),
         (status = 403), (status = 404), (status = 413), (status = 422), (status = 503)
@@ -127,7 +127,7 @@ struct HistoryQuery {
     path = "/rooms/{room}/messages",
     tag = "messages",
     summary = "History: `before` newest first, `after` oldest first",
-    params(("room" = String, Path, description = "The room's UUID or name"), HistoryQuery),
+    params(("room" = String, Path, description = "The room's UUID or name", example = "lobby"), HistoryQuery),
     responses(
         (status = 200, description = "Messages", body = Vec<MessageView>), (status = 401),
         (status = 403), (status = 404), (status = 422)

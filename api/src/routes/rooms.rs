@@ -7,7 +7,7 @@ use axum::{
     response::IntoResponse,
 };
 use chrono::{DateTime, Utc};
-use consumer::event::RoomEvent;
+use consumer::event::{RoomEvent, SenderView};
 use entity::room::{self, RoomKind};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -23,6 +23,7 @@ use crate::{
     extract::SearchPage,
     extract::{Json as JsonBody, QueryParams, Valid},
     queries::{
+        QueryError,
         rooms::{self, Added},
         users,
     },
@@ -36,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(members, add_member))
         .routes(routes!(remove_member))
         .routes(routes!(join))
+        .routes(routes!(private_room))
 }
 
 /// A room as JSON.
@@ -54,6 +56,11 @@ pub struct RoomView {
     pub member_count: i32,
     pub last_seq: i64,
     pub created_at: DateTime<Utc>,
+    /// Private rooms only: the other member, as the caller sees the room
+    /// (absent while the caller is alone in it, and for other kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub peer: Option<SenderView>,
 }
 
 impl From<room::Model> for RoomView {
@@ -66,8 +73,37 @@ impl From<room::Model> for RoomView {
             member_count: r.member_count,
             last_seq: r.last_seq,
             created_at: r.created_at,
+            peer: None,
         }
     }
+}
+
+/// Rooms as `user` sees them: private ones name the other member.
+async fn views(state: &AppState, user: Uuid, found: Vec<room::Model>) -> Result<Vec<RoomView>> {
+    let private = found
+        .iter()
+        .filter(|r| r.kind == RoomKind::Private)
+        .map(|r| r.id)
+        .collect();
+    let mut peers = rooms::peers(&state.db, user, private).await?;
+    Ok(found
+        .into_iter()
+        .map(|r| {
+            let peer = peers.remove(&r.id);
+            RoomView {
+                peer,
+                ..RoomView::from(r)
+            }
+        })
+        .collect())
+}
+
+/// One room as `user` sees it.
+async fn view(state: &AppState, user: Uuid, room: room::Model) -> Result<RoomView> {
+    Ok(views(state, user, vec![room])
+        .await?
+        .pop()
+        .expect("one room in, one out"))
 }
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
@@ -135,7 +171,7 @@ async fn list(
         q.offset.unwrap_or(0),
     )
     .await?;
-    Ok(Json(found.into_iter().map(RoomView::from).collect()))
+    Ok(Json(views(&state, user.id, found).await?))
 }
 
 #[utoipa::path(
@@ -143,7 +179,7 @@ async fn list(
     path = "/rooms/{room}",
     tag = "rooms",
     summary = "A room",
-    params(("room" = String, Path, description = "The room's UUID or name")),
+    params(("room" = String, Path, description = "The room's UUID or name", example = "lobby")),
     responses(
         (status = 200, description = "The room", body = RoomView), (status = 401), (status = 403),
         (status = 404)
@@ -157,7 +193,7 @@ async fn show(
 ) -> Result<Json<RoomView>> {
     let room = rooms::get(&state.db, &key).await?;
     access::can_read(&state, &user, &room).await?;
-    Ok(Json(room.into()))
+    Ok(Json(view(&state, user.id, room).await?))
 }
 
 #[utoipa::path(
@@ -165,7 +201,7 @@ async fn show(
     path = "/rooms/{room}",
     tag = "rooms",
     summary = "Delete a room (owner or admin); its sockets close with 4404",
-    params(("room" = String, Path, description = "The room's UUID or name")),
+    params(("room" = String, Path, description = "The room's UUID or name", example = "general")),
     responses(
         (status = 204, description = "Deleted"), (status = 401), (status = 403), (status = 404)
     ),
@@ -190,7 +226,7 @@ async fn remove(
     path = "/rooms/{room}/members",
     tag = "rooms",
     summary = "Members",
-    params(("room" = String, Path, description = "The room's UUID or name")),
+    params(("room" = String, Path, description = "The room's UUID or name", example = "lobby")),
     responses(
         (status = 200, description = "Members", body = Vec<crate::queries::rooms::Member>),
         (status = 401), (status = 403), (status = 404)
@@ -210,7 +246,7 @@ async fn members(
 /// `{user_id}` or `{username}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"username": "bob"}))]
+#[schema(example = json!({"username": "carol"}))]
 struct AddMember {
     user_id: Option<Uuid>,
     username: Option<String>,
@@ -222,7 +258,7 @@ struct AddMember {
     tag = "rooms",
     summary = "Add a member (owner or admin)",
     request_body = AddMember,
-    params(("room" = String, Path, description = "The room's UUID or name")),
+    params(("room" = String, Path, description = "The room's UUID or name", example = "team")),
     responses(
         (status = 201, description = "Added", body = crate::queries::rooms::Member), (status = 401),
         (status = 403), (status = 404), (status = 409), (status = 422)
@@ -278,7 +314,7 @@ async fn add_member(
     tag = "rooms",
     summary = "Remove a member (owner, admin, or self); their sockets close with 4403",
     params(
-        ("room" = String, Path, description = "The room's UUID or name"),
+        ("room" = String, Path, description = "The room's UUID or name", example = "team"),
         ("user_id" = uuid::Uuid, Path, description = "User id")
     ),
     responses(
@@ -316,7 +352,7 @@ async fn remove_member(
     path = "/rooms/{room}/join",
     tag = "rooms",
     summary = "Join a public room, or a private one with a free seat",
-    params(("room" = String, Path, description = "The room's UUID or name")),
+    params(("room" = String, Path, description = "The room's UUID or name", example = "lobby")),
     responses(
         (status = 200, description = "Joined", body = RoomView), (status = 401), (status = 403),
         (status = 404), (status = 409)
@@ -334,4 +370,84 @@ async fn join(
     Ok(Json(
         rooms::get(&state.db, &room.id.to_string()).await?.into(),
     ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/users/{id}/private-room",
+    tag = "rooms",
+    summary = "Message a person: your private room with them, opened if there is none",
+    description = "Returns the private room you and that user are both members of (200), or creates one with the two of you as its members (201), named `dm.` and a digest of the pair. The room carries `peer`, the other person.",
+    params(("id" = uuid::Uuid, Path, description = "The other person's user id")),
+    responses((status = 200, description = "Your existing private room with them", body = RoomView), (status = 201, description = "A new private room with the two of you", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed (guests)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or a guest)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "That is you", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// `POST /users/{id}/private-room`: find or open the caller's private room with a user.
+async fn private_room(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(peer_id): Path<Uuid>,
+) -> Result<impl IntoResponse> {
+    user.require_registered()?;
+    if peer_id == user.id {
+        return Err(ApiError::invalid_field(
+            "id",
+            "a private room is with someone else",
+        ));
+    }
+    let peer = users::find(&state.db, peer_id)
+        .await?
+        .filter(|p| p.role != entity::user::Role::Guest)
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    if let Some(room) = rooms::find_private(&state.db, user.id, peer.id).await? {
+        return Ok((StatusCode::OK, Json(view(&state, user.id, room).await?)));
+    }
+    let name = private_room_name(user.id, peer.id);
+    let created = match rooms::create_private(&state.db, &name, user.id, peer.id).await {
+        Ok(room) => room,
+        Err(QueryError::RoomNameTaken) => {
+            // Either the other one opened it a moment ago, or someone took
+            // the name for another room: then a name of its own.
+            if let Some(room) = rooms::find_private(&state.db, user.id, peer.id).await? {
+                return Ok((StatusCode::OK, Json(view(&state, user.id, room).await?)));
+            }
+            let unique = format!("{name}.{}", &Uuid::new_v4().simple().to_string()[..8]);
+            rooms::create_private(&state.db, &unique, user.id, peer.id).await?
+        }
+        Err(err) => return Err(err.into()),
+    };
+    tracing::info!(room = %created.id, by = %user.id, peer = %peer.id, "private room opened");
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&state, user.id, created).await?),
+    ))
+}
+
+/// The name a pair's private room gets: the same whichever of the two opens
+/// it, so two opening it at once collide on the unique name and share one room.
+fn private_room_name(a: Uuid, b: Uuid) -> String {
+    let (first, second) = if a < b { (a, b) } else { (b, a) };
+    let mut pair = first.as_bytes().to_vec();
+    pair.extend_from_slice(second.as_bytes());
+    let digest = Uuid::new_v5(&PRIVATE_ROOM_NAMESPACE, &pair)
+        .simple()
+        .to_string();
+    format!("dm.{}", &digest[..16])
+}
+
+/// Namespace of private room names.
+const PRIVATE_ROOM_NAMESPACE: Uuid = Uuid::from_u128(0x1c3e_5a7b_9d0f_4e21_8a6c_b3d5_f7e9_0a42);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_names_its_private_room_alike_either_way() {
+        let (a, b) = (Uuid::now_v7(), Uuid::new_v4());
+        let name = private_room_name(a, b);
+        assert_eq!(name, private_room_name(b, a));
+        assert_ne!(name, private_room_name(a, Uuid::new_v4()));
+        assert!(crate::domain::validate_room_name(&name).is_ok(), "{name}");
+    }
 }

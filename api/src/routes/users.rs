@@ -9,6 +9,7 @@ use axum::{
     response::IntoResponse,
 };
 use chrono::{DateTime, Utc};
+use consumer::event::avatar_url;
 use consumer::event::{RevokeReason, UserEvent};
 use entity::user::{self, Role};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use crate::{
     auth::{AuthUser, password},
     avatar::{self, AvatarError},
     error::{ApiError, Result},
-    extract::Valid,
+    extract::{QueryParams, SearchPage, Valid, validate},
     queries::users,
     state::AppState,
 };
@@ -29,6 +30,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(me, update_me, delete_me))
+        .routes(routes!(list))
         .routes(routes!(show))
         .routes(routes!(avatar))
         .routes(routes!(upload_avatar).layer(DefaultBodyLimit::max(
@@ -40,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "email": "alice@example.com",
-    "role": "user", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar",
+    "role": "user", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0",
     "created_at": "2025-06-01T09:30:00Z"
 }))]
 pub struct UserView {
@@ -69,10 +71,49 @@ impl UserView {
             username: user.username.clone(),
             email: None,
             role: user.role,
-            avatar_url: format!("/users/{}/avatar", user.id),
+            avatar_url: avatar_url(user.id, user.avatar_version),
             created_at: user.created_at,
         }
     }
+
+    /// From a directory listing (no email).
+    pub fn listed(user: users::Listed) -> Self {
+        Self {
+            id: user.id,
+            avatar_url: avatar_url(user.id, user.avatar_version),
+            username: user.username,
+            email: None,
+            role: user.role,
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "users",
+    summary = "Find people by name (registered users, no emails), for \"message a person\" and adding members",
+    params(SearchPage),
+    responses((status = 200, description = "Users, by name", body = Vec<UserView>, example = json!([{"id": "0190d1a2-4b5d-7a10-9c00-0000000000b0", "username": "bob", "role": "user", "avatar_url": "/users/0190d1a2-4b5d-7a10-9c00-0000000000b0/avatar?v=0", "created_at": "2025-06-01T09:30:00Z"}])), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed (guests)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// `GET /users?search=&limit=&offset=`: the user directory, without emails.
+async fn list(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    QueryParams(q): QueryParams<SearchPage>,
+) -> Result<Json<Vec<UserView>>> {
+    validate(&q)?;
+    caller.require_registered()?;
+    let found = users::directory(
+        &state.db,
+        q.search.as_deref(),
+        q.limit.unwrap_or(50),
+        q.offset.unwrap_or(0),
+    )
+    .await?;
+    Ok(Json(found.into_iter().map(UserView::listed).collect()))
 }
 
 #[utoipa::path(
@@ -91,8 +132,7 @@ async fn me(State(state): State<AppState>, caller: AuthUser) -> Result<Json<User
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
-    "email": "alice@example.org", "password": "a-new-long-password",
-    "current_password": "correct-horse-battery"
+    "email": "alice@example.org", "current_password": "demo-password"
 }))]
 struct UpdateMe {
     #[validate(
@@ -247,9 +287,18 @@ async fn show(
     Ok(Json(UserView::public(&user)))
 }
 
+/// `?v=`: the avatar version a URL names.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct AvatarVersion {
+    /// The version from an `avatar_url`; with the current one the image is cached for good.
+    v: Option<i64>,
+}
+
 /// Where an avatar is served.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar"}))]
+#[schema(example = json!({"avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=1"}))]
 struct AvatarUrl {
     avatar_url: String,
 }
@@ -322,9 +371,11 @@ async fn upload_avatar(
                 e.to_string(),
             )
         })?;
-    users::set_avatar(&state.db, caller.id, png).await?;
+    let version = users::set_avatar(&state.db, caller.id, png).await?;
+    // Sockets opened from now on name the new version in presence frames.
+    state.caches.tokens.clear();
     Ok(Json(AvatarUrl {
-        avatar_url: format!("/users/{}/avatar", caller.id),
+        avatar_url: avatar_url(caller.id, version),
     }))
 }
 
@@ -333,22 +384,31 @@ async fn upload_avatar(
     path = "/users/{id}/avatar",
     tag = "users",
     summary = "The avatar (a generated one until one is set)",
-    params(("id" = uuid::Uuid, Path, description = "User id")),
+    params(("id" = uuid::Uuid, Path, description = "User id"), AvatarVersion),
     responses(
-        (status = 200, description = "PNG image", body = Vec<u8>, content_type = "image/png"),
+        (status = 200, description = "PNG image; cached for a year when `v` is the current version, briefly otherwise", body = Vec<u8>, content_type = "image/png"),
         (status = 401), (status = 404)
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
-/// `GET /users/{id}/avatar`: the uploaded image, or a generated one.
+/// `GET /users/{id}/avatar?v=<n>`: the uploaded image, or a generated one.
 async fn avatar(
     State(state): State<AppState>,
     _caller: AuthUser,
     Path(id): Path<Uuid>,
+    QueryParams(q): QueryParams<AvatarVersion>,
 ) -> Result<impl IntoResponse> {
     let user = users::find(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
+    // A URL naming the current version names these bytes for good; any other
+    // (none, or an old version whose image is gone) gets the current image,
+    // to be asked again soon.
+    let cache = if q.v == Some(i64::from(user.avatar_version)) {
+        "public, max-age=31536000, immutable"
+    } else {
+        "private, max-age=60"
+    };
     let png = match user.avatar {
         Some(png) => png,
         None => tokio::task::spawn_blocking(move || avatar::generated(id))
@@ -358,10 +418,7 @@ async fn avatar(
     Ok((
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, max-age=60"),
-            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static(cache)),
         ],
         png,
     ))

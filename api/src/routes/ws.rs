@@ -413,10 +413,11 @@ impl Session {
     }
 
     fn me(&self) -> SenderView {
-        SenderView {
-            id: self.user.id,
-            username: self.user.username.clone(),
-        }
+        SenderView::new(
+            self.user.id,
+            self.user.username.as_str(),
+            self.user.avatar_version,
+        )
     }
 
     /// The users present in this room on this node, and this socket's own.

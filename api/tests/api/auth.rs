@@ -390,10 +390,181 @@ async fn expired_revoked_tokens_are_pruned(backend: Backend) {
     db.close().await.ok();
 }
 
+/// The `name` cookie a response sets, as `name=value`, and its attributes.
+fn set_cookie(res: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(|c| (c.split(';').next().unwrap().to_owned(), c))
+}
+
+async fn refresh(api: &crate::helpers::Api, cookie: &str) -> reqwest::Response {
+    api.client
+        .post(api.url("/auth/refresh"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Stay signed in: login sets an HttpOnly refresh cookie; each refresh gives
+/// an access token and rotates the cookie; logout revokes it; a rotated one
+/// used again later revokes its whole sign-in, the current one too.
+async fn refresh_cookie_rotates_and_reuse_revokes_the_family(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("alice").await;
+    let login = || async {
+        let res = api
+            .client
+            .post(api.url("/auth/login"))
+            .json(&json!({"username": "alice", "password": "password123"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let first = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(first.starts_with("roomcast_token="), "{first}");
+        let (refresh, attributes) = set_cookie(&res, "roomcast_refresh").expect("a refresh cookie");
+        for want in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/auth",
+            "Max-Age=1209600",
+        ] {
+            assert!(attributes.contains(want), "{attributes}");
+        }
+        refresh
+    };
+    let first = login().await;
+
+    // A refresh: a working access token, and a new refresh cookie.
+    let res = refresh(&api, &first).await;
+    assert_eq!(res.status(), 200);
+    let (access_cookie, _) = set_cookie(&res, "roomcast_token").expect("an access cookie");
+    let (second, _) = set_cookie(&res, "roomcast_refresh").expect("a rotated refresh cookie");
+    assert_ne!(second, first);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "bearer");
+    for auth in [
+        (
+            "authorization",
+            format!("Bearer {}", body["access_token"].as_str().unwrap()),
+        ),
+        ("cookie", access_cookie),
+    ] {
+        let res = api
+            .client
+            .get(api.url("/users/me"))
+            .header(auth.0, auth.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    // The spent one, again at once (a second tab): an access token, no new cookie.
+    let res = refresh(&api, &first).await;
+    assert_eq!(res.status(), 200);
+    assert!(set_cookie(&res, "roomcast_refresh").is_none());
+    let res = refresh(&api, &second).await;
+    assert_eq!(res.status(), 200);
+    let (third, _) = set_cookie(&res, "roomcast_refresh").unwrap();
+
+    // The spent one, later: a stolen copy. The whole sign-in ends.
+    let db = sea_orm::Database::connect(&app.env.db.url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "UPDATE refresh_tokens SET used_at = {} WHERE used_at IS NOT NULL",
+        match backend {
+            Backend::Sqlite => "'2000-01-01T00:00:00+00:00'",
+            Backend::Postgres => "now() - interval '1 hour'",
+        }
+    ))
+    .await
+    .unwrap();
+    let res = refresh(&api, &first).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "token_reused");
+    let res = refresh(&api, &third).await;
+    assert_eq!(res.status(), 401);
+    let (cleared, _) = set_cookie(&res, "roomcast_refresh").expect("the dead cookie cleared");
+    assert_eq!(cleared, "roomcast_refresh=");
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "token_revoked");
+
+    // Another sign-in is not touched; its logout revokes it.
+    let other = login().await;
+    let res = refresh(&api, &other).await;
+    assert_eq!(res.status(), 200);
+    let (other, _) = set_cookie(&res, "roomcast_refresh").unwrap();
+    let token = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = api
+        .client
+        .post(api.url("/auth/logout"))
+        .bearer_auth(&token)
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(
+        set_cookie(&res, "roomcast_refresh").unwrap().0,
+        "roomcast_refresh="
+    );
+    let res = refresh(&api, &other).await;
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "token_revoked");
+
+    // Refusals: none, unknown, from another site; a deleted account's.
+    let res = api
+        .client
+        .post(api.url("/auth/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "missing_token");
+    let res = refresh(&api, "roomcast_refresh=not-a-token").await;
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "invalid_token");
+    let fresh = login().await;
+    let res = api
+        .client
+        .post(api.url("/auth/refresh"))
+        .header("cookie", &fresh)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = refresh(&api, &fresh).await;
+    let (fresh, _) = set_cookie(&res, "roomcast_refresh").unwrap();
+    let token = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = api
+        .client
+        .delete(api.url("/users/me"))
+        .bearer_auth(&token)
+        .json(&json!({"current_password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = refresh(&api, &fresh).await;
+    assert_eq!(res.status(), 401);
+}
+
 crate::on_both_backends!(
     expired_revoked_tokens_are_pruned,
     bootstrap_admin_promotes_only_with_its_password,
     register_login_me_logout,
+    refresh_cookie_rotates_and_reuse_revokes_the_family,
     oauth2_password_form_login,
     wrong_password_and_unknown_user_look_the_same,
     uniqueness_is_case_insensitive,

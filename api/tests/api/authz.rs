@@ -151,6 +151,11 @@ const ROWS: &[Row] = &[
     row("DELETE", "/users/me", "401:missing_token - - - - - - -"),
     row("PUT", "/users/me/avatar", "401:missing_token 403:guest_not_allowed 415:unsupported_image 415 415 415 415 415")
         .body(MULTIPART),
+    row("GET", "/users", REGISTERED),
+    row("GET", "/users?search=bo&limit=5", REGISTERED).via(Via::Cookie),
+    // Bob is the member; Alice, the owner, already shares the private room with him.
+    row("POST", "/users/{member}/private-room", "401:missing_token 403:guest_not_allowed 201 201 \
+        422:validation_failed 200 201 201"),
     row("GET", "/users/{member}", SIGNED_IN),
     row("GET", "/users/{member}/avatar", SIGNED_IN),
     row("GET", "/rooms", REGISTERED),

@@ -58,7 +58,10 @@ async fn upload_and_serve_avatars(backend: Backend) {
     let default = res.bytes().await.unwrap();
     assert_eq!(image::load_from_memory(&default).unwrap().width(), 128);
 
-    for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP] {
+    for (version, format) in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::WebP]
+        .into_iter()
+        .enumerate()
+    {
         let res = api
             .client
             .put(api.url("/users/me/avatar"))
@@ -68,7 +71,10 @@ async fn upload_and_serve_avatars(backend: Backend) {
             .await
             .unwrap();
         assert_eq!(res.status(), 200, "{format:?}");
-        assert_eq!(res.json::<Value>().await.unwrap()["avatar_url"], avatar_url);
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["avatar_url"],
+            format!("{avatar_url}?v={}", version + 1)
+        );
     }
     let stored = api
         .client

@@ -299,6 +299,33 @@ async fn seed_demo_and_admin_create(backend: Backend) {
         .unwrap();
     let names: Vec<&str> = rooms.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alice-bob", "lobby", "public", "team"]);
+    // A few messages in each demo room, once however often it ran, in order
+    // and from their members.
+    for room in ["lobby", "team", "alice-bob"] {
+        let history: Vec<Value> = api
+            .client
+            .get(api.url(&format!("/rooms/{room}/messages?after=0")))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!((2..=5).contains(&history.len()), "{room}: {history:?}");
+        let seqs: Vec<i64> = history.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=history.len() as i64).collect::<Vec<_>>(),
+            "{room}"
+        );
+        assert!(
+            history.iter().all(|m| m["sender"]["username"].is_string()),
+            "{room}"
+        );
+    }
+    // The server goes on from there.
+    api.post_stored(&alice, "lobby", "after the seed").await;
     let boss = login("boss", "boss-password").await;
     let me: Value = api
         .client

@@ -29,4 +29,5 @@ mod postman;
 mod rooms;
 mod sessions;
 mod telemetry;
+mod users;
 mod ws;

@@ -82,10 +82,9 @@ pub(super) async fn store_batch(
 /// The `message` event of a stored row, keyed by its room.
 fn event(ctx: &Context, model: &message::Model) -> (Uuid, Vec<u8>) {
     let sender = model.sender_id.and_then(|id| {
-        ctx.names.get(&id).map(|n| SenderView {
-            id,
-            username: n.clone(),
-        })
+        ctx.names
+            .get(&id)
+            .map(|n| SenderView::new(id, n.as_str(), ctx.avatars.get(&id).copied().unwrap_or(0)))
     });
     let event = RoomEvent::Message(MessageView::from_model(model, sender));
     (model.room_id, event.to_bytes())
@@ -111,20 +110,21 @@ pub(super) async fn load_context(
         .iter()
         .filter_map(|m| m.envelope.sender_id)
         .collect();
-    let names = if senders.is_empty() {
-        HashMap::new()
+    let found: Vec<(Uuid, String, i32)> = if senders.is_empty() {
+        Vec::new()
     } else {
         user::Entity::find()
             .select_only()
             .column(user::Column::Id)
             .column(user::Column::Username)
+            .column(user::Column::AvatarVersion)
             .filter(user::Column::Id.is_in(senders.iter().copied()))
-            .into_tuple::<(Uuid, String)>()
+            .into_tuple::<(Uuid, String, i32)>()
             .all(conn)
             .await?
-            .into_iter()
-            .collect()
     };
+    let avatars = found.iter().map(|(id, _, v)| (*id, *v)).collect();
+    let names = found.into_iter().map(|(id, name, _)| (id, name)).collect();
     // Only rooms that are not public ask for membership: a batch of public
     // messages makes no query for it.
     let closed_rooms: HashSet<Uuid> = rooms
@@ -148,6 +148,7 @@ pub(super) async fn load_context(
         rooms,
         existing,
         names,
+        avatars,
         memberships,
     })
 }

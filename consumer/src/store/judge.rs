@@ -69,6 +69,8 @@ pub(super) struct Context {
     pub existing: HashMap<Uuid, message::Model>,
     /// The usernames of the batch's senders that exist.
     pub names: HashMap<Uuid, String>,
+    /// Their avatar versions, for the `avatar_url` of the events.
+    pub avatars: HashMap<Uuid, i32>,
     /// `(room, user)` memberships of the senders in rooms that are not public.
     pub memberships: HashSet<(Uuid, Uuid)>,
 }

@@ -256,6 +256,7 @@ async fn add_user(db: &DatabaseConnection, name: &str) -> Uuid {
         password_hash: Set(None),
         role: Set(user::Role::User),
         avatar: Set(None),
+        avatar_version: Set(0),
         created_at: Set(Utc::now()),
         token_generation: Set(0),
         kept_token: Set(None),
