@@ -121,6 +121,7 @@ impl Application {
             &config.database_url,
             state.broker.clone(),
             state.hub.clone(),
+            consumer::signing::EnvelopeKey::derive(config.signing_key().as_bytes()),
             state.stop.clone(),
         )
         .await?;

@@ -9,6 +9,7 @@ use consumer::{
     BrokerError,
     event::{Envelope, message_id},
     rules::{self, ContentError},
+    signing::EnvelopeKey,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -72,7 +73,10 @@ pub async fn publish(
         created_at: Some(Utc::now()),
     };
     let payload = serde_json::to_vec(&envelope).map_err(ApiError::internal)?;
-    state.broker.publish(&payload).await.map_err(|err| {
+    // Signed, so the store stage trusts `sender_id` (no one else can post as a user).
+    let signature = EnvelopeKey::derive(state.config.signing_key().as_bytes()).sign(&payload);
+    let published = state.broker.publish_message(&payload, Some(&signature));
+    published.await.map_err(|err| {
         tracing::warn!(error = %err, "publish failed");
         match err {
             BrokerError::Unavailable(_) | BrokerError::Nacked => ApiError::unavailable(

@@ -13,7 +13,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use consumer::{Broker, Hub};
+use consumer::{Broker, Hub, signing::EnvelopeKey};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,7 @@ impl Stages {
         database_url: &str,
         broker: Arc<dyn Broker>,
         hub: Arc<Hub>,
+        envelope_key: EnvelopeKey,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -58,7 +59,14 @@ impl Stages {
                     let stages = [
                         supervise("store stage", stop.clone(), {
                             let (db, broker, stop) = (db.clone(), broker.clone(), stop.clone());
-                            move || consumer::store::run(db.clone(), broker.clone(), stop.clone())
+                            move || {
+                                consumer::store::run(
+                                    db.clone(),
+                                    broker.clone(),
+                                    envelope_key.clone(),
+                                    stop.clone(),
+                                )
+                            }
                         }),
                         supervise("delivery stage", stop.clone(), {
                             let stop = stop.clone();

@@ -7,6 +7,8 @@
 //! - [`broker`]: the [`Broker`] trait and its two implementations,
 //!   [`broker::amqp`] (RabbitMQ through lapin) and [`broker::memory`] (in-process).
 //! - [`rules`]: the rules of a message's fields, shared by ingest and the store stage.
+//! - [`signing`]: the signature ingest puts on an envelope, which the store stage
+//!   checks before it trusts the sender.
 //! - [`store`]: the store stage — consumes `messages`, checks the rules again,
 //!   assigns each room's next `seq`, persists idempotently, publishes the event, acks.
 //! - [`delivery`]: the delivery stage — consumes this node's event queue into the [`Hub`].
@@ -20,6 +22,7 @@ pub mod event;
 pub mod hub;
 pub mod metrics;
 pub mod rules;
+pub mod signing;
 pub mod store;
 pub mod user_sockets;
 

@@ -264,6 +264,18 @@ impl TestApp {
         }
     }
 
+    /// Publishes into `messages` signed with the test key, as ingest would:
+    /// the store stage trusts the envelope's `sender_id`.
+    pub async fn publish_signed(&self, payload: &Value) {
+        let payload = payload.to_string();
+        let key = consumer::signing::EnvelopeKey::derive(TEST_SECRET.as_bytes());
+        let signature = key.sign(payload.as_bytes());
+        self.broker
+            .publish_message(payload.as_bytes(), Some(&signature))
+            .await
+            .expect("a signed publish into messages");
+    }
+
     /// Publishes raw bytes (not necessarily JSON, nor UTF-8) into `messages`
     /// with no sender, as from the RabbitMQ console.
     pub async fn publish_bytes_by_hand(&self, payload: &[u8]) {

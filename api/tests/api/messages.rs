@@ -321,7 +321,9 @@ async fn store_stage_checks_membership_of_closed_rooms(backend: Backend) {
         (&hall, carol_id, "hello hall"),
         (&secret, alice_id, "just us"),
     ] {
-        app.publish_by_hand(
+        // Signed as ingest signs, so the store stage trusts the sender and
+        // judges membership (unsigned, it would be a system message).
+        app.publish_signed(
             &json!({"room_id": room["id"], "sender_id": sender, "content": content}),
         )
         .await;

@@ -154,3 +154,66 @@ async fn assert_dead_letters(app: &TestApp, n: usize) {
 }
 
 crate::on_both_backends!(hostile_envelopes_never_stall);
+
+/// Publishes `payload` into `messages` with `signature` in its header, as
+/// someone with broker access but not the key would.
+async fn publish_with_signature(app: &TestApp, payload: &Value, signature: &str) {
+    let body = payload.to_string();
+    match app.vhost() {
+        Some(vhost) => {
+            let res = crate::helpers::client()
+                .post(format!(
+                    "{}/api/exchanges/{}/amq.default/publish",
+                    vhost.api,
+                    testsupport::enc(&vhost.name)
+                ))
+                .json(&json!({"properties": {"delivery_mode": 2,
+                    "headers": {"x-roomcast-signature": signature}},
+                    "routing_key": "messages", "payload": body, "payload_encoding": "string"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.json::<Value>().await.unwrap()["routed"], true);
+        }
+        None => app
+            .broker
+            .publish_message(body.as_bytes(), Some(signature))
+            .await
+            .unwrap(),
+    }
+}
+
+/// An envelope published by hand that claims a sender (unsigned, or signed
+/// with anything but the key) is stored as a system message; what ingest
+/// publishes keeps its sender.
+async fn console_cannot_impersonate(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (alice_id, alice) = api.user("alice").await;
+    let room = api.create_room(&alice, "ops", "group").await;
+    let room_id = room["id"].as_str().unwrap().to_owned();
+    let (mut ws, _) = Ws::join(app.addr, "/ws/ops?history=0", &alice).await;
+    let claim =
+        |content: &str| json!({"room_id": room_id, "sender_id": alice_id, "content": content});
+    app.publish_by_hand(&claim("unsigned claim")).await;
+    publish_with_signature(&app, &claim("forged claim"), &"0".repeat(64)).await;
+    publish_with_signature(&app, &claim("garbage signature"), "not hex").await;
+    for content in ["unsigned claim", "forged claim", "garbage signature"] {
+        let m = ws.next_of(&["message"]).await;
+        assert_eq!(m["content"], content);
+        assert_eq!(m["sender"], Value::Null, "{content}: stored as {m}");
+    }
+    let (status, _) = crate::messages::post(
+        &api,
+        &alice,
+        json!({"room_id": "ops", "content": "really alice"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let m = ws.next_of(&["message"]).await;
+    assert_eq!(m["sender"]["id"], alice_id.to_string(), "{m}");
+}
+
+crate::on_both_backends!(console_cannot_impersonate);

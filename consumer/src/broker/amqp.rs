@@ -31,6 +31,7 @@ use crate::event::{
     DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, REASON_HEADER, routing_key,
     user_routing_key,
 };
+use crate::signing::SIGNATURE_HEADER;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -281,8 +282,21 @@ impl Settle for AmqpSettle {
 
 #[async_trait]
 impl Broker for AmqpBroker {
-    async fn publish(&self, message: &[u8]) -> Result<(), BrokerError> {
-        self.publish_confirmed("", MESSAGES_QUEUE, message, persistent_json())
+    async fn publish_message(
+        &self,
+        message: &[u8],
+        signature: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let mut properties = persistent_json();
+        if let Some(signature) = signature {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                SIGNATURE_HEADER.into(),
+                AMQPValue::LongString(LongString::from(signature)),
+            );
+            properties = properties.with_headers(headers);
+        }
+        self.publish_confirmed("", MESSAGES_QUEUE, message, properties)
             .await
     }
 
@@ -389,8 +403,18 @@ impl Broker for AmqpBroker {
                 };
                 while let Some(delivery) = consumer.next().await {
                     let Ok(d) = delivery else { break };
+                    let signature = d
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|h| h.inner().get(SIGNATURE_HEADER))
+                        .and_then(|v| match v {
+                            AMQPValue::LongString(s) => Some(s.to_string()),
+                            _ => None,
+                        });
                     let delivery = QueuedMessage::new(
                         Bytes::from(d.data),
+                        signature,
                         d.redelivered,
                         Box::new(AmqpSettle(d.acker)),
                     );

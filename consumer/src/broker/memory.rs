@@ -19,7 +19,7 @@ use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle}
 #[derive(Default)]
 struct State {
     /// The single consumer's receiver, until it is taken.
-    queue_rx: Option<mpsc::UnboundedReceiver<Bytes>>,
+    queue_rx: Option<mpsc::UnboundedReceiver<(Bytes, Option<String>)>>,
     subscribers: Vec<mpsc::UnboundedSender<Bytes>>,
     dead_letters: Vec<(Bytes, String)>,
     closed: bool,
@@ -27,7 +27,7 @@ struct State {
 
 #[derive(Clone)]
 pub struct MemoryBroker {
-    queue_tx: mpsc::UnboundedSender<Bytes>,
+    queue_tx: mpsc::UnboundedSender<(Bytes, Option<String>)>,
     state: Arc<Mutex<State>>,
 }
 
@@ -77,10 +77,17 @@ impl Settle for NoopSettle {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn publish(&self, message: &[u8]) -> Result<(), BrokerError> {
+    async fn publish_message(
+        &self,
+        message: &[u8],
+        signature: Option<&str>,
+    ) -> Result<(), BrokerError> {
         self.check_open()?;
         self.queue_tx
-            .send(Bytes::copy_from_slice(message))
+            .send((
+                Bytes::copy_from_slice(message),
+                signature.map(str::to_owned),
+            ))
             .map_err(|_| BrokerError::Unavailable("the store stage has stopped".into()))
     }
 
@@ -114,7 +121,9 @@ impl Broker for MemoryBroker {
         // a second one waits forever.
         match self.state.lock().expect("broker state").queue_rx.take() {
             Some(rx) => UnboundedReceiverStream::new(rx)
-                .map(|payload| QueuedMessage::new(payload, false, Box::new(NoopSettle)))
+                .map(|(payload, signature)| {
+                    QueuedMessage::new(payload, signature, false, Box::new(NoopSettle))
+                })
                 .boxed(),
             None => futures_util::stream::pending().boxed(),
         }

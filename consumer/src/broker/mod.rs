@@ -43,15 +43,23 @@ pub trait Settle: Send + Sync {
 /// One message taken from the `messages` queue, to be acked once handled.
 pub struct QueuedMessage {
     pub payload: Bytes,
+    /// Ingest's signature of the payload ([`crate::signing`]), if it has one.
+    pub signature: Option<String>,
     /// The broker delivered it before (the earlier consumer died before acking).
     pub redelivered: bool,
     settle: Box<dyn Settle>,
 }
 
 impl QueuedMessage {
-    pub fn new(payload: Bytes, redelivered: bool, settle: Box<dyn Settle>) -> Self {
+    pub fn new(
+        payload: Bytes,
+        signature: Option<String>,
+        redelivered: bool,
+        settle: Box<dyn Settle>,
+    ) -> Self {
         Self {
             payload,
+            signature,
             redelivered,
             settle,
         }
@@ -64,8 +72,18 @@ impl QueuedMessage {
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes a persistent message to `messages`; returns once the broker confirmed it.
-    async fn publish(&self, message: &[u8]) -> Result<(), BrokerError>;
+    /// Publishes a persistent message to `messages` with its `signature`
+    /// ([`crate::signing`]) if any; returns once the broker confirmed it.
+    async fn publish_message(
+        &self,
+        message: &[u8],
+        signature: Option<&str>,
+    ) -> Result<(), BrokerError>;
+
+    /// Publishes with no signature, as an operator would from the console.
+    async fn publish(&self, message: &[u8]) -> Result<(), BrokerError> {
+        self.publish_message(message, None).await
+    }
 
     /// Publishes to `messages.dlq` with `reason` in a header; returns once confirmed.
     async fn dead_letter(&self, message: &[u8], reason: &str) -> Result<(), BrokerError>;

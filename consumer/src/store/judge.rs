@@ -12,6 +12,7 @@ use crate::{
     broker::QueuedMessage,
     event::{Envelope, Reject},
     rules::{self, ContentError, MAX_CLIENT_ID_BYTES},
+    signing::EnvelopeKey,
 };
 
 /// A parsed message with the id and time it will be stored under.
@@ -25,8 +26,10 @@ pub(super) struct Incoming {
 }
 
 /// Parses a batch; what is not an envelope, or carries text no database
-/// takes, is rejected here.
-pub(super) fn parse(batch: &[QueuedMessage]) -> (Vec<Incoming>, Vec<Rejected>) {
+/// takes, is rejected here. An envelope whose signature `key` does not
+/// verify loses its `sender_id`: it becomes a system message, as from the
+/// console, whoever it claims to be from.
+pub(super) fn parse(batch: &[QueuedMessage], key: &EnvelopeKey) -> (Vec<Incoming>, Vec<Rejected>) {
     let mut rejected = Vec::new();
     let mut incoming = Vec::with_capacity(batch.len());
     for (index, queued) in batch.iter().enumerate() {
@@ -35,14 +38,26 @@ pub(super) fn parse(batch: &[QueuedMessage]) -> (Vec<Incoming>, Vec<Rejected>) {
                 // Databases refuse NUL in text; retrying would never succeed.
                 rejected.push((index, Reject::InvalidText, Some("NUL character".to_owned())));
             }
-            Ok(envelope) => incoming.push(Incoming {
-                index,
-                // Hand-published messages have no id or time: give them now,
-                // so that retries of this batch keep them.
-                id: envelope.id.unwrap_or_else(Uuid::now_v7),
-                created_at: envelope.created_at.unwrap_or_else(Utc::now),
-                envelope,
-            }),
+            Ok(mut envelope) => {
+                let signed = queued
+                    .signature
+                    .as_deref()
+                    .is_some_and(|signature| key.verify(&queued.payload, signature));
+                if !signed && envelope.sender_id.take().is_some() {
+                    tracing::info!(
+                        index,
+                        "store stage: an unsigned envelope names a sender; stored as a system message"
+                    );
+                }
+                incoming.push(Incoming {
+                    index,
+                    // Hand-published messages have no id or time: give them now,
+                    // so that retries of this batch keep them.
+                    id: envelope.id.unwrap_or_else(Uuid::now_v7),
+                    created_at: envelope.created_at.unwrap_or_else(Utc::now),
+                    envelope,
+                })
+            }
             Err(err) => rejected.push((index, Reject::Unparseable, Some(err.to_string()))),
         }
     }

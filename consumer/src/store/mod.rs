@@ -30,7 +30,7 @@ use futures_util::{FutureExt, StreamExt};
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, broker::QueuedMessage, event::Reject};
+use crate::{Broker, broker::QueuedMessage, event::Reject, signing::EnvelopeKey};
 
 /// Messages the broker may hand over before the first is acked.
 pub const PREFETCH: u16 = 512;
@@ -46,7 +46,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Two tasks in a pipeline: this one takes batches and writes them to the
 /// database; the settler publishes each batch's events and acks it, in the
 /// same order, while the next batch is being written.
-pub async fn run(db: DatabaseConnection, broker: Arc<dyn Broker>, stop: CancellationToken) {
+/// `key` checks the envelopes' signatures ([`crate::signing`]).
+pub async fn run(
+    db: DatabaseConnection,
+    broker: Arc<dyn Broker>,
+    key: EnvelopeKey,
+    stop: CancellationToken,
+) {
     let mut queued = broker.consume_messages(PREFETCH);
     let (to_settle, mut settling) = tokio::sync::mpsc::channel::<(Vec<QueuedMessage>, Outcome)>(2);
     let settler = {
@@ -72,7 +78,7 @@ pub async fn run(db: DatabaseConnection, broker: Arc<dyn Broker>, stop: Cancella
                 _ => break,
             }
         }
-        let Some(outcome) = persist(&db, &batch, &stop).await else {
+        let Some(outcome) = persist(&db, &batch, &key, &stop).await else {
             break;
         };
         if to_settle.send((batch, outcome)).await.is_err() {
@@ -101,9 +107,10 @@ struct Outcome {
 async fn persist(
     db: &DatabaseConnection,
     batch: &[QueuedMessage],
+    key: &EnvelopeKey,
     stop: &CancellationToken,
 ) -> Option<Outcome> {
-    let (incoming, rejected) = judge::parse(batch);
+    let (incoming, rejected) = judge::parse(batch, key);
     let mut outcome = Outcome {
         events: Vec::new(),
         rejected,

@@ -390,10 +390,11 @@ async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
         .iter()
         .map(|content| {
             let body = serde_json::json!({"room_id": hall, "content": content});
-            QueuedMessage::new(body.to_string().into(), false, Box::new(NoSettle))
+            QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
         })
         .collect();
-    let outcome = super::persist(db, &batch, &CancellationToken::new())
+    let key = crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes");
+    let outcome = super::persist(db, &batch, &key, &CancellationToken::new())
         .await
         .expect("not stopped");
     let refused: Vec<(usize, Reject)> = outcome.rejected.iter().map(|r| (r.0, r.1)).collect();
