@@ -68,6 +68,7 @@ impl Application {
             None => Arc::new(MemoryBroker::new()),
         };
         let limits = Limits::new(config.socket_connect_burst, config.socket_connect_rate);
+        let quotas = crate::quotas::Quotas::new(&config);
         let presence = Presence::start(broker.clone());
         let state = AppState {
             db,
@@ -80,6 +81,7 @@ impl Application {
             stop: CancellationToken::new(),
             sockets: TaskTracker::new(),
             limits,
+            quotas,
             caches: Arc::default(),
         };
         Ok(Self { listener, state })
@@ -125,12 +127,13 @@ impl Application {
             state.stop.clone(),
         )
         .await?;
-        let limits = state.limits.clone();
+        let (limits, quotas) = (state.limits.clone(), state.quotas.clone());
         let shrink = tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
                 every.tick().await;
                 limits.shrink();
+                quotas.shrink();
             }
         });
         let db = state.db.clone();

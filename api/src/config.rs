@@ -93,6 +93,25 @@ pub struct Config {
     #[arg(long, env = "SOCKET_CONNECT_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub socket_connect_rate: u32,
 
+    /// Accounts one client address may register in a burst, before
+    /// `REGISTER_PER_MINUTE` applies (429 with `Retry-After` beyond).
+    #[arg(long, env = "REGISTER_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub register_burst: u32,
+
+    /// Accounts a minute one client address may keep registering.
+    #[arg(long, env = "REGISTER_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub register_per_minute: u32,
+
+    /// Password hashes and checks (argon2, 19 MiB each) run at once; 0 means
+    /// one per core.
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub password_hash_concurrency: u32,
+
+    /// Password hashes that may wait for a free core; more get 503 `busy`
+    /// with `Retry-After`.
+    #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub password_hash_queue: u32,
+
     /// Where a client's address (for login limits) comes from: `ConnectInfo`
     /// (the TCP peer) when clients connect directly; behind a proxy, the header
     /// it sets: `XRealIp`, `RightmostXForwardedFor`, `CfConnectingIp`,

@@ -23,7 +23,8 @@
 //! - [`domain`]: the rules for names; [`avatar`]: avatar images.
 //! - [`cache`]: short-lived caches of tokens, rooms and memberships for ingest;
 //!   [`user_events`]: account changes announced to, and applied on, every node.
-//! - [`limits`]: rate and abuse limits; [`client_addr`]: the client's
+//! - [`limits`]: rate and abuse limits ([`quotas`]: registrations and the
+//!   password-hashing gate); [`client_addr`]: the client's
 //!   address, from `CLIENT_IP_SOURCE`.
 //! - [`error`]: `ApiError`, which every failure becomes (problem+json).
 //! - [`extract`]: body and query extractors that fail as `ApiError`.
@@ -47,6 +48,7 @@ pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod queries;
+pub mod quotas;
 pub mod routes;
 pub mod seed;
 pub mod serve;

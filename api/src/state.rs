@@ -22,6 +22,8 @@ pub struct AppState {
     /// Cancelled when the server shuts down: sockets close with 1012.
     pub stop: CancellationToken,
     pub limits: Arc<Limits>,
+    /// Rates and gates on costly work (registrations, hashing, messages...).
+    pub quotas: Arc<crate::quotas::Quotas>,
     /// Tokens, rooms and memberships the ingest path has just read.
     pub caches: Arc<Caches>,
     /// Open sockets, so shutdown can wait for their close frames.

@@ -59,14 +59,21 @@ pub struct RegisterRequest {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Created", body = UserView), (status = 409), (status = 422),
-        (status = 400, description = "Malformed request")
+        (status = 400, description = "Malformed request"),
+        (status = 429, description = "Rate limited (see Retry-After)"),
+        (status = 503, description = "Busy hashing passwords (see Retry-After)")
     )
 )]
 async fn register(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Valid(req): Valid<RegisterRequest>,
 ) -> Result<impl IntoResponse> {
-    let password_hash = password::hash(req.password).await?;
+    state.quotas.check_register(client)?;
+    let password_hash = {
+        let _turn = state.quotas.hashing.enter().await?;
+        password::hash(req.password).await?
+    };
     let user = users::create(
         &state.db,
         users::NewUser {
@@ -147,7 +154,8 @@ struct TokenResponse {
     request_body(content((LoginRequest = "application/json"), (LoginRequest = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "A bearer token", body = TokenResponse), (status = 401),
-        (status = 429, description = "Rate limited (see Retry-After)"), (status = 422)
+        (status = 429, description = "Rate limited (see Retry-After)"), (status = 422),
+        (status = 503, description = "Busy hashing passwords (see Retry-After)")
     )
 )]
 async fn login(
@@ -188,6 +196,7 @@ async fn login(
     } else {
         users::find_by_username(&state.db, &login.username).await?
     };
+    let turn = state.quotas.hashing.enter().await?;
     let Some((user, phc)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
         password::dummy_verify(login.password).await;
         return Err(invalid_credentials());
@@ -195,6 +204,7 @@ async fn login(
     if !password::verify(login.password, phc).await? {
         return Err(invalid_credentials());
     }
+    drop(turn);
 
     let refresh = refresh::issue(&state.db, user.id, None, state.config.refresh_token_ttl).await?;
     let (jar, body) = signed_in(&state, &user, jar)?;

@@ -19,6 +19,7 @@ use validator::Validate;
 use crate::{
     auth::{AuthUser, password},
     avatar::{self, AvatarError},
+    client_addr::ClientAddr,
     error::{ApiError, Result},
     extract::{QueryParams, SearchPage, Valid, validate},
     queries::users,
@@ -154,19 +155,22 @@ struct UpdateMe {
     request_body = UpdateMe,
     responses(
         (status = 200, description = "Updated", body = UserView), (status = 401), (status = 403),
-        (status = 409), (status = 422)
+        (status = 409), (status = 422),
+        (status = 429, description = "Too many password checks (see Retry-After)"),
+        (status = 503, description = "Busy hashing passwords (see Retry-After)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// Changes email and/or password; the current password is always required.
 async fn update_me(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     caller: AuthUser,
     Valid(req): Valid<UpdateMe>,
 ) -> Result<Json<UserView>> {
     caller.require_registered()?;
     let user = account(&state, &caller).await?;
-    check_password(&user, req.current_password).await?;
+    check_password(&state, client, &user, req.current_password).await?;
     if let Some(email) = &req.email
         && users::find_by_email(&state.db, email)
             .await?
@@ -178,7 +182,10 @@ async fn update_me(
         ));
     }
     let hash = match req.password {
-        Some(new) => Some(password::hash(new).await?),
+        Some(new) => {
+            let _turn = state.quotas.hashing.enter().await?;
+            Some(password::hash(new).await?)
+        }
         None => None,
     };
     let changed_password = hash.is_some();
@@ -209,14 +216,23 @@ async fn account(state: &AppState, caller: &AuthUser) -> Result<user::Model> {
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))
 }
 
-/// 403 `wrong_password` unless `given` is the account's password.
-async fn check_password(user: &user::Model, given: String) -> Result<()> {
+/// 403 `wrong_password` unless `given` is the account's password. Throttled
+/// like a login (per account and address): a stolen token must not become a
+/// way to guess the password.
+async fn check_password(
+    state: &AppState,
+    client: std::net::IpAddr,
+    user: &user::Model,
+    given: String,
+) -> Result<()> {
+    state.limits.check_login(&user.username, client)?;
     let Some(phc) = user.password_hash.clone() else {
         return Err(ApiError::forbidden(
             "wrong_password",
             "this account has no password",
         ));
     };
+    let _turn = state.quotas.hashing.enter().await?;
     if !password::verify(given, phc).await? {
         return Err(ApiError::forbidden(
             "wrong_password",
@@ -244,7 +260,9 @@ struct DeleteMe {
         (status = 204, description = "Deleted"),
         (status = 401),
         (status = 403, description = "Wrong current password (wrong_password)"),
-        (status = 422)
+        (status = 422),
+        (status = 429, description = "Too many password checks (see Retry-After)"),
+        (status = 503, description = "Busy hashing passwords (see Retry-After)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -253,12 +271,13 @@ struct DeleteMe {
 /// node then refuses its tokens and closes its sockets.
 async fn delete_me(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     caller: AuthUser,
     Valid(req): Valid<DeleteMe>,
 ) -> Result<StatusCode> {
     caller.require_registered()?;
     let user = account(&state, &caller).await?;
-    check_password(&user, req.current_password).await?;
+    check_password(&state, client, &user, req.current_password).await?;
     users::delete(&state.db, caller.id).await?;
     crate::user_events::announce(&state, UserEvent::AccountDeleted { user_id: caller.id }).await;
     tracing::info!(user = %caller.id, "account deleted");

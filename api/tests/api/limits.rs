@@ -256,3 +256,100 @@ crate::on_both_backends!(
     a_flooding_socket_is_told_then_closed,
     socket_connects_are_limited_per_user,
 );
+
+async fn register_as(api: &Api, name: &str) -> reqwest::Response {
+    api.client
+        .post(api.url("/auth/register"))
+        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "password123"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn retry_secs(res: &reqwest::Response) -> Option<u64> {
+    res.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Registration is limited per client address, like login.
+async fn registration_is_limited_per_address(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.register_burst = 3;
+        c.register_per_minute = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    for i in 0..3 {
+        assert_eq!(register_as(&api, &format!("user{i}")).await.status(), 201);
+    }
+    let res = register_as(&api, "user3").await;
+    assert_eq!(res.status(), 429);
+    assert!(retry_secs(&res).is_some_and(|s| s >= 1));
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "rate_limited");
+}
+
+/// Password hashing runs a few at a time; beyond its queue the answer is
+/// 503 `busy` with `Retry-After`, not one more 19 MiB hash in memory.
+async fn password_hashing_is_bounded(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.password_hash_concurrency = 1;
+        c.password_hash_queue = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let answers = futures_util::future::join_all((0..12).map(|i| {
+        let api = &api;
+        async move {
+            let res = register_as(api, &format!("hasher{i}")).await;
+            (res.status().as_u16(), retry_secs(&res))
+        }
+    }))
+    .await;
+    assert!(
+        answers.iter().any(|(s, _)| *s == 503),
+        "no 503: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|(s, r)| *s == 201 || (*s == 503 && r.is_some())),
+        "{answers:?}"
+    );
+}
+
+/// `PATCH /users/me` password checks are throttled like logins.
+async fn password_checks_are_throttled(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("ann").await;
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        let res = api
+            .client
+            .patch(api.url("/users/me"))
+            .bearer_auth(&token)
+            .json(&json!({"email": "x@example.com", "current_password": "guess-guess"}))
+            .send()
+            .await
+            .unwrap();
+        codes.push(res.status().as_u16());
+    }
+    assert_eq!(codes[0], 403, "{codes:?}");
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
+}
+
+crate::on_both_backends!(
+    registration_is_limited_per_address,
+    password_hashing_is_bounded,
+    password_checks_are_throttled,
+);
