@@ -273,6 +273,8 @@ pub fn user_routing_key(user_id: Uuid) -> String {
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
     Logout,
+    /// `POST /auth/logout-all`: every sign-in of the user ends.
+    LogoutEverywhere,
     PasswordChanged,
 }
 

@@ -138,6 +138,22 @@ pub async fn update_account(
     }
 }
 
+/// Moves the user to the next token generation with no token kept: every
+/// access token issued before stops working (log out everywhere).
+pub async fn end_sessions(
+    db: &impl ConnectionTrait,
+    user: user::Model,
+) -> Result<user::Model, QueryError> {
+    let next_generation = user.token_generation.wrapping_add(1);
+    let mut active: user::ActiveModel = user.into();
+    active.token_generation = Set(next_generation);
+    active.kept_token = Set(None);
+    active.update(db).await.map_err(|err| match err {
+        sea_orm::DbErr::RecordNotUpdated => QueryError::NotFound("user"),
+        err => err.into(),
+    })
+}
+
 /// Deletes a user. Their memberships go; their messages stay with no sender
 /// (marked `sender_deleted`, unlike system messages), their rooms with no
 /// owner (foreign keys do both on either backend).

@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(logout))
+        .routes(routes!(logout_all))
         .routes(routes!(refresh))
 }
 
@@ -249,7 +250,7 @@ fn signed_in(
 
 /// The refresh cookie: HttpOnly, sent only to `/auth/…` (refresh and
 /// logout) and only by this site's own pages.
-fn refresh_cookie(state: &AppState, token: String) -> Cookie<'static> {
+pub(crate) fn refresh_cookie(state: &AppState, token: String) -> Cookie<'static> {
     Cookie::build((REFRESH_COOKIE, token))
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -258,7 +259,7 @@ fn refresh_cookie(state: &AppState, token: String) -> Cookie<'static> {
         .build()
 }
 
-fn cleared_refresh_cookie() -> Cookie<'static> {
+pub(crate) fn cleared_refresh_cookie() -> Cookie<'static> {
     Cookie::build((REFRESH_COOKIE, ""))
         .http_only(true)
         .same_site(SameSite::Strict)
@@ -382,6 +383,50 @@ async fn logout(
     let jar = jar.add(cleared);
     Ok((
         jar,
+        set_cookies([cleared_refresh_cookie()]),
+        StatusCode::NO_CONTENT,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/auth/logout-all",
+    tag = "auth",
+    summary = "Log out everywhere: every token and refresh cookie of the caller stops working",
+    responses((status = 204, description = "Every sign-in ended"), (status = 401)),
+    security(("bearer" = []), ("cookie" = []))
+)]
+/// Ends every sign-in of the caller: all access tokens (the next token
+/// generation), all refresh tokens, and every open socket on every node.
+async fn logout_all(
+    State(state): State<AppState>,
+    caller: AuthUser,
+    jar: CookieJar,
+) -> Result<impl IntoResponse> {
+    caller.require_registered()?;
+    let user = users::find(&state.db, caller.id)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))?;
+    let user = users::end_sessions(&state.db, user).await?;
+    refresh::revoke_user(&state.db, user.id).await?;
+    crate::user_events::announce(
+        &state,
+        UserEvent::SessionsRevoked {
+            user_id: user.id,
+            jti: None,
+            generation: Some(user.token_generation),
+            kept: None,
+            reason: RevokeReason::LogoutEverywhere,
+        },
+    )
+    .await;
+    let cleared = Cookie::build((COOKIE_NAME, ""))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(time::Duration::ZERO);
+    Ok((
+        jar.add(cleared),
         set_cookies([cleared_refresh_cookie()]),
         StatusCode::NO_CONTENT,
     ))

@@ -167,7 +167,7 @@ async fn update_me(
     ClientAddr(client): ClientAddr,
     caller: AuthUser,
     Valid(req): Valid<UpdateMe>,
-) -> Result<Json<UserView>> {
+) -> Result<impl axum::response::IntoResponse> {
     caller.require_registered()?;
     let user = account(&state, &caller).await?;
     check_password(&state, client, &user, req.current_password).await?;
@@ -192,7 +192,18 @@ async fn update_me(
     // A new password ends every other session: the caller's token is kept.
     let user =
         users::update_account(&state.db, user, req.email, hash, Some(caller.claims.jti)).await?;
+    let mut cookies = Vec::new();
     if changed_password {
+        // A stolen refresh cookie must not outlive the password either: every
+        // sign-in's refresh tokens end, and the caller gets a fresh one.
+        crate::auth::refresh::revoke_user(&state.db, user.id).await?;
+        let fresh =
+            crate::auth::refresh::issue(&state.db, user.id, None, state.config.refresh_token_ttl)
+                .await?;
+        cookies.push((
+            axum::http::header::SET_COOKIE,
+            crate::routes::auth::refresh_cookie(&state, fresh).to_string(),
+        ));
         crate::user_events::announce(
             &state,
             UserEvent::SessionsRevoked {
@@ -205,7 +216,10 @@ async fn update_me(
         )
         .await;
     }
-    Ok(Json(UserView::private(&user)))
+    Ok((
+        axum::response::AppendHeaders(cookies),
+        Json(UserView::private(&user)),
+    ))
 }
 
 /// The caller's account; a token whose account is gone is refused (401),

@@ -560,7 +560,86 @@ async fn refresh_cookie_rotates_and_reuse_revokes_the_family(backend: Backend) {
     assert_eq!(res.status(), 401);
 }
 
+/// Log out everywhere ends every sign-in: both access tokens and both refresh
+/// cookies. A password change ends the other sign-ins' refresh cookies too
+/// (not only their access tokens) and hands the caller a fresh one.
+async fn logout_everywhere_and_password_change_end_refresh_cookies(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("alice").await;
+    let login = |password: &'static str| {
+        let api = &api;
+        async move {
+            let res = api
+                .client
+                .post(api.url("/auth/login"))
+                .json(&json!({"username": "alice", "password": password}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            let (cookie, _) = set_cookie(&res, "roomcast_refresh").expect("a refresh cookie");
+            let body: Value = res.json().await.unwrap();
+            (body["access_token"].as_str().unwrap().to_owned(), cookie)
+        }
+    };
+    let me = |token: String| {
+        let api = &api;
+        async move {
+            api.client
+                .get(api.url("/users/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    // A password change: the laptop's refresh cookie dies with its token.
+    let (phone, _phone_refresh) = login("password123").await;
+    let (_laptop, laptop_refresh) = login("password123").await;
+    let res = api
+        .client
+        .patch(api.url("/users/me"))
+        .bearer_auth(&phone)
+        .json(&json!({"password": "a-new-password-1", "current_password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (fresh, _) = set_cookie(&res, "roomcast_refresh").expect("the caller gets a fresh cookie");
+    assert_eq!(refresh(&api, &laptop_refresh).await.status(), 401);
+    assert_eq!(refresh(&api, &fresh).await.status(), 200);
+
+    // Log out everywhere from one sign-in: the other's token and cookie die too.
+    let (a, a_refresh) = login("a-new-password-1").await;
+    let (b, b_refresh) = login("a-new-password-1").await;
+    assert_eq!(me(b.clone()).await, 200);
+    let res = api
+        .client
+        .post(api.url("/auth/logout-all"))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(
+        set_cookie(&res, "roomcast_refresh").is_some(),
+        "the cookie is cleared"
+    );
+    for token in [a, b, phone] {
+        assert_eq!(me(token).await, 401);
+    }
+    for cookie in [a_refresh, b_refresh] {
+        assert_eq!(refresh(&api, &cookie).await.status(), 401);
+    }
+}
+
 crate::on_both_backends!(
+    logout_everywhere_and_password_change_end_refresh_cookies,
     expired_revoked_tokens_are_pruned,
     bootstrap_admin_promotes_only_with_its_password,
     register_login_me_logout,
