@@ -190,13 +190,12 @@ pub enum RoomEvent {
     Message(MessageView),
     MessageEdited(MessageView),
     MessageDeleted(MessageView),
-    Join {
+    /// Who came and who went in the room on one node since that node's
+    /// last `presence` frame (at most one per room every few hundred ms).
+    Presence {
         room_id: Uuid,
-        user: SenderView,
-    },
-    Leave {
-        room_id: Uuid,
-        user: SenderView,
+        joined: Vec<SenderView>,
+        left: Vec<SenderView>,
     },
     /// The user's sockets in the room close with 4403.
     MemberRemoved {
@@ -213,8 +212,7 @@ impl RoomEvent {
     pub fn room_id(&self) -> Uuid {
         match self {
             Self::Message(m) | Self::MessageEdited(m) | Self::MessageDeleted(m) => m.room_id,
-            Self::Join { room_id, .. }
-            | Self::Leave { room_id, .. }
+            Self::Presence { room_id, .. }
             | Self::MemberRemoved { room_id, .. }
             | Self::RoomDeleted { room_id } => *room_id,
         }
@@ -233,8 +231,7 @@ pub enum EventKind {
     Message,
     MessageEdited,
     MessageDeleted,
-    Join,
-    Leave,
+    Presence,
     /// The user's sockets in the room close with 4403.
     MemberRemoved,
     /// Every socket in the room closes with 4404.

@@ -149,8 +149,7 @@ impl Hub {
             EventKind::MemberRemoved => (None, None, header.user_id),
             EventKind::MessageEdited
             | EventKind::MessageDeleted
-            | EventKind::Join
-            | EventKind::Leave
+            | EventKind::Presence
             | EventKind::Other => (None, None, None),
         };
 
@@ -260,13 +259,13 @@ mod tests {
                 EventKind::MessageDeleted,
             ),
             (
-                RoomEvent::Join {
+                RoomEvent::Presence {
                     room_id,
-                    user: user.clone(),
+                    joined: vec![user.clone()],
+                    left: vec![user],
                 },
-                EventKind::Join,
+                EventKind::Presence,
             ),
-            (RoomEvent::Leave { room_id, user }, EventKind::Leave),
             (
                 RoomEvent::MemberRemoved {
                     room_id,

@@ -208,14 +208,14 @@ async fn closing(
     }
 }
 
-/// The next frame or message, leaving out the room events (joins and leaves)
+/// The next frame or message, leaving out the room events (`presence`)
 /// that a room's socket may receive at any time.
 async fn next(conn: &mut Conn, target: &Target) -> Result<Option<Frame>, String> {
     loop {
         let frame = conn.next().await?;
         let event = target.endpoint == Endpoint::Room
             && frame.as_ref().is_some_and(|f| {
-                f.opcode == TEXT && matches!(json_type(f).as_deref(), Some("join" | "leave"))
+                f.opcode == TEXT && matches!(json_type(f).as_deref(), Some("presence"))
             });
         if !event {
             return Ok(frame);

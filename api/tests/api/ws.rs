@@ -241,39 +241,54 @@ fn online_names(welcome: &Value) -> Vec<String> {
     names
 }
 
-/// The presence frames (`join`, `leave`) that come within `wait`, as
-/// `(type, username)`.
-async fn presence_within(ws: &mut Ws, wait: Duration) -> Vec<(String, String)> {
+/// The `presence` frames that come within `wait`, each as the names it
+/// says joined and left.
+async fn presence_within(ws: &mut Ws, wait: Duration) -> Vec<(Vec<String>, Vec<String>)> {
     let until = tokio::time::Instant::now() + wait;
     let mut seen = Vec::new();
     while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
         match ws.poll_json(left).await.expect("the socket stays open") {
             None => break,
-            Some(frame) if frame["type"] == "join" || frame["type"] == "leave" => seen.push((
-                frame["type"].as_str().unwrap().to_owned(),
-                frame["user"]["username"].as_str().unwrap().to_owned(),
-            )),
+            Some(frame) if frame["type"] == "presence" => seen.push(presence_names(&frame)),
             Some(_) => {}
         }
     }
     seen
 }
 
+/// A `presence` frame's joined and left users, by name.
+fn presence_names(frame: &Value) -> (Vec<String>, Vec<String>) {
+    let names = |member: &str| -> Vec<String> {
+        frame[member]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {member}: {frame}"))
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    (names("joined"), names("left"))
+}
+
 /// A user is announced once a socket of theirs has lasted `PRESENCE_DELAY`
-/// (1 s), once however many sockets they hold, and leaves with the last one.
-/// A socket that drops sooner is never announced.
+/// (1 s), once however many sockets they hold, and leaves with the last one,
+/// in `presence` frames (`joined`, `left`). A socket that drops sooner is
+/// never announced.
 async fn join_and_leave_are_announced(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
     let api = app.api();
     let (_, alice) = api.user("alice").await;
-    let (bob_id, bob) = api.user("bob").await;
+    let (_, bob) = api.user("bob").await;
     let (_, carol) = api.user("carol").await;
     let (mut ws_alice, welcome) = Ws::join(app.addr, "/ws/public", &alice).await;
     assert_eq!(online_names(&welcome), ["alice"], "{welcome}");
-    let own = ws_alice.next_of(&["join"]).await;
-    assert_eq!(own["user"]["username"], "alice", "her own join comes first");
+    let own = ws_alice.next_of(&["presence"]).await;
+    assert_eq!(
+        presence_names(&own),
+        (vec!["alice".to_owned()], vec![]),
+        "her own arrival comes first: {own}"
+    );
 
     // Carol comes and goes before the delay: the room never hears of her.
     let (quick, welcome) = Ws::join(app.addr, "/ws/public", &carol).await;
@@ -283,9 +298,13 @@ async fn join_and_leave_are_announced(backend: Backend) {
     let (ws_bob, welcome) = Ws::join(app.addr, "/ws/public", &bob).await;
     assert_eq!(online_names(&welcome), ["alice", "bob"], "{welcome}");
     let (bob_again, _) = Ws::join(app.addr, "/ws/public", &bob).await;
-    let join = ws_alice.next_of(&["join"]).await;
-    assert_eq!(join["user"]["id"], bob_id.to_string(), "{join}");
-    // Both of Bob's sockets have lasted: one join, and closing one is no leave.
+    let join = ws_alice.next_of(&["presence"]).await;
+    assert_eq!(
+        presence_names(&join),
+        (vec!["bob".to_owned()], vec![]),
+        "{join}"
+    );
+    // Both of Bob's sockets have lasted: one arrival, and closing one is no departure.
     assert_eq!(
         presence_within(&mut ws_alice, Duration::from_millis(1500)).await,
         []
@@ -296,15 +315,46 @@ async fn join_and_leave_are_announced(backend: Backend) {
         []
     );
     bob_again.close().await;
-    let leave = ws_alice.next_of(&["join", "leave"]).await;
+    let leave = ws_alice.next_of(&["presence"]).await;
     assert_eq!(
-        (&leave["type"], &leave["user"]["username"]),
-        (&json!("leave"), &json!("bob"))
+        presence_names(&leave),
+        (vec![], vec!["bob".to_owned()]),
+        "{leave}"
     );
     assert_eq!(
         presence_within(&mut ws_alice, Duration::from_millis(1500)).await,
         []
     );
+}
+
+/// Many sockets arriving at once, and a user reconnecting over and over, are
+/// at most a few `presence` frames, not one per socket.
+async fn churn_is_coalesced(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.presence_delay = Duration::ZERO).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let (mut ws_alice, _) = Ws::join(app.addr, "/ws/public", &alice).await;
+    ws_alice.next_of(&["presence"]).await;
+    let mut users = Vec::new();
+    for i in 0..8 {
+        users.push(api.user(&format!("crowd{i}")).await.1);
+    }
+    let mut sockets = Vec::new();
+    for token in &users {
+        sockets.push(Ws::join(app.addr, "/ws/public", token).await.0);
+    }
+    for _ in 0..5 {
+        let (again, _) = Ws::join(app.addr, "/ws/public", &users[0]).await;
+        again.close().await;
+    }
+    let frames = presence_within(&mut ws_alice, Duration::from_millis(1500)).await;
+    let joined: Vec<&String> = frames.iter().flat_map(|(joined, _)| joined).collect();
+    assert_eq!(joined.len(), 8, "each user joins once: {frames:?}");
+    assert!(frames.iter().all(|(_, left)| left.is_empty()), "{frames:?}");
+    assert!(frames.len() < 8, "coalesced: {frames:?}");
+    drop(sockets);
 }
 
 async fn guest_flow(backend: Backend) {
@@ -440,6 +490,7 @@ crate::on_both_backends!(
     since_replays_without_gap_then_live,
     auto_created_private_room_admits_two,
     join_and_leave_are_announced,
+    churn_is_coalesced,
     guest_flow,
     guest_tokens_are_off_by_default,
     token_expiry_closes_4001,
