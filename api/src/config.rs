@@ -69,7 +69,8 @@ pub struct Config {
     pub history_on_connect: u32,
 
     /// How long a socket must stay open before its user counts as present
-    /// and the room hears `join` (and, when it closes, `leave`), e.g. `1s`,
+    /// and the room hears of them in a `presence` frame (and, when it
+    /// closes, of their leaving), e.g. `1s`,
     /// `500ms`; `0s` announces at once. Sockets that connect and drop sooner
     /// cost the room nothing.
     #[arg(long, env = "PRESENCE_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -111,6 +112,15 @@ pub struct Config {
     /// with `Retry-After`.
     #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub password_hash_queue: u32,
+
+    /// Message frames one socket may send in a burst before
+    /// `SOCKET_MESSAGE_RATE` applies (`error rate_limited` beyond).
+    #[arg(long, env = "SOCKET_MESSAGE_BURST", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub socket_message_burst: u32,
+
+    /// Message frames a second one socket may keep sending.
+    #[arg(long, env = "SOCKET_MESSAGE_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub socket_message_rate: u32,
 
     /// Where a client's address (for login limits) comes from: `ConnectInfo`
     /// (the TCP peer) when clients connect directly; behind a proxy, the header

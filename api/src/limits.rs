@@ -34,8 +34,6 @@ const LOGIN_PER_ACCOUNT_AND_ADDRESS: (u32, Duration) = (10, Duration::from_secs(
 const LOGIN_PER_ADDRESS: (u32, Duration) = (30, Duration::from_secs(1));
 /// Login attempts per account from all addresses: a burst of 100, then one a second.
 const LOGIN_PER_ACCOUNT: (u32, Duration) = (100, Duration::from_secs(1));
-/// Messages per socket: a burst of 30, then 20 a second.
-const SOCKET_MESSAGES: (u32, Duration) = (30, Duration::from_millis(50));
 
 /// One clock for every limiter. Making a clock reads the CPU's features
 /// (CPUID), which a virtual machine traps: it showed in profiles when each
@@ -144,9 +142,26 @@ fn too_many(detail: &str, wait: Duration) -> ApiError {
     err
 }
 
-/// A fresh message-rate limiter for one socket.
-pub fn socket_limiter() -> DefaultDirectRateLimiter {
-    RateLimiter::direct_with_clock(quota(SOCKET_MESSAGES), CLOCK.clone())
+/// A fresh message-rate limiter for one socket: a burst of `burst` frames,
+/// then `rate` a second (`SOCKET_MESSAGE_BURST`, `SOCKET_MESSAGE_RATE`).
+pub fn socket_limiter(burst: u32, rate: u32) -> SocketLimiter {
+    let quota = (burst.max(1), Duration::from_secs(1) / rate.max(1));
+    SocketLimiter(RateLimiter::direct_with_clock(
+        self::quota(quota),
+        CLOCK.clone(),
+    ))
+}
+
+/// One socket's message rate.
+pub struct SocketLimiter(DefaultDirectRateLimiter);
+
+impl SocketLimiter {
+    /// Counts a frame; when it is over the rate, how long until one would pass.
+    pub fn check(&self) -> Result<(), Duration> {
+        self.0
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(CLOCK.now()))
+    }
 }
 
 #[cfg(test)]

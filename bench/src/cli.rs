@@ -80,6 +80,11 @@ pub struct Args {
     #[arg(long, default_value_t = 20.0, value_parser = parse_rate_or_zero)]
     pub ws_socket_rate: f64,
 
+    /// Frames one WebSocket publisher socket may have unacked (`--via ws`);
+    /// each room gets `ceil(concurrency / (rooms × window))` publisher sockets.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub ws_window: u32,
+
     /// Publish at this many messages per second (interval pacing) instead of flat out.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,

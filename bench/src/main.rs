@@ -129,7 +129,15 @@ async fn measure(args: &Args, api: &Api) -> anyhow::Result<Summary> {
         .await?;
     let subscribers = Subscribers::open_all(&api.ws_base(), &world, args.subs).await?;
     let publishers = match args.via {
-        Via::Ws => Some(WsPublishers::open(api, &world, args.concurrency as usize).await?),
+        Via::Ws => Some(
+            WsPublishers::open(
+                api,
+                &world,
+                args.concurrency as usize,
+                args.ws_window as usize,
+            )
+            .await?,
+        ),
         Via::Http => None,
     };
     eprintln!(
@@ -138,9 +146,10 @@ async fn measure(args: &Args, api: &Api) -> anyhow::Result<Summary> {
         world.rooms.len(),
         subscribers.len(),
         publishers.as_ref().map_or(String::new(), |p| format!(
-            ", {} publisher sockets (at most {}/s each)",
+            ", {} publisher sockets (at most {}/s and {} unacked each)",
             p.len(),
-            args.ws_socket_rate
+            args.ws_socket_rate,
+            args.ws_window
         )),
         setup_start.elapsed().as_secs_f64(),
         args.messages,
@@ -153,6 +162,7 @@ async fn measure(args: &Args, api: &Api) -> anyhow::Result<Summary> {
         max_retries: args.max_retries,
         concurrency: args.concurrency as usize,
         ws_socket_rate: Some(args.ws_socket_rate).filter(|&rate| rate > 0.0),
+        ws_window: args.ws_window as usize,
     };
     let rooms = world.rooms.len();
     let schedule = Arc::new(Schedule::new(

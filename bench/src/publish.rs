@@ -2,6 +2,7 @@
 //! accepted ([`Published`]), and the publishers over HTTP and WebSocket.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -13,7 +14,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt, TryStreamExt, stream};
 use serde_json::json;
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
     time::Instant,
 };
@@ -173,6 +174,8 @@ pub struct Plan {
     pub concurrency: usize,
     /// Most messages per second one publisher socket sends.
     pub ws_socket_rate: Option<f64>,
+    /// Most frames one publisher socket has unacked.
+    pub ws_window: usize,
 }
 
 impl Plan {
@@ -266,14 +269,22 @@ fn retry_after(res: &reqwest::Response) -> Duration {
 }
 
 /// Publisher sockets, opened before the clock starts: `ceil(concurrency /
-/// rooms)` in each room, since a socket publishes only into its own room.
+/// (rooms × window))` in each room, since a socket publishes only into its
+/// own room and has at most `window` frames unacked.
 pub struct WsPublishers {
     sockets: Vec<(usize, subscribe::Socket)>,
 }
 
 impl WsPublishers {
-    pub async fn open(api: &Api, world: &World, concurrency: usize) -> anyhow::Result<Self> {
-        let per_room = concurrency.div_ceil(world.rooms.len()).max(1);
+    pub async fn open(
+        api: &Api,
+        world: &World,
+        concurrency: usize,
+        window: usize,
+    ) -> anyhow::Result<Self> {
+        let per_room = concurrency
+            .div_ceil(world.rooms.len() * window.max(1))
+            .max(1);
         let ws_base = api.ws_base();
         let token = &world.publisher.token;
         let plan: Vec<usize> = (0..world.rooms.len())
@@ -299,131 +310,253 @@ impl WsPublishers {
         self.sockets.len()
     }
 
-    /// Each socket sends `message` frames for its room, one unacked at a time;
-    /// a semaphore keeps at most `concurrency` unacked over all of them.
+    /// Each socket sends `message` frames for its room, at most
+    /// `plan.ws_window` unacked; a semaphore keeps at most `concurrency`
+    /// unacked over all of them.
     pub async fn run(self, plan: &Plan, schedule: Arc<Schedule>, published: Arc<Published>) {
         let plan = Arc::new(plan.clone());
         let in_flight = Arc::new(Semaphore::new(plan.concurrency));
         let mut tasks = JoinSet::new();
         for (room, socket) in self.sockets {
-            let (plan, schedule, published, in_flight) = (
-                plan.clone(),
-                schedule.clone(),
-                published.clone(),
-                in_flight.clone(),
-            );
-            tasks.spawn(async move {
-                ws_publisher(room, socket, &plan, &schedule, &published, &in_flight).await;
-            });
+            let publisher = WsPublisher {
+                room,
+                plan: plan.clone(),
+                schedule: schedule.clone(),
+                published: published.clone(),
+                in_flight: in_flight.clone(),
+            };
+            tasks.spawn(publisher.run(socket));
         }
         while tasks.join_next().await.is_some() {}
     }
 }
 
-/// One publisher socket: a reader task passes `ack` and `error` frames on
-/// (and drains the room's broadcasts, which a publisher gets too); this task
-/// sends and waits.
-async fn ws_publisher(
+/// One publisher socket.
+struct WsPublisher {
     room: usize,
-    socket: subscribe::Socket,
-    plan: &Plan,
-    schedule: &Schedule,
-    published: &Published,
-    in_flight: &Semaphore,
-) {
-    let (mut sink, mut source) = socket.split();
-    let (replies_tx, mut replies) = mpsc::channel::<Frame>(64);
-    let reader = tokio::spawn(async move {
-        while let Some(Ok(frame)) = source.next().await {
-            let Message::Text(text) = frame else { continue };
-            // Cheap filter first: most frames are the room's broadcasts.
-            if !(text.contains("\"ack\"") || text.contains("\"error\"")) {
-                continue;
-            }
-            if let Ok(frame) = serde_json::from_str::<Frame>(&text)
-                && matches!(frame.kind.as_str(), "ack" | "error")
-                && replies_tx.send(frame).await.is_err()
-            {
-                break;
-            }
-        }
-    });
-    // Keep under the server's per-socket message rate, so frames are not refused.
-    let spacing = plan
-        .ws_socket_rate
-        .map(|rate| Duration::from_secs_f64(1.0 / rate));
-    let mut next_send = Instant::now();
-    'messages: loop {
-        tokio::time::sleep_until(next_send).await;
-        let Some(n) = schedule.next_in(room).await else {
-            break;
-        };
-        let Ok(_permit) = in_flight.acquire().await else {
-            break;
-        };
-        let client_id = plan.client_id(n);
-        let mut attempt = 0;
+    plan: Arc<Plan>,
+    schedule: Arc<Schedule>,
+    published: Arc<Published>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// A message sent and not yet acked, or waiting to be sent again.
+struct Pending {
+    n: u64,
+    attempt: u32,
+    /// Its places in the socket's window and in the run's `concurrency`.
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// What the reader hands back to the sender: a message to send again, when.
+struct Resend {
+    at: Instant,
+    pending: Pending,
+}
+
+/// The socket's unacked messages by `client_id`, shared by its sender and reader.
+type Unacked = Arc<Mutex<HashMap<String, Pending>>>;
+
+impl WsPublisher {
+    /// A sender loop and a reader task: the reader matches `ack` and
+    /// `error` frames to unacked messages by `client_id` (and drains the
+    /// room's broadcasts, which a publisher gets too), freeing their places
+    /// or handing them back to be sent again.
+    async fn run(self, socket: subscribe::Socket) {
+        let (mut sink, source) = socket.split();
+        let unacked: Unacked = Arc::default();
+        let (resend_tx, mut resend) = mpsc::unbounded_channel::<Resend>();
+        let reader = tokio::spawn(read_replies(
+            source,
+            unacked.clone(),
+            resend_tx,
+            self.plan.clone(),
+            self.published.clone(),
+            self.room,
+        ));
+        let window = Arc::new(Semaphore::new(self.plan.ws_window.max(1)));
+        // Keep under the server's per-socket message rate, so frames are not refused.
+        let spacing = self
+            .plan
+            .ws_socket_rate
+            .map(|rate| Duration::from_secs_f64(1.0 / rate));
+        let mut next_send = Instant::now();
+        let mut exhausted = false;
         loop {
-            tokio::time::sleep_until(next_send).await;
-            let frame = json!({
-                "type": "message",
-                "content": content(now_nanos(), n, plan.size),
-                "client_id": client_id,
-            });
-            if let Some(spacing) = spacing {
-                next_send = Instant::now() + spacing;
-            }
-            if let Err(err) = sink.send(Message::Text(frame.to_string().into())).await {
-                published.error(format!("publisher socket: {err}"));
-                break 'messages;
-            }
-            // One frame is in flight on this socket: an error without a
-            // client_id (a rate refusal) is about it too.
-            let reply = tokio::time::timeout(ACK_TIMEOUT, async {
-                while let Some(reply) = replies.recv().await {
-                    match reply.client_id.as_deref() {
-                        Some(id) if id == client_id => return Some(reply),
-                        None if reply.kind == "error" => return Some(reply),
-                        _ => {}
+            // A message handed back comes first; then a new one while the
+            // schedule has any; then wait for the last acks.
+            let pending = if let Ok(again) = resend.try_recv() {
+                next_send = next_send.max(again.at);
+                again.pending
+            } else if !exhausted {
+                // Waiting for a place in the window must not keep this task
+                // from the messages handed back, which hold places themselves.
+                let permits = tokio::select! {
+                    again = resend.recv() => match again {
+                        Some(again) => {
+                            next_send = next_send.max(again.at);
+                            Ok(again.pending)
+                        }
+                        None => break,
+                    },
+                    permits = self.permits(&window) => Err(permits),
+                };
+                match permits {
+                    Ok(pending) => pending,
+                    Err(Some(permits)) => match self.schedule.next_in(self.room).await {
+                        Some(n) => Pending {
+                            n,
+                            attempt: 0,
+                            _permits: permits,
+                        },
+                        None => {
+                            exhausted = true;
+                            continue;
+                        }
+                    },
+                    Err(None) => {
+                        let stuck = unacked.lock().expect("unacked").len();
+                        self.published.error(format!(
+                            "WS publish: stalled, no ack for {ACK_TIMEOUT:?} ({stuck} unacked on the socket)"
+                        ));
+                        exhausted = true;
+                        continue;
                     }
                 }
-                None
-            })
-            .await;
-            let (wait, why) = match reply {
-                Ok(Some(reply)) if reply.kind == "ack" => {
-                    published.accept(room);
+            } else {
+                if unacked.lock().expect("unacked").is_empty() || reader.is_finished() {
                     break;
                 }
-                Ok(Some(reply)) => match reply.code.as_deref() {
-                    Some("broker_unavailable") => (RETRY_DEFAULT, "broker_unavailable".to_owned()),
-                    Some("rate_limited") => (RATE_LIMITED_WAIT, "rate_limited".to_owned()),
-                    _ => {
-                        published.error(format!(
-                            "WS publish: error {} {}",
-                            reply.code.unwrap_or_default(),
-                            reply.detail.unwrap_or_default()
+                match tokio::time::timeout(ACK_TIMEOUT, resend.recv()).await {
+                    Ok(Some(again)) => {
+                        next_send = next_send.max(again.at);
+                        again.pending
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        let stuck = unacked.lock().expect("unacked").len();
+                        self.published.error(format!(
+                            "WS publish: {stuck} messages unacked after {ACK_TIMEOUT:?} without a reply"
                         ));
                         break;
                     }
-                },
-                Ok(None) => {
-                    published.error("publisher socket closed".to_owned());
-                    break 'messages;
                 }
-                Err(_) => (RETRY_DEFAULT, format!("no ack within {ACK_TIMEOUT:?}")),
             };
-            if attempt >= plan.max_retries {
-                published.error(format!("WS publish: {why} after {attempt} retries"));
+            tokio::time::sleep_until(next_send).await;
+            if let Some(spacing) = spacing {
+                next_send = Instant::now() + spacing;
+            }
+            let client_id = self.plan.client_id(pending.n);
+            let frame = json!({
+                "type": "message",
+                "content": content(now_nanos(), pending.n, self.plan.size),
+                "client_id": client_id,
+            });
+            unacked.lock().expect("unacked").insert(client_id, pending);
+            if let Err(err) = sink.send(Message::Text(frame.to_string().into())).await {
+                self.published.error(format!("publisher socket: {err}"));
                 break;
             }
-            attempt += 1;
-            published.retry();
-            next_send = next_send.max(Instant::now() + wait);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+        reader.abort();
+    }
+
+    /// A place in the socket's window and then in the run's `concurrency`;
+    /// `None` when they stay taken for [`ACK_TIMEOUT`] (no acks: a stall).
+    async fn permits(
+        &self,
+        window: &Arc<Semaphore>,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let places = async {
+            let mine = window.clone().acquire_owned().await.ok()?;
+            let run = self.in_flight.clone().acquire_owned().await.ok()?;
+            Some((mine, run))
+        };
+        tokio::time::timeout(ACK_TIMEOUT, places).await.ok()?
+    }
+}
+
+/// Reads the socket: an `ack` accepts its message; a `rate_limited` or
+/// `broker_unavailable` error hands it back to be sent again after the wait
+/// the server asks for; any other error fails it. An error without a
+/// `client_id` (an older server's rate refusal) is about the one unacked
+/// message when there is one, and otherwise cannot be matched: the message it
+/// was about stays unacked, which is how a publisher with many frames in
+/// flight stalled against such a server.
+async fn read_replies(
+    mut source: futures_util::stream::SplitStream<subscribe::Socket>,
+    unacked: Unacked,
+    resend: mpsc::UnboundedSender<Resend>,
+    plan: Arc<Plan>,
+    published: Arc<Published>,
+    room: usize,
+) {
+    while let Some(Ok(frame)) = source.next().await {
+        let Message::Text(text) = frame else { continue };
+        // Cheap filter first: most frames are the room's broadcasts.
+        if !(text.contains("\"ack\"") || text.contains("\"error\"")) {
+            continue;
+        }
+        let Ok(reply) = serde_json::from_str::<Frame>(&text) else {
+            continue;
+        };
+        let mut unacked_now = unacked.lock().expect("unacked");
+        let key = match reply.client_id.clone() {
+            Some(id) => id,
+            None if reply.kind == "error" && unacked_now.len() == 1 => {
+                unacked_now.keys().next().cloned().unwrap_or_default()
+            }
+            None if reply.kind == "error" => {
+                published.error(format!(
+                    "WS publish: error {} without a client_id, {} unacked: cannot tell which to resend",
+                    reply.code.as_deref().unwrap_or_default(),
+                    unacked_now.len()
+                ));
+                continue;
+            }
+            None => continue,
+        };
+        let Some(mut pending) = unacked_now.remove(&key) else {
+            continue;
+        };
+        drop(unacked_now);
+        let wait = match (reply.kind.as_str(), reply.code.as_deref()) {
+            ("ack", _) => {
+                published.accept(room);
+                continue;
+            }
+            (_, Some("rate_limited")) => reply
+                .retry_after_ms
+                .map_or(RATE_LIMITED_WAIT, Duration::from_millis),
+            (_, Some("broker_unavailable")) => RETRY_DEFAULT,
+            (_, code) => {
+                published.error(format!(
+                    "WS publish: error {} {}",
+                    code.unwrap_or_default(),
+                    reply.detail.as_deref().unwrap_or_default()
+                ));
+                continue;
+            }
+        };
+        if pending.attempt >= plan.max_retries {
+            published.error(format!(
+                "WS publish: {} after {} retries",
+                reply.code.as_deref().unwrap_or_default(),
+                pending.attempt
+            ));
+            continue;
+        }
+        pending.attempt += 1;
+        published.retry();
+        let again = Resend {
+            at: Instant::now() + wait,
+            pending,
+        };
+        if resend.send(again).is_err() {
+            return;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-    reader.abort();
 }
 
 #[cfg(test)]

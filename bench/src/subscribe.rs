@@ -77,6 +77,9 @@ pub struct Frame {
     pub code: Option<String>,
     #[serde(default)]
     pub detail: Option<String>,
+    /// With `rate_limited`: how long to wait before sending that frame again.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// What one socket saw.

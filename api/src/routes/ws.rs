@@ -287,13 +287,15 @@ impl Session {
         sub: &mut Subscription,
         mut last_seq: i64,
     ) -> End {
-        let limiter = crate::limits::socket_limiter();
+        let config = &self.state.config;
+        let limiter =
+            crate::limits::socket_limiter(config.socket_message_burst, config.socket_message_rate);
         let mut refused_in_a_row = 0u32;
         let expires_in = (self.user.claims.exp - Utc::now().timestamp()).max(0) as u64;
         let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
         tokio::pin!(expiry);
         // Counted in the room's presence once the socket has lasted; the
-        // count (and so the room's `leave`) goes with this function's end.
+        // count (and so the room's `left`) goes with this function's end.
         let settle = tokio::time::sleep(self.state.config.presence_delay);
         tokio::pin!(settle);
         let mut present = None;
@@ -327,17 +329,19 @@ impl Session {
                     let reply = match inbound {
                         None => return End::Gone,
                         Some(Err(err)) => return closing_error(&err),
-                        Some(Ok(Message::Text(_))) if limiter.check().is_err() => {
-                            refused_in_a_row += 1;
-                            if refused_in_a_row > RATE_STRIKES {
-                                return End::Close(1008, "rate limit exceeded");
+                        Some(Ok(Message::Text(text))) => match limiter.check() {
+                            Err(wait) => {
+                                refused_in_a_row += 1;
+                                if refused_in_a_row > RATE_STRIKES {
+                                    return End::Close(1008, "rate limit exceeded");
+                                }
+                                Some(rate_limited(text.as_str(), wait))
                             }
-                            Some(ServerFrame::error("rate_limited", "too many messages; slow down", None).to_text())
-                        }
-                        Some(Ok(Message::Text(text))) => {
-                            refused_in_a_row = 0;
-                            self.handle_text(text.as_str()).await
-                        }
+                            Ok(()) => {
+                                refused_in_a_row = 0;
+                                self.handle_text(text.as_str()).await
+                            }
+                        },
                         Some(Ok(Message::Binary(_))) => return End::Close(1003, "binary frames are not supported"),
                         Some(Ok(Message::Close(_))) => return End::ClosedByPeer,
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
@@ -445,6 +449,31 @@ async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
         }
     })
     .await;
+}
+
+/// The refusal of a frame over the socket's message rate. It names the
+/// frame's `client_id`, so that a client with several frames unacked knows
+/// which one to send again, and when (`retry_after_ms`); without it such a
+/// client waits for an `ack` that never comes.
+fn rate_limited(text: &str, wait: Duration) -> String {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow, default)]
+        client_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let named = text
+        .trim_start()
+        .starts_with('{')
+        .then(|| serde_json::from_str::<Named>(text).ok())
+        .flatten();
+    let client_id = named.as_ref().and_then(|n| n.client_id.as_deref());
+    ServerFrame::Error {
+        code: "rate_limited",
+        detail: "too many messages; send this one again after retry_after_ms",
+        client_id,
+        retry_after_ms: Some(wait.as_millis().max(1) as u64),
+    }
+    .to_text()
 }
 
 /// A read error's close.

@@ -212,6 +212,144 @@ async fn a_flooding_socket_is_told_then_closed(backend: Backend) {
     assert_eq!(ws.expect_close().await, 1008);
 }
 
+/// A publisher with many frames unacked that goes past the burst is told
+/// which frames were refused and when to send them again; doing so, it gets
+/// every message accepted, once. (A refusal used to name no frame: such a
+/// publisher waited for acks that never came, and stalled.)
+async fn a_refused_frame_is_named_and_can_be_sent_again(backend: Backend) {
+    // A small limit, so that the burst is over before the first frames are
+    // stored whatever the backend's speed, and the refusals stay under the 20
+    // in a row that close the socket.
+    const SENT: usize = 15;
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.socket_message_burst = 5;
+        c.socket_message_rate = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("eager").await;
+    let (mut ws, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
+    let frame = |i: usize| json!({"type": "message", "content": format!("m{i}"), "client_id": format!("c{i}")});
+    for i in 0..SENT {
+        ws.send_json(&frame(i)).await;
+    }
+    let mut acked = std::collections::HashSet::new();
+    let mut refused = Vec::new();
+    while acked.len() + refused.len() < SENT {
+        let reply = ws.next_json().await;
+        match reply["type"].as_str() {
+            Some("ack") => assert!(acked.insert(reply["client_id"].as_str().unwrap().to_owned())),
+            Some("error") => {
+                assert_eq!(reply["code"], "rate_limited", "{reply}");
+                let id = reply["client_id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no client_id: {reply}"));
+                let wait = reply["retry_after_ms"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no wait: {reply}"));
+                assert!((1..=500).contains(&wait), "{reply}");
+                refused.push((id.to_owned(), wait));
+            }
+            _ => {} // the room's broadcasts of our own messages
+        }
+    }
+    assert!(
+        acked.len() >= 5 && !refused.is_empty(),
+        "{} acked, {refused:?}",
+        acked.len()
+    );
+    // Sent again after the wait each refusal asks for: accepted.
+    for (id, mut wait) in refused {
+        let i: usize = id[1..].parse().unwrap();
+        for attempt in 0.. {
+            assert!(attempt < 10, "{id} never accepted");
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            ws.send_json(&frame(i)).await;
+            let reply = ws.next_of(&["ack", "error"]).await;
+            assert_eq!(reply["client_id"], json!(id), "{reply}");
+            if reply["type"] == "ack" {
+                break;
+            }
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            wait = reply["retry_after_ms"].as_u64().unwrap();
+        }
+        acked.insert(id);
+    }
+    assert_eq!(acked.len(), SENT);
+    // Acked is stored, once each (the store stage takes a moment).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stored: Value = api
+            .client
+            .get(api.url("/rooms/public/messages?limit=200"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let contents: Vec<&str> = stored
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&&str> = contents.iter().collect();
+        assert_eq!(distinct.len(), contents.len(), "a duplicate: {stored}");
+        if contents.len() == SENT {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {SENT} stored",
+            contents.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A publisher that keeps to the documented rate (a burst of 30, then 20 a
+/// second) with many frames unacked is never refused and never waits on an
+/// ack that does not come.
+async fn a_publisher_within_the_rate_is_never_refused(backend: Backend) {
+    const SENT: usize = 70;
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("steady").await;
+    let (mut ws, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
+    let start = tokio::time::Instant::now();
+    let mut acked = 0;
+    for i in 0..SENT {
+        // 30 at once, then one every 55 ms (a little under 20 a second).
+        if i >= 30 {
+            tokio::time::sleep_until(start + Duration::from_millis(55 * (i as u64 - 29))).await;
+        }
+        ws.send_json(
+            &json!({"type": "message", "content": format!("s{i}"), "client_id": format!("s{i}")}),
+        )
+        .await;
+        // Read what has come meanwhile, without waiting.
+        while let Ok(Some(reply)) = ws.poll_json(Duration::from_millis(1)).await {
+            match reply["type"].as_str() {
+                Some("ack") => acked += 1,
+                Some("error") => panic!("refused within the rate: {reply}"),
+                _ => {}
+            }
+        }
+    }
+    while acked < SENT {
+        let reply = ws.next_of(&["ack", "error"]).await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+        acked += 1;
+    }
+}
+
 /// Socket connects are limited per user: a burst of 60, then 429 with
 /// `Retry-After`; another user is not affected.
 async fn socket_connects_are_limited_per_user(backend: Backend) {
@@ -254,6 +392,8 @@ crate::on_both_backends!(
     a_hammered_account_still_logs_in_from_another_address,
     login_is_capped_per_account_across_addresses,
     a_flooding_socket_is_told_then_closed,
+    a_refused_frame_is_named_and_can_be_sent_again,
+    a_publisher_within_the_rate_is_never_refused,
     socket_connects_are_limited_per_user,
 );
 
