@@ -290,13 +290,20 @@ async fn senders_carry_a_versioned_avatar_url(backend: Backend) {
         .cloned()
         .unwrap();
     assert_eq!(me["avatar_url"], v0);
-    let join = loop {
-        let join = watcher.next_of(&["join"]).await;
-        if join["user"]["username"] == "alice" {
-            break join;
+    // Her arrival, in a coalesced presence frame.
+    let joined = loop {
+        let presence = watcher.next_of(&["presence"]).await;
+        let alice = presence["joined"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["username"] == "alice")
+            .cloned();
+        if let Some(alice) = alice {
+            break alice;
         }
     };
-    assert_eq!(join["user"]["avatar_url"], v0, "{join}");
+    assert_eq!(joined["avatar_url"], v0, "{joined}");
     api.post_stored(&alice, "plaza", "before").await;
     let live = watcher.next_of(&["message"]).await;
     assert_eq!(live["sender"]["avatar_url"], v0, "{live}");
