@@ -409,6 +409,18 @@ fn compose_config(compose: &Path, profile: Option<&str>) {
         cmd.args(["--profile", profile]);
     }
     cmd.args(["config", "-q"]);
+    // The secrets compose requires (it ships none): without them it refuses.
+    cmd.env_remove("SECRET_KEY").env_remove("RABBITMQ_PASSWORD");
+    let (ok, output) = run(&mut cmd);
+    assert!(
+        !ok,
+        "{cmd:?} accepted a deployment with no secrets:\n{output}"
+    );
+    cmd.env(
+        "SECRET_KEY",
+        "an-operator-chosen-secret-of-at-least-32-bytes",
+    )
+    .env("RABBITMQ_PASSWORD", "an-operator-chosen-broker-password");
     let (ok, output) = run(&mut cmd);
     assert!(ok, "{cmd:?} failed:\n{output}");
 }
