@@ -98,7 +98,7 @@ where
                 self.entries.insert(key, entry);
                 Ok(value)
             }
-            Err(err) if err.code == crate::error::DATABASE_UNAVAILABLE && kept.is_some() => {
+            Err(err) if err.is_database_unavailable() && kept.is_some() => {
                 Ok(self.fall_back(key, kept))
             }
             Err(err) => {

@@ -52,6 +52,11 @@ pub struct Problem {
 }
 
 impl ApiError {
+    /// A 503 because the database cannot be reached (a temporary condition).
+    pub fn is_database_unavailable(&self) -> bool {
+        self.code == DATABASE_UNAVAILABLE
+    }
+
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status,

@@ -5,7 +5,10 @@
 //! missed meanwhile.
 
 use bytes::Bytes;
-use consumer::{event::UserEvent, hub::CloseReason, user_sockets::SocketOwner};
+use consumer::{
+    event::UserEvent,
+    hub::{CloseReason, user_sockets::SocketOwner},
+};
 use sea_orm::EntityTrait;
 use tokio::sync::broadcast::error::RecvError;
 

@@ -13,7 +13,7 @@
 //!   assigns each room's next `seq`, persists idempotently, publishes the event, acks.
 //! - [`delivery`]: the delivery stage — consumes this node's event queue into the [`Hub`].
 //! - [`hub`]: this node's sockets by room, each behind a bounded queue;
-//!   [`user_sockets`]: the same sockets by user, which user events close.
+//!   [`hub::user_sockets`]: the same sockets by user, which user events close.
 //! - [`metrics`]: the names of the metrics recorded here.
 
 pub mod broker;
@@ -24,7 +24,6 @@ pub mod metrics;
 pub mod rules;
 pub mod signing;
 pub mod store;
-pub mod user_sockets;
 
 pub use broker::{Broker, BrokerError, BrokerStatus};
 pub use hub::Hub;

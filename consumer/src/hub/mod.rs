@@ -4,6 +4,8 @@
 //! socket whose queue is full is told to close (1013, `slow_consumer`) and
 //! dropped, so one slow reader never stalls the room.
 
+pub mod user_sockets;
+
 use std::{
     collections::HashMap,
     sync::{
@@ -88,7 +90,7 @@ pub struct Hub {
     rooms: RwLock<HashMap<Uuid, HashMap<u64, Member>>>,
     next_id: AtomicU64,
     /// Every socket by user, for user events (see `user_sockets`).
-    pub(crate) user_sockets: crate::user_sockets::UserSockets,
+    pub(crate) user_sockets: user_sockets::UserSockets,
 }
 
 impl Hub {
