@@ -100,7 +100,10 @@ async function toError(res) {
  */
 export async function api(method, path, body, { retried = false } = {}) {
   const headers = { Accept: 'application/json, application/problem+json' };
-  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  // The token this call carries: a 401 signs out only while it is still the
+  // session's (not after a logout or an account deletion replied meanwhile).
+  const used = state.token;
+  if (used) headers.Authorization = `Bearer ${used}`;
   const init = { method, headers, credentials: 'same-origin' };
   if (body instanceof FormData) {
     init.body = body;
@@ -117,9 +120,9 @@ export async function api(method, path, body, { retried = false } = {}) {
   if (!res.ok) {
     const err = await toError(res);
     const authCall = path.startsWith('/auth/');
-    if (res.status === 401 && state.token && !authCall) {
+    if (res.status === 401 && used && state.token === used && !authCall) {
       if (!retried && (await refreshSession())) return api(method, path, body, { retried: true });
-      onSignedOut(err.message);
+      if (state.token === used) onSignedOut(err.message);
     }
     throw err;
   }
