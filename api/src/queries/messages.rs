@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use consumer::event::{MessageView, SenderView};
-use entity::{message, user};
+use entity::message;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
@@ -46,22 +46,11 @@ pub async fn with_senders(
     rows: Vec<message::Model>,
 ) -> Result<Vec<MessageView>, QueryError> {
     let ids: Vec<Uuid> = rows.iter().filter_map(|m| m.sender_id).collect();
-    let names: HashMap<Uuid, (String, i32)> = if ids.is_empty() {
-        HashMap::new()
-    } else {
-        user::Entity::find()
-            .select_only()
-            .column(user::Column::Id)
-            .column(user::Column::Username)
-            .column(user::Column::AvatarVersion)
-            .filter(user::Column::Id.is_in(ids))
-            .into_tuple::<(Uuid, String, i32)>()
-            .all(db)
-            .await?
-            .into_iter()
-            .map(|(id, name, avatar)| (id, (name, avatar)))
-            .collect()
-    };
+    let names: HashMap<Uuid, (String, i32)> = consumer::store::load_senders(db, ids)
+        .await?
+        .into_iter()
+        .map(|(id, name, avatar)| (id, (name, avatar)))
+        .collect();
     Ok(rows
         .iter()
         .map(|m| {

@@ -374,18 +374,7 @@ async fn logout(
     if let Some(refresh) = jar.get(REFRESH_COOKIE) {
         refresh::revoke_family_of(&state.db, refresh.value()).await?;
     }
-    // Clear the cookie whether or not this request carried it.
-    let cleared = Cookie::build((COOKIE_NAME, ""))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .path("/")
-        .max_age(time::Duration::ZERO);
-    let jar = jar.add(cleared);
-    Ok((
-        jar,
-        set_cookies([cleared_refresh_cookie()]),
-        StatusCode::NO_CONTENT,
-    ))
+    Ok(signed_out(jar))
 }
 
 #[utoipa::path(
@@ -420,14 +409,19 @@ async fn logout_all(
         },
     )
     .await;
+    Ok(signed_out(jar))
+}
+
+/// A 204 that clears both cookies, whether or not the request carried them.
+fn signed_out(jar: CookieJar) -> impl IntoResponse {
     let cleared = Cookie::build((COOKIE_NAME, ""))
         .http_only(true)
         .same_site(SameSite::Lax)
         .path("/")
         .max_age(time::Duration::ZERO);
-    Ok((
+    (
         jar.add(cleared),
         set_cookies([cleared_refresh_cookie()]),
         StatusCode::NO_CONTENT,
-    ))
+    )
 }

@@ -110,19 +110,7 @@ pub(super) async fn load_context(
         .iter()
         .filter_map(|m| m.envelope.sender_id)
         .collect();
-    let found: Vec<(Uuid, String, i32)> = if senders.is_empty() {
-        Vec::new()
-    } else {
-        user::Entity::find()
-            .select_only()
-            .column(user::Column::Id)
-            .column(user::Column::Username)
-            .column(user::Column::AvatarVersion)
-            .filter(user::Column::Id.is_in(senders.iter().copied()))
-            .into_tuple::<(Uuid, String, i32)>()
-            .all(conn)
-            .await?
-    };
+    let found = load_senders(conn, senders.iter().copied()).await?;
     let avatars = found.iter().map(|(id, _, v)| (*id, *v)).collect();
     let names = found.into_iter().map(|(id, name, _)| (id, name)).collect();
     // Only rooms that are not public ask for membership: a batch of public
@@ -227,4 +215,26 @@ async fn resolve_rooms(
         }
     }
     Ok(by_key)
+}
+
+/// `(id, username, avatar version)` of each of these users that exists: what
+/// a message's `sender` is built from, for the store stage and history alike.
+/// No query when there is no one to look up.
+pub async fn load_senders(
+    conn: &impl ConnectionTrait,
+    ids: impl IntoIterator<Item = Uuid>,
+) -> Result<Vec<(Uuid, String, i32)>, DbErr> {
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .column(user::Column::Username)
+        .column(user::Column::AvatarVersion)
+        .filter(user::Column::Id.is_in(ids))
+        .into_tuple::<(Uuid, String, i32)>()
+        .all(conn)
+        .await
 }

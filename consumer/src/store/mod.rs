@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Broker, broker::QueuedMessage, event::Reject, signing::EnvelopeKey};
 
+pub use batch::load_senders;
+
 /// Messages the broker may hand over before the first is acked.
 pub const PREFETCH: u16 = 512;
 /// Most messages stored in one transaction.
