@@ -810,7 +810,17 @@ async fn nginx_logs_no_query_strings() {
         .await
         .unwrap();
     assert!(res.status().is_client_error());
-    let access = fs::read_to_string(proxy.prefix.path().join("access.log")).unwrap_or_default();
+    // nginx writes the line once the request is finalised, which can be just
+    // after the client has the answer: wait for it.
+    let log = proxy.prefix.path().join("access.log");
+    let mut access = String::new();
+    for _ in 0..50 {
+        access = fs::read_to_string(&log).unwrap_or_default();
+        if access.contains("/ws/public") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(access.contains("/ws/public"), "{access}");
     assert!(!access.contains(&token), "the token is in the access log");
     assert!(!access.contains("token="), "{access}");
