@@ -223,6 +223,39 @@ impl RoomEvent {
     }
 }
 
+/// One `room.events` message carrying several events of one room: a JSON
+/// array of the events as each serialises alone (`[{"type":"message",…},…]`),
+/// in `seq` order. The store stage publishes one per room and batch; a
+/// single event (an object) stays valid on the wire, and the hub takes both.
+pub fn room_batch<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for event in events {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(event);
+    }
+    out.push(b']');
+    out
+}
+
+/// The events a `room.events` frame carries, in order, each as its own bytes
+/// (slices of `frame`, not copies): the elements of a [`room_batch`], or the
+/// frame itself when it is a single event. `None` for an array that does not
+/// read as one.
+pub fn room_frames(frame: &bytes::Bytes) -> Option<Vec<bytes::Bytes>> {
+    if frame.trim_ascii_start().first() != Some(&b'[') {
+        return Some(vec![frame.clone()]);
+    }
+    let events: Vec<&serde_json::value::RawValue> = serde_json::from_slice(frame).ok()?;
+    Some(
+        events
+            .into_iter()
+            .map(|event| frame.slice_ref(event.get().as_bytes()))
+            .collect(),
+    )
+}
+
 /// What a room event is, as its `type` member says: what the hub routes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -414,5 +447,23 @@ mod tests {
             room_id: Uuid::new_v4(),
         };
         assert_eq!(UserEvent::from_frame(&room.to_bytes()), None);
+    }
+
+    #[test]
+    fn a_room_batch_splits_into_its_events_in_order() {
+        let room_id = Uuid::new_v4();
+        // The second holds brackets and commas inside strings and arrays.
+        let events: Vec<Vec<u8>> = vec![
+            RoomEvent::RoomDeleted { room_id }.to_bytes(),
+            br#"{"type":"x","n":[1,{"a":"],["}]}"#.to_vec(),
+        ];
+        let frame = bytes::Bytes::from(room_batch(events.iter().map(Vec::as_slice)));
+        let split = room_frames(&frame).expect("a batch reads");
+        assert_eq!(split, events);
+        // A single event is itself; a broken array is nothing.
+        let single = bytes::Bytes::from(events[0].clone());
+        assert_eq!(room_frames(&single), Some(vec![single.clone()]));
+        assert_eq!(room_frames(&bytes::Bytes::from_static(b"[{}")), None);
+        assert_eq!(room_batch([]), b"[]");
     }
 }

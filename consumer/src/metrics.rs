@@ -6,6 +6,9 @@ pub const MESSAGES_STORED: &str = "roomcast_messages_stored_total";
 /// Messages sent to `messages.dlq`, labelled by `reason` (a
 /// [`crate::event::Reject`] label).
 pub const MESSAGES_DEAD_LETTERED: &str = "roomcast_messages_dead_lettered_total";
+/// `room.events` messages the store stage published: one per room and
+/// stored batch, each carrying that room's `message` events.
+pub const ROOM_EVENT_BATCHES: &str = "roomcast_room_event_batches_total";
 /// `message` events handed to a local socket's queue.
 pub const MESSAGES_DELIVERED: &str = "roomcast_messages_delivered_total";
 /// From ingest (`created_at`) to the hand-over to local sockets, in seconds.
@@ -28,6 +31,10 @@ pub fn register() {
         "Messages sent to messages.dlq, by reason"
     );
     metrics::describe_counter!(
+        ROOM_EVENT_BATCHES,
+        "room.events messages the store stage published (one per room and batch)"
+    );
+    metrics::describe_counter!(
         MESSAGES_DELIVERED,
         "Message events handed to a local socket's queue"
     );
@@ -46,6 +53,7 @@ pub fn register() {
     );
     for name in [
         MESSAGES_STORED,
+        ROOM_EVENT_BATCHES,
         MESSAGES_DELIVERED,
         BROKER_RECONNECTS,
         SLOW_CONSUMER_DISCONNECTS,

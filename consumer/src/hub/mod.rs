@@ -136,8 +136,20 @@ impl Hub {
         }
     }
 
-    /// Hands one room event (JSON, as published) to the room's sockets here.
+    /// Hands what one `room.events` message carries to the room's sockets
+    /// here: a single event (JSON, as published), or a room's batch of events
+    /// ([`crate::event::room_batch`]), each in its turn, in the batch's order.
     pub fn dispatch(&self, frame: Bytes) {
+        match crate::event::room_frames(&frame) {
+            Some(events) => events
+                .into_iter()
+                .for_each(|event| self.dispatch_one(event)),
+            None => tracing::warn!("unreadable batch of room events dropped"),
+        }
+    }
+
+    /// Hands one room event to the room's sockets here.
+    fn dispatch_one(&self, frame: Bytes) {
         let header: EventHeader = match serde_json::from_slice(&frame) {
             Ok(header) => header,
             Err(err) => {
@@ -306,6 +318,26 @@ mod tests {
         .map(|o| o.seq)
         .collect();
         assert_eq!(seqs, [None, None, Some(5)]);
+    }
+
+    /// A room's batch reaches each socket as its events, one frame each, in
+    /// order, with their seqs; a single event beside it still does.
+    #[tokio::test]
+    async fn a_batch_is_unpacked_in_order() {
+        let hub = Hub::new();
+        let room = Uuid::new_v4();
+        let mut sub = hub.subscribe(room, Uuid::new_v4());
+        let events: Vec<Bytes> = (1..=5).map(|seq| event(room, seq)).collect();
+        hub.dispatch(Bytes::from(crate::event::room_batch(
+            events.iter().map(|e| &e[..]),
+        )));
+        hub.dispatch(event(room, 6));
+        for (seq, expected) in (1..=6).zip(events.iter().chain([&event(room, 6)])) {
+            let got = sub.events.recv().await.unwrap();
+            assert_eq!((got.seq, &got.frame), (Some(seq), expected));
+        }
+        hub.dispatch(Bytes::from_static(b"[{\"type\":"));
+        assert!(sub.events.try_recv().is_err(), "a broken batch is dropped");
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{
-    Outcome,
+    Outcome, StoredEvent,
     insert::insert_rows,
     judge::{Context, Incoming, Verdict, judge},
 };
@@ -79,15 +79,19 @@ pub(super) async fn store_batch(
     Ok(outcome)
 }
 
-/// The `message` event of a stored row, keyed by its room.
-fn event(ctx: &Context, model: &message::Model) -> (Uuid, Vec<u8>) {
+/// The `message` event of a stored row.
+fn event(ctx: &Context, model: &message::Model) -> StoredEvent {
     let sender = model.sender_id.and_then(|id| {
         ctx.names
             .get(&id)
             .map(|n| SenderView::new(id, n.as_str(), ctx.avatars.get(&id).copied().unwrap_or(0)))
     });
     let event = RoomEvent::Message(MessageView::from_model(model, sender));
-    (model.room_id, event.to_bytes())
+    StoredEvent {
+        room_id: model.room_id,
+        seq: model.seq,
+        event: event.to_bytes(),
+    }
 }
 
 /// Reads what judging the batch needs: its rooms, the messages already

@@ -5,8 +5,9 @@
 //! (rooms, senders, memberships, what is already stored), [`judge::judge`]
 //! each message (a pure function: store it, or a [`Reject`]),
 //! [`batch::allocate_seqs`] (each room's next `seq`), [`insert`] the new rows;
-//! then build the `message` events in order. The settler publishes them and
-//! only then acks. A message stored before (a redelivery, a client's retry)
+//! then build the `message` events in order. The settler publishes them, one
+//! `room.events` message per room carrying that room's events in `seq` order
+//! ([`crate::event::room_batch`]), and only then acks. A message stored before (a redelivery, a client's retry)
 //! is not stored again, but its event is published again: sockets drop a
 //! `seq` they already have, so nothing is lost or doubled. A message that
 //! breaks a rule goes to `messages.dlq` with the reason. Every field is
@@ -94,12 +95,42 @@ pub async fn run(
 /// A message refused: its index in the batch, why, and a detail for the header.
 type Rejected = (usize, Reject, Option<String>);
 
+/// The `message` event of a stored message.
+struct StoredEvent {
+    room_id: uuid::Uuid,
+    seq: i64,
+    event: Vec<u8>,
+}
+
 /// What a stored batch leaves to the settler.
 #[derive(Default)]
 struct Outcome {
-    /// `(room, message event)` in batch order, for every stored message.
-    events: Vec<(uuid::Uuid, Vec<u8>)>,
+    /// In batch order, for every stored message.
+    events: Vec<StoredEvent>,
     rejected: Vec<Rejected>,
+}
+
+/// One `room.events` message per room: the room's events of the batch, in
+/// `seq` order, as a [`room_batch`](crate::event::room_batch); rooms in the
+/// order the batch first names them.
+fn room_batches(events: &[StoredEvent]) -> Vec<(uuid::Uuid, Vec<u8>)> {
+    let mut rooms: Vec<(uuid::Uuid, Vec<&StoredEvent>)> = Vec::new();
+    let mut place = std::collections::HashMap::new();
+    for event in events {
+        let i = *place.entry(event.room_id).or_insert_with(|| {
+            rooms.push((event.room_id, Vec::new()));
+            rooms.len() - 1
+        });
+        rooms[i].1.push(event);
+    }
+    rooms
+        .into_iter()
+        .map(|(room_id, mut events)| {
+            events.sort_by_key(|e| e.seq);
+            let batch = crate::event::room_batch(events.iter().map(|e| e.event.as_slice()));
+            (room_id, batch)
+        })
+        .collect()
 }
 
 /// Parses and stores a batch. A part of it the database refuses is split in
@@ -217,10 +248,12 @@ async fn settle(broker: &dyn Broker, batch: Vec<QueuedMessage>, outcome: Outcome
             return;
         }
     }
-    if let Err(err) = broker.publish_events(&outcome.events).await {
+    let batches = room_batches(&outcome.events);
+    if let Err(err) = broker.publish_events(&batches).await {
         tracing::warn!(error = %err, "store stage: cannot publish events; the batch will be redelivered");
         return;
     }
+    metrics::counter!(crate::metrics::ROOM_EVENT_BATCHES).increment(batches.len() as u64);
     // Acks are independent frames: send them together, not one round trip each.
     let acks = futures_util::future::join_all(batch.into_iter().map(QueuedMessage::ack)).await;
     if let Some(Err(err)) = acks.into_iter().find(Result::is_err) {

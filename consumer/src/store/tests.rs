@@ -403,8 +403,8 @@ async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
     let delivered: Vec<(String, i64)> = outcome
         .events
         .iter()
-        .map(|(_, event)| {
-            let event: serde_json::Value = serde_json::from_slice(event).unwrap();
+        .map(|stored| {
+            let event: serde_json::Value = serde_json::from_slice(&stored.event).unwrap();
             (
                 event["content"].as_str().unwrap().to_owned(),
                 event["seq"].as_i64().unwrap(),
@@ -417,4 +417,158 @@ async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
         .map(|(c, seq)| ((*c).to_owned(), seq))
         .collect();
     assert_eq!(delivered, expected, "gap-free seqs in batch order");
+}
+
+/// A broker that counts the `room.events` messages published through it.
+struct Counting {
+    inner: std::sync::Arc<dyn crate::Broker>,
+    published: std::sync::Mutex<Vec<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl crate::Broker for Counting {
+    async fn publish_message(&self, m: &[u8], s: Option<&str>) -> Result<(), crate::BrokerError> {
+        self.inner.publish_message(m, s).await
+    }
+    async fn dead_letter(&self, m: &[u8], reason: &str) -> Result<(), crate::BrokerError> {
+        self.inner.dead_letter(m, reason).await
+    }
+    async fn publish_event(&self, room_id: Uuid, event: &[u8]) -> Result<(), crate::BrokerError> {
+        self.published.lock().unwrap().push(room_id);
+        self.inner.publish_event(room_id, event).await
+    }
+    async fn publish_events(&self, events: &[(Uuid, Vec<u8>)]) -> Result<(), crate::BrokerError> {
+        let rooms = events.iter().map(|(room_id, _)| *room_id);
+        self.published.lock().unwrap().extend(rooms);
+        self.inner.publish_events(events).await
+    }
+    async fn publish_user_event(&self, user: Uuid, event: &[u8]) -> Result<(), crate::BrokerError> {
+        self.inner.publish_user_event(user, event).await
+    }
+    fn consume_messages(&self, prefetch: u16) -> crate::broker::BoxStream<QueuedMessage> {
+        self.inner.consume_messages(prefetch)
+    }
+    fn subscribe_events(&self) -> crate::broker::BoxStream<bytes::Bytes> {
+        self.inner.subscribe_events()
+    }
+    fn status(&self) -> crate::BrokerStatus {
+        self.inner.status()
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// Two nodes' brokers on one broker: the in-process one (shared), or two
+/// RabbitMQ connections on a vhost of their own. `None`: RabbitMQ is absent
+/// outside CI (skipped).
+async fn two_nodes(
+    amqp: bool,
+) -> Option<(
+    Option<testsupport::TestVhost>,
+    [std::sync::Arc<dyn crate::Broker>; 2],
+)> {
+    use crate::broker::{amqp::AmqpBroker, memory::MemoryBroker};
+    if !amqp {
+        let broker: std::sync::Arc<dyn crate::Broker> = std::sync::Arc::new(MemoryBroker::new());
+        return Some((None, [broker.clone(), broker]));
+    }
+    let vhost = testsupport::TestVhost::new().await?;
+    let a = AmqpBroker::start(&vhost.amqp_url, "a").await;
+    let b = AmqpBroker::start(&vhost.amqp_url, "b").await;
+    Some((
+        Some(vhost),
+        [std::sync::Arc::new(a), std::sync::Arc::new(b)],
+    ))
+}
+
+/// A batch of N messages to one room (and a few to another) is one
+/// `room.events` message per room, and every node's sockets of the room get
+/// the N in `seq` order, each once. SQLite with the in-process broker,
+/// PostgreSQL with RabbitMQ.
+async fn a_batch_is_one_event_message_per_room(db: &DatabaseConnection, amqp: bool) {
+    use std::time::Duration;
+    let Some((vhost, nodes)) = two_nodes(amqp).await else {
+        return;
+    };
+    let (hall, side) = (
+        add_room(db, "hall", room::RoomKind::Public, 0).await,
+        add_room(db, "side", room::RoomKind::Public, 0).await,
+    );
+    let stop = CancellationToken::new();
+    let mut sockets = Vec::new();
+    for broker in &nodes {
+        let hub = crate::Hub::new();
+        sockets.push(hub.subscribe(hall, Uuid::new_v4()));
+        tokio::spawn(crate::delivery::run(broker.clone(), hub, stop.clone()));
+    }
+    // Until each node's event queue is bound, probe (a kind sockets pass on).
+    let probe = format!(r#"{{"type":"probe","room_id":"{hall}"}}"#);
+    for socket in &mut sockets {
+        tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                let _ = nodes[0].publish_event(hall, probe.as_bytes()).await;
+                let got = tokio::time::timeout(Duration::from_millis(200), socket.events.recv());
+                if let Ok(Some(_)) = got.await {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("event queues bound");
+    }
+    let n = 50;
+    let batch: Vec<QueuedMessage> = (0..n + 3)
+        .map(|i| {
+            let room = if i % 20 == 7 { side } else { hall };
+            let body = serde_json::json!({"room_id": room, "content": format!("m{i}")});
+            QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
+        })
+        .collect();
+    let key = crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes");
+    let outcome = super::persist(db, &batch, &key, &stop)
+        .await
+        .expect("stored");
+    let counting = Counting {
+        inner: nodes[0].clone(),
+        published: Default::default(),
+    };
+    super::settle(&counting, batch, outcome).await;
+    assert_eq!(
+        *counting.published.lock().unwrap(),
+        [hall, side],
+        "one room.events message per room"
+    );
+    for (node, socket) in sockets.iter_mut().enumerate() {
+        let mut seqs = Vec::new();
+        while seqs.len() < n {
+            let got = tokio::time::timeout(Duration::from_secs(15), socket.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("node {node}: only {seqs:?}"))
+                .expect("subscribed");
+            seqs.extend(got.seq);
+        }
+        assert_eq!(seqs, (1..=n as i64).collect::<Vec<_>>(), "node {node}");
+        let more = tokio::time::timeout(Duration::from_millis(300), socket.events.recv()).await;
+        assert!(more.is_err(), "node {node}: more than the batch");
+    }
+    stop.cancel();
+    for broker in &nodes {
+        broker.close().await;
+    }
+    drop(vhost);
+}
+
+mod a_batch_is_one_event_message_per_room {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_memory() {
+        let db = super::TestDb::sqlite().await;
+        super::a_batch_is_one_event_message_per_room(&db.conn, false).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_amqp() {
+        if let Some(db) = super::TestDb::postgres().await {
+            super::a_batch_is_one_event_message_per_room(&db.conn, true).await
+        }
+    }
 }
