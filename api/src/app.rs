@@ -123,7 +123,11 @@ impl Application {
             &config.database_url,
             state.broker.clone(),
             state.hub.clone(),
-            consumer::signing::EnvelopeKey::derive(config.signing_key().as_bytes()),
+            consumer::store::Settings {
+                key: consumer::signing::EnvelopeKey::derive(config.signing_key().as_bytes()),
+                // Ingest's limit: what it accepted is never refused as too large.
+                max_content_bytes: config.max_message_bytes as usize,
+            },
             state.stop.clone(),
         )
         .await?;

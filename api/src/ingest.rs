@@ -79,11 +79,17 @@ pub async fn publish(
     published.await.map_err(|err| {
         tracing::warn!(error = %err, "publish failed");
         match err {
-            BrokerError::Unavailable(_) | BrokerError::Nacked => ApiError::unavailable(
-                "broker_unavailable",
-                "the message broker is unavailable; retry shortly",
-                1,
-            ),
+            BrokerError::Full => {
+                ApiError::unavailable("busy", "the message queue is full; retry shortly", 1)
+            }
+            // Returned: the broker has no `messages` queue to put it in.
+            BrokerError::Unavailable(_) | BrokerError::Nacked | BrokerError::Returned(_) => {
+                ApiError::unavailable(
+                    "broker_unavailable",
+                    "the message broker is unavailable; retry shortly",
+                    1,
+                )
+            }
         }
     })?;
     metrics::counter!(crate::metrics::MESSAGES_ACCEPTED).increment(1);

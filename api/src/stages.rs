@@ -13,7 +13,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use consumer::{Broker, Hub, signing::EnvelopeKey};
+use consumer::{Broker, Hub, store};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -26,13 +26,14 @@ pub struct Stages {
 }
 
 impl Stages {
-    /// Opens the stages' database pool and starts the store and delivery
-    /// stages, which run until `stop` is cancelled.
+    /// Opens the stages' database pool and starts the store stage (with
+    /// `store`'s key and content limit) and the delivery stage, which run
+    /// until `stop` is cancelled.
     pub async fn start(
         database_url: &str,
         broker: Arc<dyn Broker>,
         hub: Arc<Hub>,
-        envelope_key: EnvelopeKey,
+        store: store::Settings,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -60,12 +61,7 @@ impl Stages {
                         supervise("store stage", stop.clone(), {
                             let (db, broker, stop) = (db.clone(), broker.clone(), stop.clone());
                             move || {
-                                consumer::store::run(
-                                    db.clone(),
-                                    broker.clone(),
-                                    envelope_key.clone(),
-                                    stop.clone(),
-                                )
+                                store::run(db.clone(), broker.clone(), store.clone(), stop.clone())
                             }
                         }),
                         supervise("delivery stage", stop.clone(), {

@@ -37,8 +37,15 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{error::ApiError, state::AppState};
 
-/// Largest JSON body any route reads.
+/// Largest JSON body any route reads, unless `MAX_MESSAGE_BYTES` asks for more.
 const BODY_LIMIT: usize = 64 * 1024;
+
+/// The body limit: [`BODY_LIMIT`], or room for a message of
+/// `MAX_MESSAGE_BYTES` however its JSON escapes it (`\u0001` is six bytes
+/// for one), so that every message ingest would accept can be sent.
+fn body_limit(max_message_bytes: u32) -> usize {
+    BODY_LIMIT.max(max_message_bytes as usize * 6 + 4096)
+}
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Publishes a room event to every node's sockets. The change it reports is
@@ -233,7 +240,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
         })
         .route_layer(axum::middleware::from_fn(crate::metrics::track_http))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(body_limit(state.config.max_message_bytes)))
         .layer(axum::middleware::from_fn(problem::refuse_nul))
         .layer(axum::middleware::map_response(problem::ensure_problem_json))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

@@ -217,3 +217,152 @@ async fn console_cannot_impersonate(backend: Backend) {
 }
 
 crate::on_both_backends!(console_cannot_impersonate);
+
+/// Content of `n` bytes that JSON escapes in no way.
+fn content_of(n: usize, tag: &str) -> String {
+    let mut content = format!("{tag}:");
+    content.push_str(&"x".repeat(n - content.len()));
+    content
+}
+
+/// What ingest accepts is stored: with `MAX_MESSAGE_BYTES` above 64 KiB, a
+/// message above 64 KiB posted over HTTP or sent on a socket is acked,
+/// stored and delivered whole, not dead-lettered by the store stage. Over
+/// the limit it is refused at once (413), never acked.
+async fn what_was_accepted_is_stored(backend: Backend) {
+    const LIMIT: u32 = 200_000;
+    let Some(app) = crate::helpers::spawn_app_with(backend, |c| c.max_message_bytes = LIMIT).await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    api.create_room(&alice, "big", "public").await;
+    let (mut ws, _) = Ws::join(app.addr, "/ws/big?history=0", &alice).await;
+    let by_http = content_of(100_000, "http");
+    let (status, body) =
+        crate::messages::post(&api, &alice, json!({"room_id": "big", "content": by_http})).await;
+    assert_eq!(status, 202, "{body}");
+    let m = ws.next_of(&["message"]).await;
+    assert_eq!(m["content"].as_str().map(str::len), Some(100_000));
+    let by_socket = content_of(LIMIT as usize, "socket");
+    ws.send_json(&json!({"type": "message", "content": by_socket, "client_id": "s1"}))
+        .await;
+    assert_eq!(ws.next_of(&["ack", "error"]).await["type"], "ack");
+    let m = ws.next_of(&["message"]).await;
+    assert_eq!(m["content"], json!(by_socket));
+    let (status, body) = crate::messages::post(
+        &api,
+        &alice,
+        json!({"room_id": "big", "content": content_of(LIMIT as usize + 1, "over")}),
+    )
+    .await;
+    assert_eq!((status, &body["code"]), (413, &json!("message_too_large")));
+    let history: Value = api
+        .client
+        .get(api.url("/rooms/big/messages"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lengths: Vec<usize> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().len())
+        .collect();
+    assert_eq!(
+        lengths,
+        [LIMIT as usize, 100_000],
+        "stored whole, newest first"
+    );
+    assert_dead_letters(&app, 0).await;
+}
+
+crate::on_both_backends!(what_was_accepted_is_stored);
+
+/// With the `messages` queue gone (deleted by an operator, in this test's
+/// own vhost), a publish reaches no queue: RabbitMQ returns it. Ingest says
+/// so (503 with a code and `Retry-After`, an `error` frame on the socket),
+/// never 202 or `ack` for a message that went nowhere; the link stays up,
+/// and once the store stage has declared the queue again (2 s) messages are
+/// accepted and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_publish_is_refused() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let vhost = app.vhost().expect("RabbitMQ");
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    api.create_room(&alice, "void", "public").await;
+    let (mut ws, _) = Ws::join(app.addr, "/ws/void?history=0", &alice).await;
+    let res = crate::helpers::client()
+        .delete(format!(
+            "{}/api/queues/{}/messages",
+            vhost.api,
+            testsupport::enc(&vhost.name)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status().is_success(),
+        "delete messages: {}",
+        res.status()
+    );
+    let res = api
+        .client
+        .post(api.url("/message"))
+        .bearer_auth(&alice)
+        .json(&json!({"room_id": "void", "content": "into the void"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "broker_unavailable", "{body}");
+    ws.send_json(&json!({"type": "message", "content": "also lost", "client_id": "c1"}))
+        .await;
+    let reply = ws.next_of(&["ack", "error"]).await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(
+        (&reply["code"], &reply["client_id"]),
+        (&json!("broker_unavailable"), &json!("c1"))
+    );
+    let accepted = api.metric("roomcast_messages_accepted_total").await;
+    assert!(
+        accepted.is_none_or(|n| n == 0.0),
+        "counted as accepted: {accepted:?}"
+    );
+    // Refused for the missing queue, not for a lost connection.
+    assert_eq!(app.broker.status(), consumer::BrokerStatus::Up);
+    // The publish itself says so: it came back.
+    let returned = app
+        .broker
+        .publish(br#"{"room_id":"void","content":"x"}"#)
+        .await;
+    assert!(
+        matches!(returned, Err(consumer::BrokerError::Returned(_))),
+        "{returned:?}"
+    );
+    // The store stage's consumer declares the queue again; then a message is
+    // accepted, and delivered.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) =
+            crate::messages::post(&api, &alice, json!({"room_id": "void", "content": "back"}))
+                .await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "the queue never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ws.next_of(&["message"]).await["content"], "back");
+}

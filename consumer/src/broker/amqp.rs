@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, Event, ExchangeKind,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -37,6 +37,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a publish waits for its confirm before the caller is told 503.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the store stage's consumer fails (its queue deleted by hand)
+/// before it declares the topology again. Meanwhile ingest's publishes come
+/// back unroutable and answer 503; a channel's failure alone never drops
+/// the link.
+const REDECLARE_AFTER: Duration = Duration::from_secs(2);
 
 /// The arguments of the `messages` queue; `rabbitmq/definitions.json` declares
 /// the same, and RabbitMQ refuses a redeclare with different ones.
@@ -71,6 +76,14 @@ fn classic_queue_arguments() -> FieldTable {
 struct Link {
     connection: Connection,
     publisher: Channel,
+}
+
+impl Link {
+    /// Both the connection and the publishing channel are open: the link
+    /// serves. (Consumers' channels come and go on their own.)
+    fn is_alive(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
 }
 
 struct Inner {
@@ -117,12 +130,16 @@ impl AmqpBroker {
         })
     }
 
+    /// Publishes and waits for the confirm. A `mandatory` publish that no
+    /// queue takes comes back (a return, then an ack): that is an error too,
+    /// [`BrokerError::Returned`], never a silent drop.
     async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,
         payload: &[u8],
         properties: BasicProperties,
+        mandatory: bool,
     ) -> Result<(), BrokerError> {
         let link = self.link()?;
         let unavailable = |e: lapin::Error| BrokerError::Unavailable(e.to_string());
@@ -132,7 +149,10 @@ impl AmqpBroker {
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory,
+                        ..BasicPublishOptions::default()
+                    },
                     payload,
                     properties,
                 )
@@ -141,7 +161,12 @@ impl AmqpBroker {
             confirm.await.map_err(unavailable)
         };
         match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
+            // An ack may carry the message back: acked, but routed nowhere.
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => Err(BrokerError::Returned(format!(
+                "{} {}",
+                returned.reply_code, returned.reply_text
+            ))),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(_)) => Err(BrokerError::Nacked),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(BrokerError::Unavailable(
@@ -179,12 +204,17 @@ async fn supervise(inner: Arc<Inner>) {
                     tokio::select! {
                         () = inner.stop.cancelled() => break None,
                         event = events.next() => match event {
+                            // A consumer's channel failing (its queue gone)
+                            // is that consumer's to retry, not a lost link.
+                            Some(Event::Error(err)) if link.is_alive() => {
+                                tracing::debug!(error = %err, "broker channel error");
+                            }
                             Some(Event::Error(err)) => break Some(err.to_string()),
                             Some(_) => {}
                             None => break Some("connection closed".to_owned()),
                         },
                         _ = poll.tick() => {
-                            if !link.connection.status().connected() {
+                            if !link.is_alive() {
                                 break Some("connection lost".to_owned());
                             }
                         }
@@ -296,7 +326,9 @@ impl Broker for AmqpBroker {
             );
             properties = properties.with_headers(headers);
         }
-        self.publish_confirmed("", MESSAGES_QUEUE, message, properties)
+        // Mandatory: with the queue gone (deleted, or an unbound topology)
+        // the publish comes back, and ingest answers 503, not a false 202.
+        self.publish_confirmed("", MESSAGES_QUEUE, message, properties, true)
             .await
     }
 
@@ -311,6 +343,7 @@ impl Broker for AmqpBroker {
             DEAD_LETTER_QUEUE,
             message,
             persistent_json().with_headers(headers),
+            false,
         )
         .await
     }
@@ -318,8 +351,15 @@ impl Broker for AmqpBroker {
     async fn publish_event(&self, room_id: Uuid, event: &[u8]) -> Result<(), BrokerError> {
         let properties =
             BasicProperties::default().with_content_type(ShortString::from("application/json"));
-        self.publish_confirmed(EVENTS_EXCHANGE, &routing_key(room_id), event, properties)
-            .await
+        // Not mandatory: a room event with no node listening is no loss.
+        self.publish_confirmed(
+            EVENTS_EXCHANGE,
+            &routing_key(room_id),
+            event,
+            properties,
+            false,
+        )
+        .await
     }
 
     async fn publish_user_event(&self, user_id: Uuid, event: &[u8]) -> Result<(), BrokerError> {
@@ -330,6 +370,7 @@ impl Broker for AmqpBroker {
             &user_routing_key(user_id),
             event,
             properties,
+            false,
         )
         .await
     }
@@ -374,12 +415,18 @@ impl Broker for AmqpBroker {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut links = inner.link.subscribe();
+            // Since when consuming has failed (the queue deleted by hand).
+            let mut failing_since: Option<tokio::time::Instant> = None;
             loop {
                 let Some(link) = next_link(&mut links, &inner.stop).await else {
                     return;
                 };
+                let redeclare = failing_since.is_some_and(|t| t.elapsed() >= REDECLARE_AFTER);
                 let consumer = async {
                     let channel = link.connection.create_channel().await?;
+                    if redeclare {
+                        declare_topology(&channel).await?;
+                    }
                     channel
                         .basic_qos(prefetch, BasicQosOptions::default())
                         .await?;
@@ -394,9 +441,13 @@ impl Broker for AmqpBroker {
                         .await
                 };
                 let mut consumer = match consumer.await {
-                    Ok(consumer) => consumer,
+                    Ok(consumer) => {
+                        failing_since = None;
+                        consumer
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, "cannot consume messages yet");
+                        failing_since.get_or_insert_with(tokio::time::Instant::now);
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }

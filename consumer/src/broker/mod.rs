@@ -24,6 +24,13 @@ pub enum BrokerError {
     /// The broker refused the publish (a negative confirm).
     #[error("broker refused the message")]
     Nacked,
+    /// The broker routed the message to no queue and returned it (a
+    /// mandatory publish with `messages` deleted or unbound).
+    #[error("the message reached no queue: {0}")]
+    Returned(String),
+    /// The queue is full (the in-process broker's bound); retry shortly.
+    #[error("the message queue is full")]
+    Full,
 }
 
 /// Whether the broker can take work now, for `/readyz` and logs.

@@ -19,10 +19,11 @@ use super::{
 use crate::event::{MessageView, RoomEvent, SenderView};
 
 /// Stores a batch in one transaction; returns its events in batch order and
-/// what it rejected.
+/// what it rejected (content over `max_content` bytes among it).
 pub(super) async fn store_batch(
     db: &DatabaseConnection,
     incoming: &[Incoming],
+    max_content: usize,
 ) -> Result<Outcome, DbErr> {
     let mut outcome = Outcome::default();
     if incoming.is_empty() {
@@ -43,7 +44,7 @@ pub(super) async fn store_batch(
         if !seen.insert(m.id) {
             continue; // the same id twice in one batch: once is enough
         }
-        match judge(&ctx, m) {
+        match judge(&ctx, m, max_content) {
             Ok(Verdict::Stored(model)) => slots.push(Slot::Stored(model)),
             Ok(Verdict::Store(model)) => {
                 slots.push(Slot::New(new_rows.len()));

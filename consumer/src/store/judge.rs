@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use entity::{message, room};
 use uuid::Uuid;
 
-use super::{MAX_CONTENT_BYTES, Rejected};
+use super::Rejected;
 use crate::{
     broker::QueuedMessage,
     event::{Envelope, Reject},
@@ -104,8 +104,12 @@ pub(super) type Refusal = (Reject, Option<String>);
 
 /// Decides one message's fate from the context alone. Every field is
 /// checked against what the database holds, so that no insert fails for
-/// one message's sake.
-pub(super) fn judge<'c>(ctx: &'c Context, m: &Incoming) -> Result<Verdict<'c>, Refusal> {
+/// one message's sake; content against `max_content` bytes (ingest's limit).
+pub(super) fn judge<'c>(
+    ctx: &'c Context,
+    m: &Incoming,
+    max_content: usize,
+) -> Result<Verdict<'c>, Refusal> {
     if let Some(stored) = ctx.existing.get(&m.id) {
         return Ok(Verdict::Stored(stored));
     }
@@ -114,7 +118,7 @@ pub(super) fn judge<'c>(ctx: &'c Context, m: &Incoming) -> Result<Verdict<'c>, R
         .get(&m.envelope.room_id)
         .ok_or((Reject::UnknownRoom, None))?;
     let content = &m.envelope.content;
-    rules::check_content(content, MAX_CONTENT_BYTES).map_err(|err| match err {
+    rules::check_content(content, max_content).map_err(|err| match err {
         ContentError::Empty => (Reject::EmptyContent, None),
         ContentError::Nul => (Reject::InvalidText, None),
         ContentError::TooLarge(_) => (Reject::TooLarge, None),

@@ -39,9 +39,17 @@ pub use batch::load_senders;
 pub const PREFETCH: u16 = 512;
 /// Most messages stored in one transaction.
 pub const BATCH_MAX: usize = 256;
-/// Ceiling for content that did not come through ingest (which applies
-/// `MAX_MESSAGE_BYTES`), e.g. published by hand from the console.
-pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+/// What the store stage checks envelopes against.
+#[derive(Clone)]
+pub struct Settings {
+    /// Checks the envelopes' signatures ([`crate::signing`]).
+    pub key: EnvelopeKey,
+    /// The largest content stored, in bytes: ingest's `MAX_MESSAGE_BYTES`,
+    /// so that nothing ingest accepted is refused here as too large. What
+    /// comes from elsewhere (the console) over it is dead-lettered
+    /// `too_large`.
+    pub max_content_bytes: usize,
+}
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` is cancelled.
@@ -49,11 +57,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Two tasks in a pipeline: this one takes batches and writes them to the
 /// database; the settler publishes each batch's events and acks it, in the
 /// same order, while the next batch is being written.
-/// `key` checks the envelopes' signatures ([`crate::signing`]).
 pub async fn run(
     db: DatabaseConnection,
     broker: Arc<dyn Broker>,
-    key: EnvelopeKey,
+    settings: Settings,
     stop: CancellationToken,
 ) {
     let mut queued = broker.consume_messages(PREFETCH);
@@ -81,7 +88,7 @@ pub async fn run(
                 _ => break,
             }
         }
-        let Some(outcome) = persist(&db, &batch, &key, &stop).await else {
+        let Some(outcome) = persist(&db, &batch, &settings, &stop).await else {
             break;
         };
         if to_settle.send((batch, outcome)).await.is_err() {
@@ -140,10 +147,10 @@ fn room_batches(events: &[StoredEvent]) -> Vec<(uuid::Uuid, Vec<u8>)> {
 async fn persist(
     db: &DatabaseConnection,
     batch: &[QueuedMessage],
-    key: &EnvelopeKey,
+    settings: &Settings,
     stop: &CancellationToken,
 ) -> Option<Outcome> {
-    let (incoming, rejected) = judge::parse(batch, key);
+    let (incoming, rejected) = judge::parse(batch, &settings.key);
     let mut outcome = Outcome {
         events: Vec::new(),
         rejected,
@@ -151,7 +158,7 @@ async fn persist(
     // The parts still to store, the next on top: halves keep batch order.
     let mut parts: Vec<&[judge::Incoming]> = vec![&incoming];
     while let Some(part) = parts.pop() {
-        match store_retrying(db, part, stop).await? {
+        match store_retrying(db, part, settings.max_content_bytes, stop).await? {
             Ok(stored) => {
                 outcome.events.extend(stored.events);
                 outcome.rejected.extend(stored.rejected);
@@ -180,11 +187,12 @@ async fn persist(
 async fn store_retrying(
     db: &DatabaseConnection,
     part: &[judge::Incoming],
+    max_content: usize,
     stop: &CancellationToken,
 ) -> Option<Result<Outcome, DbErr>> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match batch::store_batch(db, part).await {
+        match batch::store_batch(db, part, max_content).await {
             Ok(outcome) => return Some(Ok(outcome)),
             Err(err) if !is_transient(&err) => return Some(Err(err)),
             Err(err) => {

@@ -55,6 +55,33 @@ fn room_model(name: &str, kind: room::RoomKind) -> room::Model {
     }
 }
 
+/// The content limit the tests judge with (`MAX_MESSAGE_BYTES`' default).
+const LIMIT: usize = 4096;
+
+/// The content limit is the one configured, whatever it is: ingest's
+/// `MAX_MESSAGE_BYTES`, not a ceiling of the store stage's own.
+#[test]
+fn judge_takes_the_configured_limit() {
+    let public = room_model("hall", room::RoomKind::Public);
+    let mut ctx = Context::default();
+    ctx.rooms.insert(public.id.to_string(), public.clone());
+    let large = incoming(&public.id.to_string(), None, &"x".repeat(100_000));
+    assert!(matches!(
+        judge(&ctx, &large, 1_048_576),
+        Ok(Verdict::Store(_))
+    ));
+    assert!(matches!(
+        judge(&ctx, &large, 100_000),
+        Ok(Verdict::Store(_))
+    ));
+    assert_eq!(
+        judge(&ctx, &large, 99_999)
+            .map_err(|(reason, _)| reason)
+            .err(),
+        Some(Reject::TooLarge)
+    );
+}
+
 /// Every rule of `judge`, one row each: (message, expected verdict).
 #[test]
 fn judge_table() {
@@ -84,7 +111,7 @@ fn judge_table() {
     };
     ctx.existing.insert(stored.id, stored_row.clone());
     let (p, g) = (public.id.to_string(), group.id.to_string());
-    let big = "x".repeat(super::MAX_CONTENT_BYTES + 1);
+    let big = "x".repeat(LIMIT + 1);
     let cases: Vec<(Incoming, Result<Option<Uuid>, Reject>)> = vec![
         (incoming(&p, Some(member), "hi"), Ok(Some(public.id))),
         (
@@ -121,7 +148,7 @@ fn judge_table() {
         (stored.clone(), Ok(None)),
     ];
     for (m, expected) in cases {
-        let got = judge(&ctx, &m).map_err(|(reason, _)| reason);
+        let got = judge(&ctx, &m, LIMIT).map_err(|(reason, _)| reason);
         let what = format!("{:?} from {:?}", m.envelope.content, m.envelope.sender_id);
         match (got, expected) {
             (Ok(Verdict::Store(row)), Ok(Some(room))) => {
@@ -341,7 +368,7 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
     let verdicts: Vec<Result<&str, Reject>> = batch
         .iter()
         .map(|m| {
-            judge(&ctx, m).map_err(|(r, _)| r).map(|v| match v {
+            judge(&ctx, m, LIMIT).map_err(|(r, _)| r).map(|v| match v {
                 Verdict::Stored(_) => "stored",
                 Verdict::Store(_) => "store",
             })
@@ -393,8 +420,11 @@ async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
             QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
         })
         .collect();
-    let key = crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes");
-    let outcome = super::persist(db, &batch, &key, &CancellationToken::new())
+    let settings = super::Settings {
+        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
+        max_content_bytes: LIMIT,
+    };
+    let outcome = super::persist(db, &batch, &settings, &CancellationToken::new())
         .await
         .expect("not stopped");
     let refused: Vec<(usize, Reject)> = outcome.rejected.iter().map(|r| (r.0, r.1)).collect();
