@@ -232,8 +232,11 @@ pub async fn over_http(
                             published.accept(room);
                             break;
                         }
-                        Ok(res) if res.status() == 503 => {
-                            (retry_after(&res), "HTTP 503".to_owned())
+                        // 503: the broker's backlog; 429: past the user's
+                        // HTTP message rate (`HTTP_MESSAGE_RATE`).
+                        Ok(res) if matches!(res.status().as_u16(), 429 | 503) => {
+                            let why = format!("HTTP {}", res.status().as_u16());
+                            (retry_after(&res), why)
                         }
                         Ok(res) => {
                             let status = res.status();

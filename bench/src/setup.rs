@@ -17,7 +17,7 @@ use uuid::Uuid;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Setup requests (register, login, create room) run this many at a time.
 const SETUP_PARALLEL: usize = 16;
-/// 429s a login waits out before setup gives up.
+/// 429s a login (or a room creation) waits out before setup gives up.
 const LOGIN_RETRIES: u32 = 10;
 const PASSWORD: &str = "bench-password-1234";
 
@@ -249,15 +249,26 @@ impl Api {
         Ok(User { token })
     }
 
-    /// Creates a public room owned by `owner`.
+    /// Creates a public room owned by `owner`. Room creations are limited
+    /// per user (`ROOM_CREATE_BURST`, 200 by default): past it, waits as a
+    /// 429 asks, a few times.
     pub async fn create_room(&self, owner: &User, name: &str) -> anyhow::Result<Room> {
-        let (status, body, _) = self
-            .post_json(
-                "/rooms",
-                Some(&owner.token),
-                json!({"name": name, "kind": "public"}),
-            )
-            .await?;
+        let mut attempts = 0;
+        let (status, body) = loop {
+            let (status, body, retry_after) = self
+                .post_json(
+                    "/rooms",
+                    Some(&owner.token),
+                    json!({"name": name, "kind": "public"}),
+                )
+                .await?;
+            if status != 429 || attempts >= LOGIN_RETRIES {
+                break (status, body);
+            }
+            attempts += 1;
+            let secs = retry_after.unwrap_or(1).clamp(1, 10);
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        };
         let id = body["id"]
             .as_str()
             .filter(|_| status == 201)
