@@ -270,8 +270,9 @@ async fn lookup(state: &AppState, key: &str) -> Result<Option<room::Model>> {
 }
 
 /// The room `key` names; when there is none and `ROOMS_AUTO_CREATE` is on, a
-/// new private room of that name owned by `creator` (whose is the seat). A
-/// key that is not a valid room name fails as `bad_name` says.
+/// new private room of that name owned by `creator` (whose is the seat),
+/// within the creator's room-creation quota. A key that is not a valid room
+/// name fails as `bad_name` says.
 async fn find_or_create(
     state: &AppState,
     key: &str,
@@ -285,6 +286,7 @@ async fn find_or_create(
         return Err(ApiError::not_found("room"));
     };
     crate::domain::validate_room_name(key).map_err(|e| bad_name(e.to_string()))?;
+    state.quotas.check_room_create(creator)?;
     match rooms::create(&state.db, key, RoomKind::Private, creator).await {
         Ok(room) => Ok(room),
         // Someone created it a moment ago: use theirs.

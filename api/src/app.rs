@@ -65,7 +65,9 @@ impl Application {
         let node_id: Arc<str> = config.node_id().into();
         let broker: Arc<dyn Broker> = match &config.amqp_url {
             Some(url) => Arc::new(AmqpBroker::start(url, &node_id).await),
-            None => Arc::new(MemoryBroker::new()),
+            None => Arc::new(MemoryBroker::with_capacity(
+                config.inprocess_queue_capacity as usize,
+            )),
         };
         let limits = Limits::new(config.socket_connect_burst, config.socket_connect_rate);
         let quotas = crate::quotas::Quotas::new(&config);

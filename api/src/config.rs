@@ -113,6 +113,59 @@ pub struct Config {
     #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub password_hash_queue: u32,
 
+    /// Messages one user may post over HTTP (`POST /message`, `POST
+    /// /rooms/{room}/messages`) in a burst on one node, before
+    /// `HTTP_MESSAGE_RATE` applies (429 with `Retry-After` beyond).
+    #[arg(long, env = "HTTP_MESSAGE_BURST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_message_burst: u32,
+
+    /// Messages a second one user may keep posting over HTTP on one node.
+    #[arg(long, env = "HTTP_MESSAGE_RATE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_message_rate: u32,
+
+    /// Rooms one user may create (`POST /rooms`, or a socket opening an
+    /// unknown room) in a burst on one node, before `ROOM_CREATE_PER_MINUTE`
+    /// applies (429 with `Retry-After` beyond).
+    #[arg(long, env = "ROOM_CREATE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub room_create_burst: u32,
+
+    /// Rooms a minute one user may keep creating on one node.
+    #[arg(long, env = "ROOM_CREATE_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub room_create_per_minute: u32,
+
+    /// Guest tokens (`POST /generate-token`) one client address may ask for
+    /// in a burst, before `GUEST_TOKENS_PER_MINUTE` applies (429 beyond).
+    #[arg(long, env = "GUEST_TOKEN_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub guest_token_burst: u32,
+
+    /// Guest tokens a minute one client address may keep asking for.
+    #[arg(long, env = "GUEST_TOKENS_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub guest_tokens_per_minute: u32,
+
+    /// Avatar uploads decoded at once; 0 means one per core.
+    #[arg(long, env = "AVATAR_DECODE_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub avatar_decode_concurrency: u32,
+
+    /// Avatar uploads that may wait to be decoded; more get 503 `busy` with
+    /// `Retry-After`.
+    #[arg(long, env = "AVATAR_DECODE_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub avatar_decode_queue: u32,
+
+    /// Sockets (room sockets and `/echo`) one user may hold open at once on
+    /// one node; one more is refused before the upgrade with 429
+    /// `too_many_sockets`.
+    #[arg(long, env = "SOCKETS_PER_USER", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sockets_per_user: u32,
+
+    /// Echo transcripts kept per user; saving one more deletes the oldest.
+    #[arg(long, env = "ECHO_TRANSCRIPTS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub echo_transcripts_per_user: u32,
+
+    /// Messages the in-process broker (no `AMQP_URL`) holds for the store
+    /// stage; a publish beyond answers 503 `busy` with `Retry-After`.
+    #[arg(long, env = "INPROCESS_QUEUE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub inprocess_queue_capacity: u32,
+
     /// Message frames one socket may send in a burst before
     /// `SOCKET_MESSAGE_RATE` applies (`error rate_limited` beyond).
     #[arg(long, env = "SOCKET_MESSAGE_BURST", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -23,9 +23,10 @@
 //! - [`domain`]: the rules for names; [`avatar`]: avatar images.
 //! - [`cache`]: short-lived caches of tokens, rooms and memberships for ingest;
 //!   [`user_events`]: account changes announced to, and applied on, every node.
-//! - [`limits`]: rate and abuse limits ([`quotas`]: registrations and the
-//!   password-hashing gate); [`client_addr`]: the client's
-//!   address, from `CLIENT_IP_SOURCE`.
+//! - [`limits`]: rate and abuse limits ([`quotas`]: registrations, guest
+//!   tokens, HTTP messages, room creations, the password-hashing and avatar
+//!   gates; [`socket_slots`]: each user's open sockets); [`client_addr`]: the
+//!   client's address, from `CLIENT_IP_SOURCE`.
 //! - [`error`]: `ApiError`, which every failure becomes (problem+json).
 //! - [`extract`]: body and query extractors that fail as `ApiError`.
 //! - [`metrics`]: the Prometheus exporter and `GET /metrics`.
@@ -52,6 +53,7 @@ pub mod quotas;
 pub mod routes;
 pub mod seed;
 pub mod serve;
+pub mod socket_slots;
 pub mod stages;
 pub mod state;
 pub mod telemetry;

@@ -1,11 +1,14 @@
 //! Quotas on costly work, beside the login and socket limits of
-//! [`crate::limits`]: registrations per client address, and a gate that
-//! bounds how many argon2 hashes run at once (19 MiB and tens of ms each)
-//! and how many may wait for one.
+//! [`crate::limits`]: registrations and guest tokens per client address,
+//! HTTP messages and room creations per user, gates that bound how many
+//! argon2 hashes (19 MiB and tens of ms each) and avatar decodes (up to
+//! 64 MiB each) run at once and how many may wait, and each user's open
+//! sockets ([`SocketSlots`]).
 //!
 //! Every figure comes from the configuration (README's table). The defaults
 //! are generous: a benchmark or a test registering a hundred accounts from
-//! one address is not throttled. Like the other limits they are per node.
+//! one address, or posting flat out as one user, is not throttled. Like the
+//! other limits they are per node.
 
 use std::{
     net::IpAddr,
@@ -21,12 +24,23 @@ use axum::http::StatusCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use uuid::Uuid;
+
 use crate::{config::Config, error::ApiError};
+
+pub use crate::socket_slots::{SocketSlot, SocketSlots};
 
 pub struct Quotas {
     registrations: DefaultKeyedRateLimiter<IpAddr>,
+    guest_tokens: DefaultKeyedRateLimiter<IpAddr>,
+    http_messages: DefaultKeyedRateLimiter<Uuid>,
+    room_creations: DefaultKeyedRateLimiter<Uuid>,
     /// argon2 hashes and verifications (19 MiB and tens of ms each).
     pub hashing: Gate,
+    /// Avatar uploads being decoded and scaled (up to 64 MiB each).
+    pub avatars: Gate,
+    /// Each user's open sockets on this node (`SOCKETS_PER_USER`).
+    pub sockets: Arc<SocketSlots>,
 }
 
 fn keyed<K: std::hash::Hash + Eq + Clone>(
@@ -44,20 +58,50 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// The interval between two of `n` per `period`.
+fn every(period: Duration, n: u32) -> Duration {
+    period / n.max(1)
+}
+
+/// A gate's concurrency: `n`, or one per core for 0.
+fn concurrency(n: u32) -> usize {
+    match n {
+        0 => cores(),
+        n => n as usize,
+    }
+}
+
 impl Quotas {
     pub fn new(config: &Config) -> Arc<Self> {
-        let per_minute = Duration::from_secs(60) / config.register_per_minute.max(1);
-        let concurrency = match config.password_hash_concurrency {
-            0 => cores(),
-            n => n as usize,
-        };
+        let (minute, second) = (Duration::from_secs(60), Duration::from_secs(1));
         Arc::new(Self {
-            registrations: keyed(config.register_burst, per_minute),
+            registrations: keyed(
+                config.register_burst,
+                every(minute, config.register_per_minute),
+            ),
+            guest_tokens: keyed(
+                config.guest_token_burst,
+                every(minute, config.guest_tokens_per_minute),
+            ),
+            http_messages: keyed(
+                config.http_message_burst,
+                every(second, config.http_message_rate),
+            ),
+            room_creations: keyed(
+                config.room_create_burst,
+                every(minute, config.room_create_per_minute),
+            ),
             hashing: Gate::new(
                 "password hashing",
-                concurrency,
+                concurrency(config.password_hash_concurrency),
                 config.password_hash_queue as usize,
             ),
+            avatars: Gate::new(
+                "avatar images",
+                concurrency(config.avatar_decode_concurrency),
+                config.avatar_decode_queue as usize,
+            ),
+            sockets: Arc::new(SocketSlots::new(config.sockets_per_user as usize)),
         })
     }
 
@@ -70,9 +114,41 @@ impl Quotas {
         )
     }
 
+    /// Guest tokens asked for from one address (`GUEST_TOKEN_BURST`,
+    /// `GUEST_TOKENS_PER_MINUTE`).
+    pub fn check_guest_token(&self, address: IpAddr) -> Result<(), ApiError> {
+        check(
+            &self.guest_tokens,
+            &key(address),
+            "too many guest tokens from this address",
+        )
+    }
+
+    /// Messages one user posts over HTTP (`HTTP_MESSAGE_BURST`, `HTTP_MESSAGE_RATE`).
+    pub fn check_http_message(&self, user: Uuid) -> Result<(), ApiError> {
+        check(
+            &self.http_messages,
+            &user,
+            "too many messages; wait and retry",
+        )
+    }
+
+    /// Rooms one user creates, by hand or by opening an unknown room
+    /// (`ROOM_CREATE_BURST`, `ROOM_CREATE_PER_MINUTE`).
+    pub fn check_room_create(&self, user: Uuid) -> Result<(), ApiError> {
+        check(
+            &self.room_creations,
+            &user,
+            "too many rooms created; wait and retry",
+        )
+    }
+
     /// Forgets keys whose limits have fully recovered; run now and then.
     pub fn shrink(&self) {
         self.registrations.retain_recent();
+        self.guest_tokens.retain_recent();
+        self.http_messages.retain_recent();
+        self.room_creations.retain_recent();
     }
 }
 

@@ -1,6 +1,8 @@
 //! The echo channel: `/echo` echoes each frame back, or relays it through
-//! `ECHO_UPSTREAM_URL`; the transcript is saved when the socket closes and
-//! `/echo/history` lists the caller's. Also `/echo_ws` and `/pub_ws`, which
+//! `ECHO_UPSTREAM_URL`; the transcript is saved when the socket closes (the
+//! newest `ECHO_TRANSCRIPTS_PER_USER` of a user are kept, older ones deleted)
+//! and `/echo/history` lists the caller's. Its connects count against the
+//! same per-user connect rate and open-socket cap as room sockets. Also `/echo_ws` and `/pub_ws`, which
 //! tell a client where the echo socket and the public room's socket are.
 
 use axum::{
@@ -127,7 +129,10 @@ struct EchoQuery {
     tag = "sockets",
     summary = "The echo WebSocket: each frame echoed, or relayed through ECHO_UPSTREAM_URL",
     params(EchoQuery),
-    responses((status = 101, description = "Switching protocols"), (status = 401), (status = 403)),
+    responses(
+        (status = 101, description = "Switching protocols"), (status = 401), (status = 403),
+        (status = 429, description = "Too many socket connects by this user (`rate_limited`), or too many open sockets (`too_many_sockets`)")
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 async fn connect(
@@ -139,13 +144,19 @@ async fn connect(
     let user = socket_user(&state, &headers, q.token).await?;
     // A guest token is for its one room, not for the echo channel.
     user.require_registered()?;
+    // The same connect rate and open-socket cap as room sockets.
+    state.limits.check_connect(user.id)?;
+    let slot = state.quotas.sockets.take(user.id)?;
     let limit = state.config.max_message_bytes as usize + 512;
     Ok(upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             let tracked = state.sockets.clone();
-            tracked.track_future(session(state, user, socket))
+            tracked.track_future(async move {
+                session(state, user, socket).await;
+                drop(slot);
+            })
         }))
 }
 
@@ -204,9 +215,42 @@ async fn session(state: AppState, user: AuthUser, socket: WebSocket) {
     }
     .insert(&state.db)
     .await;
-    if let Err(err) = saved {
-        tracing::warn!(error = %err, "echo transcript not saved");
+    let kept = state.config.echo_transcripts_per_user as u64;
+    match saved {
+        Ok(_) => {
+            if let Err(err) = prune_transcripts(&state.db, user.id, kept).await {
+                tracing::warn!(error = %err, "old echo transcripts not pruned");
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "echo transcript not saved"),
     }
+}
+
+/// Deletes `user`'s transcripts but the newest `kept` (`ECHO_TRANSCRIPTS_PER_USER`).
+async fn prune_transcripts(
+    db: &sea_orm::DatabaseConnection,
+    user: Uuid,
+    kept: u64,
+) -> std::result::Result<(), sea_orm::DbErr> {
+    // Ids are UUIDv7: their order is the order the sessions were saved in.
+    // At most one over the cap, so all of them are read (an OFFSET alone is
+    // not SQL every backend takes).
+    let ids: Vec<Uuid> = echo_transcript::Entity::find()
+        .select_only()
+        .column(echo_transcript::Column::Id)
+        .filter(echo_transcript::Column::UserId.eq(user))
+        .order_by_desc(echo_transcript::Column::Id)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let old: Vec<Uuid> = ids.into_iter().skip(kept as usize).collect();
+    if !old.is_empty() {
+        echo_transcript::Entity::delete_many()
+            .filter(echo_transcript::Column::Id.is_in(old))
+            .exec(db)
+            .await?;
+    }
+    Ok(())
 }
 
 fn close_frame(code: u16, reason: &'static str) -> Message {

@@ -4,6 +4,10 @@
 //! A guest is a passwordless account with the `guest` role; asking again with
 //! the same username and email gives the same account a new token. An unknown
 //! room is created as a private room owned by the guest, like a socket does.
+//! Tokens are limited per client address (`GUEST_TOKEN_BURST`,
+//! `GUEST_TOKENS_PER_MINUTE`), and a request refused after its account was
+//! made (a full room, a group room, a bad name, a quota) takes the account
+//! back: a refusal creates no account and holds no name.
 
 use std::time::Duration;
 
@@ -17,6 +21,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     access,
+    client_addr::ClientAddr,
     error::{ApiError, Result},
     extract::Valid,
     queries::users,
@@ -68,18 +73,23 @@ struct GuestToken {
     request_body = GuestRequest,
     responses(
         (status = 200, description = "The token", body = GuestToken), (status = 404),
-        (status = 409), (status = 403), (status = 422)
+        (status = 409), (status = 403), (status = 422),
+        (status = 429, description = "Too many guest tokens from this address (`GUEST_TOKEN_BURST`, `GUEST_TOKENS_PER_MINUTE`)")
     )
 )]
 async fn generate_token(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Valid(req): Valid<GuestRequest>,
 ) -> Result<Json<GuestToken>> {
     if !state.config.guest_tokens {
         return Err(ApiError::not_found("route"));
     }
-    let user = match users::find_by_username(&state.db, &req.username).await? {
-        Some(user) if user.role == Role::Guest && user.email == req.email.to_lowercase() => user,
+    state.quotas.check_guest_token(client)?;
+    let (user, created) = match users::find_by_username(&state.db, &req.username).await? {
+        Some(user) if user.role == Role::Guest && user.email == req.email.to_lowercase() => {
+            (user, false)
+        }
         Some(_) => {
             return Err(ApiError::conflict(
                 "username_taken",
@@ -93,10 +103,19 @@ async fn generate_token(
                 password_hash: None,
                 role: Role::Guest,
             };
-            users::create(&state.db, new).await?
+            (users::create(&state.db, new).await?, true)
         }
     };
-    let room = access::enter_as_guest(&state, &user, &req.room_id).await?;
+    let room = match access::enter_as_guest(&state, &user, &req.room_id).await {
+        Ok(room) => room,
+        Err(refused) => {
+            // Made for this request alone: a refusal leaves no account behind.
+            if created && let Err(err) = users::delete(&state.db, user.id).await {
+                tracing::warn!(error = %err, user = %user.id, "guest account of a refused request not deleted");
+            }
+            return Err(refused);
+        }
+    };
     let (token, _) = state.tokens.issue(&user, GUEST_TOKEN_TTL, Some(room.id))?;
     Ok(Json(GuestToken {
         token,

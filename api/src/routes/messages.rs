@@ -66,7 +66,9 @@ struct NewRoomMessage {
     request_body = NewMessage,
     responses(
         (status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401),
-        (status = 403), (status = 404), (status = 413), (status = 422), (status = 503)
+        (status = 403), (status = 404), (status = 413), (status = 422),
+        (status = 429, description = "Too many messages from this user (`HTTP_MESSAGE_BURST`, `HTTP_MESSAGE_RATE`)"),
+        (status = 503)
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -87,7 +89,9 @@ async fn post_message(
     params(("room" = String, Path, description = "The room's UUID or name", example = "lobby")),
     responses(
         (status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401),
-        (status = 403), (status = 404), (status = 413), (status = 422), (status = 503)
+        (status = 403), (status = 404), (status = 413), (status = 422),
+        (status = 429, description = "Too many messages from this user (`HTTP_MESSAGE_BURST`, `HTTP_MESSAGE_RATE`)"),
+        (status = 503)
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -107,6 +111,7 @@ async fn accept(
     content: String,
     client_id: Option<String>,
 ) -> Result<(StatusCode, Json<ingest::Accepted>)> {
+    state.quotas.check_http_message(user.id)?;
     let room = access::room(state, key).await?;
     let room = access::can_post(state, user, &room).await?;
     let accepted = ingest::publish(state, &room, content, client_id).await?;

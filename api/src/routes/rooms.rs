@@ -130,7 +130,8 @@ fn default_kind() -> RoomKind {
     request_body = CreateRoom,
     responses(
         (status = 201, description = "Created", body = RoomView), (status = 401), (status = 403),
-        (status = 409), (status = 422)
+        (status = 409), (status = 422),
+        (status = 429, description = "Too many rooms created by this user (`ROOM_CREATE_BURST`, `ROOM_CREATE_PER_MINUTE`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -140,6 +141,7 @@ async fn create(
     Valid(req): Valid<CreateRoom>,
 ) -> Result<impl IntoResponse> {
     user.require_registered()?;
+    state.quotas.check_room_create(user.id)?;
     let room = rooms::create(&state.db, &req.name, req.kind, user.id).await?;
     Ok((StatusCode::CREATED, Json(RoomView::from(room))))
 }
@@ -379,7 +381,7 @@ async fn join(
     summary = "Message a person: your private room with them, opened if there is none",
     description = "Returns the private room you and that user are both members of (200), or creates one with the two of you as its members (201), named `dm.` and a digest of the pair. The room carries `peer`, the other person.",
     params(("id" = uuid::Uuid, Path, description = "The other person's user id")),
-    responses((status = 200, description = "Your existing private room with them", body = RoomView), (status = 201, description = "A new private room with the two of you", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed (guests)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or a guest)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "That is you", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Your existing private room with them", body = RoomView), (status = 201, description = "A new private room with the two of you", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed (guests)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or a guest)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "That is you", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many rooms created by this user (`ROOM_CREATE_BURST`, `ROOM_CREATE_PER_MINUTE`)", body = crate::error::Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// `POST /users/{id}/private-room`: find or open the caller's private room with a user.
@@ -402,6 +404,7 @@ async fn private_room(
     if let Some(room) = rooms::find_private(&state.db, user.id, peer.id).await? {
         return Ok((StatusCode::OK, Json(view(&state, user.id, room).await?)));
     }
+    state.quotas.check_room_create(user.id)?;
     let name = private_room_name(user.id, peer.id);
     let created = match rooms::create_private(&state.db, &name, user.id, peer.id).await {
         Ok(room) => room,

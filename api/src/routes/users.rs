@@ -356,7 +356,8 @@ const MULTIPART_OVERHEAD: usize = 16 * 1024;
     request_body(content((AvatarUpload = "multipart/form-data"))),
     responses(
         (status = 200, description = "Stored", body = AvatarUrl), (status = 401), (status = 413),
-        (status = 415), (status = 422)
+        (status = 415), (status = 422),
+        (status = 503, description = "Too many avatars being decoded (`AVATAR_DECODE_CONCURRENCY`, `AVATAR_DECODE_QUEUE`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -394,6 +395,9 @@ async fn upload_avatar(
     if file.len() > avatar::MAX_UPLOAD {
         return Err(too_large());
     }
+    // A few decodes at a time (each may take 64 MiB and a core), a few
+    // more waiting; beyond, 503 `busy` with `Retry-After`.
+    let _turn = state.quotas.avatars.enter().await?;
     let png = tokio::task::spawn_blocking(move || avatar::normalise(&file))
         .await
         .map_err(ApiError::internal)?

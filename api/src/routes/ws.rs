@@ -79,7 +79,7 @@ struct WsQuery {
     responses(
         (status = 101, description = "Switching protocols"),
         (status = 400, description = "Malformed request"), (status = 401), (status = 403),
-        (status = 404), (status = 429, description = "Too many socket connects by this user")
+        (status = 404), (status = 429, description = "Too many socket connects by this user (`rate_limited`), too many rooms created (`rate_limited`), or too many open sockets (`too_many_sockets`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -92,6 +92,8 @@ async fn connect(
 ) -> Result<Response> {
     let user = socket_user(&state, &headers, q.token.clone()).await?;
     state.limits.check_connect(user.id)?;
+    // Held for as long as the socket is open (`SOCKETS_PER_USER`).
+    let slot = state.quotas.sockets.take(user.id)?;
     let room = access::enter(&state, &user, &key).await?;
 
     let limit = state.config.max_message_bytes as usize + ENVELOPE_ALLOWANCE;
@@ -108,6 +110,7 @@ async fn connect(
             tracked.track_future(async move {
                 let session = Session { state, user, room };
                 session.run(socket, q.since, history).await;
+                drop(slot);
             })
         }))
 }
@@ -121,7 +124,7 @@ async fn connect(
     responses(
         (status = 101, description = "Switching protocols"),
         (status = 400, description = "Malformed request"), (status = 401), (status = 403),
-        (status = 404), (status = 429, description = "Too many socket connects by this user")
+        (status = 404), (status = 429, description = "Too many socket connects by this user (`rate_limited`), too many rooms created (`rate_limited`), or too many open sockets (`too_many_sockets`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -493,3 +493,441 @@ crate::on_both_backends!(
     password_hashing_is_bounded,
     password_checks_are_throttled,
 );
+
+/// A 429 as every limit answers it: problem+json `code`, and `Retry-After`.
+async fn assert_limited(res: reqwest::Response, code: &str) {
+    assert_eq!(res.status(), 429);
+    assert!(retry_secs(&res).is_some_and(|s| s >= 1), "no Retry-After");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+}
+
+async fn post_message(api: &Api, token: &str, content: &str) -> reqwest::Response {
+    api.client
+        .post(api.url("/message"))
+        .bearer_auth(token)
+        .json(&json!({"room_id": "public", "content": content}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `POST /message` is limited per user (`HTTP_MESSAGE_BURST`,
+/// `HTTP_MESSAGE_RATE`); another user is not affected.
+async fn http_messages_are_limited_per_user(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.http_message_burst = 3;
+        c.http_message_rate = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, chatty) = api.user("chatty").await;
+    let (_, quiet) = api.user("quiet").await;
+    for i in 0..3 {
+        let res = post_message(&api, &chatty, &format!("m{i}")).await;
+        assert_eq!(res.status(), 202);
+    }
+    assert_limited(
+        post_message(&api, &chatty, "one too many").await,
+        "rate_limited",
+    )
+    .await;
+    assert_eq!(post_message(&api, &quiet, "mine").await.status(), 202);
+}
+
+async fn create_room_as(api: &Api, token: &str, name: &str) -> reqwest::Response {
+    api.client
+        .post(api.url("/rooms"))
+        .bearer_auth(token)
+        .json(&json!({"name": name, "kind": "group"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Room creation is limited per user (`ROOM_CREATE_BURST`,
+/// `ROOM_CREATE_PER_MINUTE`): by hand, by opening a private room with a
+/// person, and by opening a socket to an unknown room.
+async fn room_creation_is_limited_per_user(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.room_create_burst = 2;
+        c.room_create_per_minute = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, builder) = api.user("builder").await;
+    let (peer, other) = api.user("other").await;
+    for name in ["first", "second"] {
+        assert_eq!(create_room_as(&api, &builder, name).await.status(), 201);
+    }
+    assert_limited(
+        create_room_as(&api, &builder, "third").await,
+        "rate_limited",
+    )
+    .await;
+    let res = api
+        .client
+        .post(api.url(&format!("/users/{peer}/private-room")))
+        .bearer_auth(&builder)
+        .send()
+        .await
+        .unwrap();
+    assert_limited(res, "rate_limited").await;
+    let refused = Ws::try_join(app.addr, "/ws/made-up?history=0", &builder)
+        .await
+        .err()
+        .expect("an unknown room is not created past the limit");
+    assert_eq!(
+        (refused.status, &refused.body["code"]),
+        (429, &json!("rate_limited"))
+    );
+    assert!(refused.retry_after.is_some());
+    // An existing room still opens, and another user still creates.
+    assert!(
+        Ws::try_join(app.addr, "/ws/first?history=0", &builder)
+            .await
+            .is_ok()
+    );
+    assert_eq!(create_room_as(&api, &other, "theirs").await.status(), 201);
+}
+
+async fn guest_token(api: &Api, address: &str, username: &str, room: &str) -> reqwest::Response {
+    api.client
+        .post(api.url("/generate-token"))
+        .header("x-real-ip", address)
+        .json(&json!({"username": username, "email": format!("{username}@example.com"), "room_id": room}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `/generate-token` is limited per client address (`GUEST_TOKEN_BURST`,
+/// `GUEST_TOKENS_PER_MINUTE`).
+async fn guest_tokens_are_limited_per_address(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.client_ip_source = ClientIpSource::XRealIp;
+        c.guest_tokens = true;
+        c.guest_token_burst = 2;
+        c.guest_tokens_per_minute = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    for i in 0..2 {
+        let res = guest_token(&api, "198.51.100.20", &format!("visitor{i}"), "public").await;
+        assert_eq!(res.status(), 200);
+    }
+    let res = guest_token(&api, "198.51.100.20", "visitor2", "public").await;
+    assert_limited(res, "rate_limited").await;
+    let res = guest_token(&api, "198.51.100.21", "visitor2", "public").await;
+    assert_eq!(res.status(), 200, "another address is not affected");
+}
+
+/// A guest request refused after its account was made (here: the room is a
+/// full private room, 409) leaves no account behind: the name is still free.
+async fn a_refused_guest_request_creates_no_account(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.guest_tokens = true).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let (_, bob) = api.user("bob").await;
+    let res = api
+        .client
+        .post(api.url("/rooms"))
+        .bearer_auth(&alice)
+        .json(&json!({"name": "den", "kind": "private"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = api
+        .client
+        .post(api.url("/rooms/den/join"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "bob takes the second seat");
+    let res = guest_token(&api, "127.0.0.1", "visitor", "den").await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "room_full");
+    assert_eq!(
+        register_as(&api, "visitor").await.status(),
+        201,
+        "the refused guest request kept the name"
+    );
+}
+
+crate::on_both_backends!(
+    http_messages_are_limited_per_user,
+    room_creation_is_limited_per_user,
+    guest_tokens_are_limited_per_address,
+    a_refused_guest_request_creates_no_account,
+);
+
+/// A PNG that takes a while to decode and scale: 2 000 × 2 000 pixels.
+fn large_png() -> Vec<u8> {
+    let img = image::RgbaImage::from_fn(2000, 2000, |x, y| {
+        image::Rgba([(x % 256) as u8, (y % 256) as u8, 90, 255])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Avatar decoding runs under a gate: one at a time and none waiting here,
+/// so uploads at once get 503 `busy` with `Retry-After` beyond it.
+async fn avatar_decoding_is_bounded(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.avatar_decode_concurrency = 1;
+        c.avatar_decode_queue = 0;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("painter").await;
+    let png = large_png();
+    assert!(png.len() < 1024 * 1024, "{} bytes", png.len());
+    let answers = futures_util::future::join_all((0..6).map(|_| {
+        let (api, token, png) = (&api, &token, png.clone());
+        async move {
+            let form = reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(png)
+                    .file_name("avatar.png")
+                    .mime_str("image/png")
+                    .unwrap(),
+            );
+            let res = api
+                .client
+                .put(api.url("/users/me/avatar"))
+                .bearer_auth(token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            let retry = retry_secs(&res);
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap();
+            (status, body["code"].clone(), retry)
+        }
+    }))
+    .await;
+    assert!(answers.iter().any(|(s, ..)| *s == 200), "{answers:?}");
+    assert!(
+        answers.iter().any(|(s, ..)| *s == 503),
+        "no 503: {answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|(s, code, r)| *s == 200 || (*s == 503 && code == "busy" && r.is_some())),
+        "{answers:?}"
+    );
+}
+
+/// `/echo` connects count against the same per-user connect limit as room
+/// sockets.
+async fn echo_connects_share_the_connect_limit(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.socket_connect_burst = 3;
+        c.socket_connect_rate = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("echoer").await;
+    for _ in 0..2 {
+        let (ws, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
+        ws.close().await;
+    }
+    let ws = Ws::connect(app.addr, "/echo", Some(&token)).await.unwrap();
+    ws.close().await;
+    let refused = Ws::connect(app.addr, "/echo", Some(&token))
+        .await
+        .err()
+        .expect("the fourth connect is over the limit");
+    assert_eq!(
+        (refused.status, &refused.body["code"]),
+        (429, &json!("rate_limited"))
+    );
+    assert!(refused.retry_after.is_some());
+}
+
+/// Echo transcripts are capped per user (`ECHO_TRANSCRIPTS_PER_USER`): the
+/// oldest goes when one more is saved.
+async fn echo_transcripts_are_capped_per_user(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.echo_transcripts_per_user = 2).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("talker").await;
+    let said = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["frames"][0]["text"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let text = |word: &str| json!({ "say": word }).to_string();
+    for word in ["one", "two", "three"] {
+        let mut ws = Ws::connect(app.addr, "/echo", Some(&token)).await.unwrap();
+        ws.send_text(&text(word)).await;
+        assert_eq!(ws.next_json().await["say"], word);
+        ws.close().await;
+        // Saved when the session ends: wait for it before the next.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let list: Value = api
+                .client
+                .get(api.url("/echo/history"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if said(&list).first() == Some(&text(word)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{word} not saved: {list}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let list: Value = api
+        .client
+        .get(api.url("/echo/history"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        said(&list),
+        [text("three"), text("two")],
+        "the oldest was pruned"
+    );
+}
+
+/// Each user's open sockets are capped (`SOCKETS_PER_USER`), room sockets
+/// and echo together: one more is refused with 429 `too_many_sockets`
+/// before the upgrade; once one closes, there is room again.
+async fn open_sockets_are_capped_per_user(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.sockets_per_user = 3).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("hoarder").await;
+    let (_, other) = api.user("other").await;
+    let (first, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
+    let (_second, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
+    let _echo = Ws::connect(app.addr, "/echo", Some(&token)).await.unwrap();
+    for path in ["/ws/public?history=0", "/echo"] {
+        let refused = Ws::connect(app.addr, path, Some(&token))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{path}: a fourth socket opened"));
+        assert_eq!(
+            (refused.status, &refused.body["code"]),
+            (429, &json!("too_many_sockets")),
+            "{path}"
+        );
+        assert!(refused.retry_after.is_some());
+    }
+    assert!(
+        Ws::try_join(app.addr, "/ws/public?history=0", &other)
+            .await
+            .is_ok()
+    );
+    first.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Ws::try_join(app.addr, "/ws/public?history=0", &token)
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the closed socket's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+crate::on_both_backends!(
+    avatar_decoding_is_bounded,
+    echo_connects_share_the_connect_limit,
+    echo_transcripts_are_capped_per_user,
+    open_sockets_are_capped_per_user,
+);
+
+/// The in-process broker's queue is bounded (`INPROCESS_QUEUE_CAPACITY`):
+/// with the store stage held up (the SQLite file locked by another writer),
+/// publishes past the bound answer 503 `busy` with `Retry-After`; every one
+/// that was accepted is stored once the stage goes on. (The in-process
+/// broker serves SQLite; RabbitMQ has its own bounds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inprocess_queue_answers_503() {
+    use sea_orm::sqlx::{Connection, Executor, sqlite::SqliteConnection};
+    let Some(app) = spawn_app_with(Backend::Sqlite, |c| c.inprocess_queue_capacity = 2).await
+    else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("flooder").await;
+    let mut writer = SqliteConnection::connect(&app.env.db.url).await.unwrap();
+    writer.execute("BEGIN IMMEDIATE").await.unwrap();
+    let (mut accepted, mut refused) = (0, None);
+    for i in 0..50 {
+        let res = post_message(&api, &token, &format!("queued {i}")).await;
+        if res.status() == 202 {
+            accepted += 1;
+            // Let the store stage take the first one and wait on the lock.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        refused = Some(res);
+        break;
+    }
+    let refused = refused.expect("the queue never filled");
+    assert_eq!(refused.status(), 503);
+    assert!(retry_secs(&refused).is_some());
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "busy");
+    assert!((2..=10).contains(&accepted), "{accepted} accepted");
+    writer.execute("COMMIT").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: Value = api
+            .client
+            .get(api.url("/rooms/public/messages?limit=200"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = stored.as_array().unwrap().len();
+        if n == accepted {
+            break;
+        }
+        assert!(n < accepted, "more stored than accepted: {stored}");
+        assert!(Instant::now() < deadline, "{n} of {accepted} stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -2,8 +2,10 @@
 //! by channels instead of RabbitMQ.
 //!
 //! A publish is "confirmed" once it is in the queue's channel; like any
-//! in-memory queue it does not survive the process. Dead letters are kept in
-//! memory (and logged) so tests and operators can see them.
+//! in-memory queue it does not survive the process. The queue is bounded: a
+//! publish to a full one fails with [`BrokerError::Full`] (ingest's 503),
+//! never dropped and never waited for. Dead letters are kept in memory (and
+//! logged) so tests and operators can see them.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use uuid::Uuid;
 
 use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle};
@@ -19,7 +21,7 @@ use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle}
 #[derive(Default)]
 struct State {
     /// The single consumer's receiver, until it is taken.
-    queue_rx: Option<mpsc::UnboundedReceiver<(Bytes, Option<String>)>>,
+    queue_rx: Option<mpsc::Receiver<(Bytes, Option<String>)>>,
     subscribers: Vec<mpsc::UnboundedSender<Bytes>>,
     dead_letters: Vec<(Bytes, String)>,
     closed: bool,
@@ -27,7 +29,7 @@ struct State {
 
 #[derive(Clone)]
 pub struct MemoryBroker {
-    queue_tx: mpsc::UnboundedSender<(Bytes, Option<String>)>,
+    queue_tx: mpsc::Sender<(Bytes, Option<String>)>,
     state: Arc<Mutex<State>>,
 }
 
@@ -37,9 +39,18 @@ impl Default for MemoryBroker {
     }
 }
 
+/// Messages the queue holds by default (`INPROCESS_QUEUE_CAPACITY`).
+pub const DEFAULT_CAPACITY: usize = 100_000;
+
 impl MemoryBroker {
     pub fn new() -> Self {
-        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A broker whose `messages` queue holds at most `capacity` messages
+    /// not yet taken by the store stage.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let (queue_tx, queue_rx) = mpsc::channel(capacity.max(1));
         Self {
             queue_tx,
             state: Arc::new(Mutex::new(State {
@@ -83,12 +94,16 @@ impl Broker for MemoryBroker {
         signature: Option<&str>,
     ) -> Result<(), BrokerError> {
         self.check_open()?;
-        self.queue_tx
-            .send((
-                Bytes::copy_from_slice(message),
-                signature.map(str::to_owned),
-            ))
-            .map_err(|_| BrokerError::Unavailable("the store stage has stopped".into()))
+        let message = (
+            Bytes::copy_from_slice(message),
+            signature.map(str::to_owned),
+        );
+        self.queue_tx.try_send(message).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => BrokerError::Full,
+            mpsc::error::TrySendError::Closed(_) => {
+                BrokerError::Unavailable("the store stage has stopped".into())
+            }
+        })
     }
 
     async fn dead_letter(&self, message: &[u8], reason: &str) -> Result<(), BrokerError> {
@@ -120,7 +135,7 @@ impl Broker for MemoryBroker {
         // One active consumer, as with RabbitMQ's single-active-consumer queue:
         // a second one waits forever.
         match self.state.lock().expect("broker state").queue_rx.take() {
-            Some(rx) => UnboundedReceiverStream::new(rx)
+            Some(rx) => ReceiverStream::new(rx)
                 .map(|(payload, signature)| {
                     QueuedMessage::new(payload, signature, false, Box::new(NoopSettle))
                 })
@@ -151,5 +166,26 @@ impl Broker for MemoryBroker {
         let mut state = self.state.lock().expect("broker state");
         state.closed = true;
         state.subscribers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_keeps_what_it_took() {
+        let broker = MemoryBroker::with_capacity(2);
+        broker.publish(b"one").await.unwrap();
+        broker.publish(b"two").await.unwrap();
+        assert!(matches!(
+            broker.publish(b"three").await,
+            Err(BrokerError::Full)
+        ));
+        let mut queued = broker.consume_messages(16);
+        assert_eq!(queued.next().await.unwrap().payload, "one");
+        broker.publish(b"four").await.unwrap();
+        assert_eq!(queued.next().await.unwrap().payload, "two");
+        assert_eq!(queued.next().await.unwrap().payload, "four");
     }
 }
