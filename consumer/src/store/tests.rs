@@ -555,8 +555,11 @@ async fn a_batch_is_one_event_message_per_room(db: &DatabaseConnection, amqp: bo
             QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
         })
         .collect();
-    let key = crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes");
-    let outcome = super::persist(db, &batch, &key, &stop)
+    let settings = super::Settings {
+        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
+        max_content_bytes: LIMIT,
+    };
+    let outcome = super::persist(db, &batch, &settings, &stop)
         .await
         .expect("stored");
     let counting = Counting {
