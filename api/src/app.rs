@@ -64,7 +64,9 @@ impl Application {
         let tokens = Arc::new(TokenKeys::new(config.signing_key()));
         let node_id: Arc<str> = config.node_id().into();
         let broker: Arc<dyn Broker> = match &config.amqp_url {
-            Some(url) => Arc::new(AmqpBroker::start(url, &node_id).await),
+            Some(url) => Arc::new(
+                AmqpBroker::start_partitioned(url, &node_id, config.message_partitions).await,
+            ),
             None => Arc::new(MemoryBroker::with_capacity(
                 config.inprocess_queue_capacity as usize,
             )),

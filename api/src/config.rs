@@ -80,6 +80,14 @@ pub struct Config {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_message_bytes: u32,
 
+    /// Partition queues the store stage is split into, by room, with
+    /// RabbitMQ (needs the consistent-hash exchange plugin beyond 1); each
+    /// has one active consumer, spread over the nodes. 1 is the single
+    /// `messages` queue. Every node must use the same number; the in-process
+    /// broker takes every value as 1.
+    #[arg(long, env = "MESSAGE_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub message_partitions: u16,
+
     /// Seconds a client may take to send a request's headers, and a kept-alive
     /// connection may sit idle; slower connections are closed (slowloris).
     #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]

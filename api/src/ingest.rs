@@ -75,7 +75,11 @@ pub async fn publish(
     let payload = serde_json::to_vec(&envelope).map_err(ApiError::internal)?;
     // Signed, so the store stage trusts `sender_id` (no one else can post as a user).
     let signature = EnvelopeKey::derive(state.config.signing_key().as_bytes()).sign(&payload);
-    let published = state.broker.publish_message(&payload, Some(&signature));
+    // Routed by the room, so that one partition stores all of a room's messages.
+    let routing_key = room.room_id().to_string();
+    let published = state
+        .broker
+        .publish_routed(&routing_key, &payload, Some(&signature));
     published.await.map_err(|err| {
         tracing::warn!(error = %err, "publish failed");
         match err {

@@ -6,6 +6,17 @@ use uuid::Uuid;
 
 /// Name of the durable work queue that ingest publishes to.
 pub const MESSAGES_QUEUE: &str = "messages";
+/// With `MESSAGE_PARTITIONS` > 1: the consistent-hash exchange that spreads
+/// the store stage's messages over the partition queues by room (routing
+/// key: the room's id).
+pub const PARTITIONS_EXCHANGE: &str = "messages.rooms";
+/// Each partition queue's weight on the consistent-hash ring (its binding key).
+pub const PARTITION_WEIGHT: &str = "20";
+
+/// The partition queue `messages.<partition>`.
+pub fn partition_queue(partition: u16) -> String {
+    format!("{MESSAGES_QUEUE}.{partition}")
+}
 /// Where messages that break a rule go, with the reason in a header.
 pub const DEAD_LETTER_QUEUE: &str = "messages.dlq";
 /// Topic exchange of room events (routing key `room.<room_id>`) and user

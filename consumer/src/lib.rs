@@ -9,8 +9,10 @@
 //! - [`rules`]: the rules of a message's fields, shared by ingest and the store stage.
 //! - [`signing`]: the signature ingest puts on an envelope, which the store stage
 //!   checks before it trusts the sender.
-//! - [`store`]: the store stage — consumes `messages`, checks the rules again,
-//!   assigns each room's next `seq`, persists idempotently, publishes the event, acks.
+//! - [`store`]: the store stage — consumes `messages` (or, with
+//!   `MESSAGE_PARTITIONS` > 1, the partitions it holds), checks the rules again,
+//!   assigns each room's next `seq`, persists idempotently, publishes one
+//!   event batch per room, acks.
 //! - [`delivery`]: the delivery stage — consumes this node's event queue into the [`Hub`].
 //! - [`hub`]: this node's sockets by room, each behind a bounded queue;
 //!   [`hub::user_sockets`]: the same sockets by user, which user events close.

@@ -9,6 +9,9 @@ pub const MESSAGES_DEAD_LETTERED: &str = "roomcast_messages_dead_lettered_total"
 /// `room.events` messages the store stage published: one per room and
 /// stored batch, each carrying that room's `message` events.
 pub const ROOM_EVENT_BATCHES: &str = "roomcast_room_event_batches_total";
+/// Partition queues (`MESSAGE_PARTITIONS` > 1) this node's store stage is
+/// the active consumer of, as its probes tell.
+pub const PARTITIONS_HELD: &str = "roomcast_store_partitions_held";
 /// `message` events handed to a local socket's queue.
 pub const MESSAGES_DELIVERED: &str = "roomcast_messages_delivered_total";
 /// From ingest (`created_at`) to the hand-over to local sockets, in seconds.
@@ -33,6 +36,10 @@ pub fn register() {
     metrics::describe_counter!(
         ROOM_EVENT_BATCHES,
         "room.events messages the store stage published (one per room and batch)"
+    );
+    metrics::describe_gauge!(
+        PARTITIONS_HELD,
+        "Partition queues this node's store stage is the active consumer of"
     );
     metrics::describe_counter!(
         MESSAGES_DELIVERED,

@@ -25,7 +25,10 @@ use bytes::Bytes;
 use consumer::{
     Broker, BrokerError, BrokerStatus,
     broker::{BoxStream, QueuedMessage, amqp::AmqpBroker, memory::MemoryBroker},
-    event::{DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, REASON_HEADER},
+    event::{
+        DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, PARTITION_WEIGHT, PARTITIONS_EXCHANGE,
+        REASON_HEADER, partition_queue,
+    },
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -436,7 +439,6 @@ async fn topology_matches_definitions(kind: Kind) {
         return;
     };
     let vhost = env.vhost.as_ref().expect("an AMQP case has a vhost");
-    let _broker = env.node("a").await;
     let definitions: Value = serde_json::from_str(include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../rabbitmq/definitions.json"
@@ -449,7 +451,17 @@ async fn topology_matches_definitions(kind: Kind) {
         .map(|q| q["name"].as_str().expect("queue name"))
         .collect();
     names.sort_unstable();
-    assert_eq!(names, [MESSAGES_QUEUE, DEAD_LETTER_QUEUE]);
+    // The file declares the partitions of the compose file's MESSAGE_PARTITIONS;
+    // a node started with that many declares the same.
+    let partitions: Vec<String> = (0..names.len() as u16 - 2).map(partition_queue).collect();
+    let mut expected: Vec<&str> = [MESSAGES_QUEUE, DEAD_LETTER_QUEUE]
+        .into_iter()
+        .chain(partitions.iter().map(String::as_str))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(names, expected);
+    assert!(partitions.len() > 1, "definitions.json declares partitions");
+    let _broker = env.partitioned_node("a", partitions.len() as u16).await;
     for defined in defined_queues {
         let name = defined["name"].as_str().expect("queue name");
         let live = vhost
@@ -480,11 +492,12 @@ async fn topology_matches_definitions(kind: Kind) {
     assert_eq!(live_names, names);
 
     let defined_exchanges = definitions["exchanges"].as_array().expect("exchanges");
-    let names: Vec<&str> = defined_exchanges
+    let mut names: Vec<&str> = defined_exchanges
         .iter()
         .map(|e| e["name"].as_str().expect("exchange name"))
         .collect();
-    assert_eq!(names, [EVENTS_EXCHANGE]);
+    names.sort_unstable();
+    assert_eq!(names, [PARTITIONS_EXCHANGE, EVENTS_EXCHANGE]);
     for defined in defined_exchanges {
         let name = defined["name"].as_str().expect("exchange name");
         let live = vhost
@@ -499,7 +512,7 @@ async fn topology_matches_definitions(kind: Kind) {
             assert_eq!(live[field], defined[field], "{name}: {field}");
         }
     }
-    let live_names: Vec<String> = vhost
+    let mut live_names: Vec<String> = vhost
         .get_ok(&format!("/api/exchanges/{}", enc(&vhost.name)))
         .await
         .as_array()
@@ -508,7 +521,47 @@ async fn topology_matches_definitions(kind: Kind) {
         .map(|e| e["name"].as_str().expect("exchange name").to_owned())
         .filter(|name| !name.is_empty() && !name.starts_with("amq."))
         .collect();
+    live_names.sort_unstable();
     assert_eq!(live_names, names, "no other exchange is declared");
+
+    // Each partition is bound to the consistent-hash exchange with the
+    // file's weight, and nothing else is bound to it.
+    let binding = |b: &Value| {
+        let field = |f: &str| b[f].as_str().unwrap_or_default().to_owned();
+        (field("source"), field("destination"), field("routing_key"))
+    };
+    let mut defined: Vec<_> = definitions["bindings"]
+        .as_array()
+        .expect("bindings")
+        .iter()
+        .map(binding)
+        .collect();
+    defined.sort();
+    let expected: Vec<_> = partitions
+        .iter()
+        .map(|q| {
+            (
+                PARTITIONS_EXCHANGE.to_owned(),
+                q.clone(),
+                PARTITION_WEIGHT.to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(defined, expected);
+    let mut live: Vec<_> = vhost
+        .get_ok(&format!(
+            "/api/exchanges/{}/{}/bindings/source",
+            enc(&vhost.name),
+            PARTITIONS_EXCHANGE
+        ))
+        .await
+        .as_array()
+        .expect("binding list")
+        .iter()
+        .map(binding)
+        .collect();
+    live.sort();
+    assert_eq!(live, defined, "bindings of {PARTITIONS_EXCHANGE}");
     env.close_all().await;
 }
 
@@ -589,13 +642,18 @@ impl Env {
     /// one in-process broker; AMQP: a new `AmqpBroker` (its own connection) on
     /// the test's vhost.
     async fn node(&self, node_id: &str) -> Arc<dyn Broker> {
+        self.partitioned_node(node_id, 1).await
+    }
+
+    /// [`Env::node`] with the store stage split into `partitions` (AMQP only).
+    async fn partitioned_node(&self, node_id: &str, partitions: u16) -> Arc<dyn Broker> {
         let broker: Arc<dyn Broker> = match &self.vhost {
             None => Arc::new(self.memory.clone()),
             Some(vhost) => Arc::new(
                 within(
                     "AmqpBroker::start",
                     LONG,
-                    AmqpBroker::start(&vhost.amqp_url, node_id),
+                    AmqpBroker::start_partitioned(&vhost.amqp_url, node_id, partitions),
                 )
                 .await,
             ),

@@ -1,7 +1,10 @@
 //! Several `roomcast` processes on one PostgreSQL database and one RabbitMQ
 //! vhost: delivery, order, recovery and faults across nodes.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -18,16 +21,53 @@ struct Cluster {
     apis: Vec<Api>,
 }
 
-async fn cluster(n: usize) -> Option<Cluster> {
+/// `n` nodes, each with `MESSAGE_PARTITIONS=partitions`.
+async fn cluster(n: usize, partitions: usize) -> Option<Cluster> {
     let env = TestEnv::new(Backend::Postgres).await?;
+    let partitions = partitions.to_string();
     // The first node migrates; the rest start together against the ready schema.
-    let mut nodes = vec![spawn_env_node(&env, &[("NODE_ID", "node0")])];
-    for i in 1..n {
-        nodes.push(spawn_env_node(&env, &[("NODE_ID", &format!("node{i}"))]));
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let node = format!("node{i}");
+        let vars = [
+            ("NODE_ID", node.as_str()),
+            ("MESSAGE_PARTITIONS", &partitions),
+        ];
+        nodes.push(spawn_env_node(&env, &vars));
     }
     let apis = nodes.iter().map(|n| Api::new(n.addr)).collect();
     Some(Cluster { env, nodes, apis })
 }
+
+/// Generates `mod <case> { one_partition, four_partitions }` tests that run
+/// `<case>(partitions)`: the store stage on `messages` alone, and spread over
+/// four partition queues.
+macro_rules! with_partitions {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_partition() {
+                super::$case(1).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn four_partitions() {
+                super::$case(4).await
+            }
+        }
+    )*};
+}
+
+with_partitions!(
+    every_node_delivers_each_message_exactly_once,
+    one_order_for_every_subscriber_and_history,
+    reconnect_to_another_node_with_since,
+    client_id_retry_on_two_nodes_is_one_message,
+    private_room_cap_on_connect_across_nodes,
+    console_messages_and_dead_letters,
+    broker_connections_dropped_under_load_lose_nothing,
+    removal_and_deletion_reach_every_node,
+    edits_and_deletions_cross_nodes,
+);
 
 /// Reads `n` message frames (skipping presence and acks); returns them.
 async fn collect_messages(ws: &mut Ws, n: usize) -> Vec<Value> {
@@ -46,9 +86,10 @@ fn seqs(messages: &[Value]) -> Vec<i64> {
 }
 
 /// Every subscriber on every node gets each message once; another room's get none.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_node_delivers_each_message_exactly_once() {
-    let Some(c) = cluster(3).await else { return };
+async fn every_node_delivers_each_message_exactly_once(partitions: usize) {
+    let Some(c) = cluster(3, partitions).await else {
+        return;
+    };
     let mut tokens = Vec::new();
     for (i, name) in ["alice", "bob", "carol", "dave"].iter().enumerate() {
         tokens.push(c.apis[i % 3].user(name).await.1);
@@ -96,9 +137,10 @@ async fn every_node_delivers_each_message_exactly_once() {
 
 /// Two publishers on two nodes, 500 messages: every subscriber everywhere sees
 /// the same gap-free increasing order, and so does history.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_order_for_every_subscriber_and_history() {
-    let Some(c) = cluster(3).await else { return };
+async fn one_order_for_every_subscriber_and_history(partitions: usize) {
+    let Some(c) = cluster(3, partitions).await else {
+        return;
+    };
     let (_, alice) = c.apis[0].user("alice").await;
     let (_, bob) = c.apis[1].user("bob").await;
     c.apis[0].create_room(&alice, "ordered", "public").await;
@@ -190,9 +232,10 @@ async fn full_history(api: &Api, token: &str, room: &str) -> Vec<Value> {
 }
 
 /// A subscriber misses 100 messages and catches up on another node with `since`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_to_another_node_with_since() {
-    let Some(c) = cluster(3).await else { return };
+async fn reconnect_to_another_node_with_since(partitions: usize) {
+    let Some(c) = cluster(3, partitions).await else {
+        return;
+    };
     let (_, alice) = c.apis[0].user("alice").await;
     c.apis[0].create_room(&alice, "catchup", "group").await;
     let (mut ws, _) = Ws::join(c.nodes[0].addr, "/ws/catchup?history=0", &alice).await;
@@ -242,9 +285,10 @@ async fn reconnect_to_another_node_with_since() {
 }
 
 /// The same client_id posted on two nodes: one id, one history entry, one delivery.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_id_retry_on_two_nodes_is_one_message() {
-    let Some(c) = cluster(2).await else { return };
+async fn client_id_retry_on_two_nodes_is_one_message(partitions: usize) {
+    let Some(c) = cluster(2, partitions).await else {
+        return;
+    };
     let (_, alice) = c.apis[0].user("alice").await;
     c.apis[0].create_room(&alice, "dedup", "public").await;
     let (mut ws0, _) = Ws::join(c.nodes[0].addr, "/ws/dedup?history=0", &alice).await;
@@ -268,9 +312,10 @@ async fn client_id_retry_on_two_nodes_is_one_message() {
 }
 
 /// 12 users race to open one new private room through 3 nodes: exactly 2 get in.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn private_room_cap_on_connect_across_nodes() {
-    let Some(c) = cluster(3).await else { return };
+async fn private_room_cap_on_connect_across_nodes(partitions: usize) {
+    let Some(c) = cluster(3, partitions).await else {
+        return;
+    };
     let tokens: Vec<String> = join_all((0..12).map(|i| {
         let api = &c.apis[i % 3];
         async move { api.user(&format!("racer{i}")).await.1 }
@@ -303,9 +348,10 @@ async fn private_room_cap_on_connect_across_nodes() {
 
 /// A message published by hand into `messages` (no sender) is a system
 /// message; one that is not JSON, or names no room, goes to `messages.dlq`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_messages_and_dead_letters() {
-    let Some(c) = cluster(1).await else { return };
+async fn console_messages_and_dead_letters(partitions: usize) {
+    let Some(c) = cluster(1, partitions).await else {
+        return;
+    };
     let vhost = c.env.vhost.as_ref().unwrap();
     let (_, alice) = c.apis[0].user("alice").await;
     let room = c.apis[0].create_room(&alice, "ops", "public").await;
@@ -350,9 +396,10 @@ async fn console_messages_and_dead_letters() {
 /// The nodes' broker connections are force-closed during a steady stream:
 /// every accepted message is in history exactly once, refusals are clear 503s,
 /// sockets stay open, and the nodes are ready again within 10 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_connections_dropped_under_load_lose_nothing() {
-    let Some(c) = cluster(3).await else { return };
+async fn broker_connections_dropped_under_load_lose_nothing(partitions: usize) {
+    let Some(c) = cluster(3, partitions).await else {
+        return;
+    };
     let vhost = c.env.vhost.as_ref().unwrap();
     let (_, alice) = c.apis[0].user("alice").await;
     c.apis[0].create_room(&alice, "stormy", "public").await;
@@ -472,9 +519,10 @@ async fn wait_for_history_ids(api: &Api, token: &str, room: &str, n: usize) -> V
 }
 
 /// Removing a member and deleting a room close sockets on every node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn removal_and_deletion_reach_every_node() {
-    let Some(c) = cluster(2).await else { return };
+async fn removal_and_deletion_reach_every_node(partitions: usize) {
+    let Some(c) = cluster(2, partitions).await else {
+        return;
+    };
     let (_, alice) = c.apis[0].user("alice").await;
     let (bob_id, bob) = c.apis[1].user("bob").await;
     c.apis[0].create_room(&alice, "crew", "group").await;
@@ -509,9 +557,10 @@ async fn removal_and_deletion_reach_every_node() {
 }
 
 /// Edits and deletions made on one node reach sockets on the other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edits_and_deletions_cross_nodes() {
-    let Some(c) = cluster(2).await else { return };
+async fn edits_and_deletions_cross_nodes(partitions: usize) {
+    let Some(c) = cluster(2, partitions).await else {
+        return;
+    };
     let (_, alice) = c.apis[0].user("alice").await;
     c.apis[0].create_room(&alice, "shared", "public").await;
     let (mut ws, _) = Ws::join(c.nodes[1].addr, "/ws/shared?history=0", &alice).await;
@@ -547,7 +596,7 @@ async fn edits_and_deletions_cross_nodes() {
 /// An avatar uploaded through one node is served by the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avatars_are_served_by_every_node() {
-    let Some(c) = cluster(2).await else { return };
+    let Some(c) = cluster(2, 1).await else { return };
     let (alice_id, alice) = c.apis[0].user("alice").await;
     let mut png = std::io::Cursor::new(Vec::new());
     image::RgbaImage::from_pixel(64, 64, image::Rgba([200, 10, 10, 255]))
@@ -586,4 +635,143 @@ async fn avatars_are_served_by_every_node() {
         [200, 10, 10, 255],
         "node 1 serves what node 0 stored"
     );
+}
+
+/// Which node is the active consumer of each partition queue (`messages.0`
+/// …), as RabbitMQ's management API reports it: queue → node id.
+async fn partition_holders(vhost: &crate::helpers::TestVhost) -> HashMap<String, String> {
+    let vhost_name = testsupport::enc(&vhost.name);
+    let consumers = vhost.get(&format!("/api/consumers/{vhost_name}")).await;
+    // A channel names its connection by address; the node names it "roomcast <node>".
+    let connections = vhost
+        .get(&format!("/api/vhosts/{vhost_name}/connections"))
+        .await;
+    let node_of: HashMap<&str, &str> = connections
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let given = c["client_properties"]["connection_name"].as_str()?;
+            Some((c["name"].as_str()?, given.trim_start_matches("roomcast ")))
+        })
+        .collect();
+    let mut holders = HashMap::new();
+    for consumer in consumers.as_array().into_iter().flatten() {
+        let queue = consumer["queue"]["name"].as_str().unwrap_or_default();
+        let partition = queue
+            .strip_prefix("messages.")
+            .is_some_and(|p| p.parse::<u32>().is_ok());
+        if partition && consumer["active"] == true {
+            let connection = consumer["channel_details"]["connection_name"]
+                .as_str()
+                .unwrap_or_default();
+            let node = node_of.get(connection).copied().unwrap_or(connection);
+            holders.insert(queue.to_owned(), node.to_owned());
+        }
+    }
+    holders
+}
+
+/// Waits (30 s at most) until the four partitions' holders satisfy `ok`.
+async fn wait_for_holders(
+    vhost: &crate::helpers::TestVhost,
+    what: &str,
+    ok: impl Fn(&HashMap<String, String>) -> bool,
+) -> HashMap<String, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let holders = partition_holders(vhost).await;
+        if holders.len() == 4 && ok(&holders) {
+            return holders;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: partitions held as {holders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Posts and returns the id if accepted; `None` if refused or the node is gone.
+async fn try_post(api: &Api, token: &str, room: &str, content: &str) -> Option<String> {
+    let res = api
+        .client
+        .post(api.url("/message"))
+        .bearer_auth(token)
+        .json(&json!({"room_id": room, "content": content}))
+        .send()
+        .await
+        .ok()?;
+    if res.status() != 202 {
+        return None;
+    }
+    let body: Value = res.json().await.ok()?;
+    body["id"].as_str().map(str::to_owned)
+}
+
+/// Two nodes, four partitions: the active consumers spread over both nodes
+/// (not all on the first to start). Then one node is killed while messages
+/// to sixteen rooms stream in through both: the survivor becomes the active
+/// consumer of all four partitions, and every accepted message is stored
+/// exactly once, in a gap-free order per room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_over_nodes_and_move_when_one_dies() {
+    let Some(mut c) = cluster(2, 4).await else {
+        return;
+    };
+    let (_, alice) = c.apis[0].user("alice").await;
+    let rooms: Vec<String> = (0..16).map(|i| format!("spread{i}")).collect();
+    for room in &rooms {
+        c.apis[0].create_room(&alice, room, "public").await;
+    }
+    let vhost = c.env.vhost.as_ref().unwrap();
+    let spread = wait_for_holders(vhost, "both nodes hold partitions", |h| {
+        ["node0", "node1"]
+            .iter()
+            .all(|node| h.values().any(|n| n == node))
+    })
+    .await;
+    eprintln!("partitions held: {spread:?}");
+
+    let mut accepted: HashMap<&String, Vec<String>> = HashMap::new();
+    for round in 0..20 {
+        if round == 10 {
+            c.nodes[1].kill();
+        }
+        for (i, room) in rooms.iter().enumerate() {
+            let api = &c.apis[(round + i) % 2];
+            let content = format!("{room}-{round}");
+            if let Some(id) = try_post(api, &alice, room, &content).await {
+                accepted.entry(room).or_default().push(id);
+            }
+        }
+    }
+    let survivor = wait_for_holders(vhost, "the survivor holds every partition", |h| {
+        h.values().all(|n| n == "node0")
+    })
+    .await;
+    eprintln!("after the kill: {survivor:?}");
+    for room in &rooms {
+        let sent = &accepted[room];
+        assert!(sent.len() >= 10, "{room}: only {} accepted", sent.len());
+        let history = wait_for_history_ids(&c.apis[0], &alice, room, sent.len()).await;
+        let unique: HashSet<&String> = history.iter().collect();
+        assert_eq!(
+            unique.len(),
+            history.len(),
+            "{room}: a message stored twice"
+        );
+        for id in sent {
+            assert!(
+                unique.contains(id),
+                "{room}: accepted message {id} was lost"
+            );
+        }
+        let seqs = seqs(&full_history(&c.apis[0], &alice, room).await);
+        assert_eq!(
+            seqs,
+            (1..=history.len() as i64).collect::<Vec<_>>(),
+            "{room}"
+        );
+    }
 }

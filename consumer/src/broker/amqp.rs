@@ -7,6 +7,11 @@
 //! so ingest answers 503 rather than a false 202. Consumers are tasks that
 //! re-subscribe on every new link; unacked messages of a dead link are
 //! redelivered by RabbitMQ and stored once thanks to idempotent ids.
+//!
+//! With `MESSAGE_PARTITIONS` > 1 the store stage's queues are partitions by
+//! room, spread over the nodes: see [`partitions`].
+
+pub mod partitions;
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,8 +21,8 @@ use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -26,10 +31,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle};
+use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage};
 use crate::event::{
-    DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, REASON_HEADER, routing_key,
-    user_routing_key,
+    DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, PARTITION_WEIGHT, PARTITIONS_EXCHANGE,
+    REASON_HEADER, partition_queue, routing_key, user_routing_key,
 };
 use crate::signing::SIGNATURE_HEADER;
 
@@ -41,7 +46,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// before it declares the topology again. Meanwhile ingest's publishes come
 /// back unroutable and answer 503; a channel's failure alone never drops
 /// the link.
-const REDECLARE_AFTER: Duration = Duration::from_secs(2);
+pub(crate) const REDECLARE_AFTER: Duration = Duration::from_secs(2);
 
 /// The arguments of the `messages` queue; `rabbitmq/definitions.json` declares
 /// the same, and RabbitMQ refuses a redeclare with different ones.
@@ -89,6 +94,8 @@ impl Link {
 struct Inner {
     url: String,
     node_id: String,
+    /// `MESSAGE_PARTITIONS`: 1 for `messages` alone.
+    partitions: u16,
     link: watch::Sender<Option<Arc<Link>>>,
     last_error: std::sync::Mutex<String>,
     stop: CancellationToken,
@@ -105,10 +112,17 @@ impl AmqpBroker {
     /// Starts the connection supervisor; waits up to `CONNECT_TIMEOUT` for the
     /// first link but returns either way (the node then starts not ready).
     pub async fn start(url: &str, node_id: &str) -> Self {
+        Self::start_partitioned(url, node_id, 1).await
+    }
+
+    /// [`AmqpBroker::start`] with the store stage split into `partitions`
+    /// queues by room (1: `messages` alone, as before partitions).
+    pub async fn start_partitioned(url: &str, node_id: &str, partitions: u16) -> Self {
         let (link, mut ready) = watch::channel(None);
         let inner = Arc::new(Inner {
             url: url.to_owned(),
             node_id: node_id.to_owned(),
+            partitions: partitions.max(1),
             link,
             last_error: std::sync::Mutex::new("connecting".into()),
             stop: CancellationToken::new(),
@@ -180,6 +194,20 @@ fn persistent_json() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
+}
+
+/// Persistent JSON with ingest's `signature` in its header, if any.
+fn signed_json(signature: Option<&str>) -> BasicProperties {
+    let properties = persistent_json();
+    let Some(signature) = signature else {
+        return properties;
+    };
+    let mut headers = FieldTable::default();
+    headers.insert(
+        SIGNATURE_HEADER.into(),
+        AMQPValue::LongString(LongString::from(signature)),
+    );
+    properties.with_headers(headers)
 }
 
 /// Connects, declares, serves the link until the connection dies; repeats.
@@ -256,7 +284,7 @@ async fn open_link(inner: &Inner) -> Result<Link, String> {
         publisher
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare_topology(&publisher).await?;
+        declare_topology(&publisher, inner.partitions).await?;
         Ok::<_, lapin::Error>(publisher)
     };
     match setup.await {
@@ -272,11 +300,17 @@ async fn open_link(inner: &Inner) -> Result<Link, String> {
 }
 
 /// Declares the shared topology; idempotent, with the same arguments as
-/// `rabbitmq/definitions.json`.
-pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
+/// `rabbitmq/definitions.json`. With `partitions` > 1, also the
+/// consistent-hash exchange and the partition queues bound to it (which
+/// needs the `rabbitmq_consistent_hash_exchange` plugin).
+pub async fn declare_topology(channel: &Channel, partitions: u16) -> Result<(), lapin::Error> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
+    };
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
     };
     channel
         .queue_declare(MESSAGES_QUEUE.into(), durable, messages_queue_arguments())
@@ -288,26 +322,37 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), lapin::Error> {
         .exchange_declare(
             EVENTS_EXCHANGE.into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
+            durable_exchange,
             FieldTable::default(),
         )
-        .await
-}
-
-struct AmqpSettle(lapin::Acker);
-
-#[async_trait]
-impl Settle for AmqpSettle {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.0
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        .await?;
+    if partitions <= 1 {
+        return Ok(());
     }
+    channel
+        .exchange_declare(
+            PARTITIONS_EXCHANGE.into(),
+            ExchangeKind::Custom("x-consistent-hash".into()),
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+    for partition in 0..partitions {
+        let queue = partition_queue(partition);
+        channel
+            .queue_declare(queue.as_str().into(), durable, messages_queue_arguments())
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                PARTITIONS_EXCHANGE.into(),
+                PARTITION_WEIGHT.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -317,19 +362,30 @@ impl Broker for AmqpBroker {
         message: &[u8],
         signature: Option<&str>,
     ) -> Result<(), BrokerError> {
-        let mut properties = persistent_json();
-        if let Some(signature) = signature {
-            let mut headers = FieldTable::default();
-            headers.insert(
-                SIGNATURE_HEADER.into(),
-                AMQPValue::LongString(LongString::from(signature)),
-            );
-            properties = properties.with_headers(headers);
-        }
+        let properties = signed_json(signature);
         // Mandatory: with the queue gone (deleted, or an unbound topology)
         // the publish comes back, and ingest answers 503, not a false 202.
         self.publish_confirmed("", MESSAGES_QUEUE, message, properties, true)
             .await
+    }
+
+    async fn publish_routed(
+        &self,
+        routing_key: &str,
+        message: &[u8],
+        signature: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        if self.inner.partitions <= 1 {
+            return self.publish_message(message, signature).await;
+        }
+        self.publish_confirmed(
+            PARTITIONS_EXCHANGE,
+            routing_key,
+            message,
+            signed_json(signature),
+            true,
+        )
+        .await
     }
 
     async fn dead_letter(&self, message: &[u8], reason: &str) -> Result<(), BrokerError> {
@@ -412,69 +468,26 @@ impl Broker for AmqpBroker {
 
     fn consume_messages(&self, prefetch: u16) -> BoxStream<QueuedMessage> {
         let (tx, rx) = mpsc::channel(usize::from(prefetch.max(1)));
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let mut links = inner.link.subscribe();
-            // Since when consuming has failed (the queue deleted by hand).
-            let mut failing_since: Option<tokio::time::Instant> = None;
-            loop {
-                let Some(link) = next_link(&mut links, &inner.stop).await else {
-                    return;
-                };
-                let redeclare = failing_since.is_some_and(|t| t.elapsed() >= REDECLARE_AFTER);
-                let consumer = async {
-                    let channel = link.connection.create_channel().await?;
-                    if redeclare {
-                        declare_topology(&channel).await?;
-                    }
-                    channel
-                        .basic_qos(prefetch, BasicQosOptions::default())
-                        .await?;
-                    let tag = format!("store-{}", inner.node_id);
-                    channel
-                        .basic_consume(
-                            MESSAGES_QUEUE.into(),
-                            tag.into(),
-                            BasicConsumeOptions::default(),
-                            FieldTable::default(),
-                        )
-                        .await
-                };
-                let mut consumer = match consumer.await {
-                    Ok(consumer) => {
-                        failing_since = None;
-                        consumer
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot consume messages yet");
-                        failing_since.get_or_insert_with(tokio::time::Instant::now);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                };
-                while let Some(delivery) = consumer.next().await {
-                    let Ok(d) = delivery else { break };
-                    let signature = d
-                        .properties
-                        .headers()
-                        .as_ref()
-                        .and_then(|h| h.inner().get(SIGNATURE_HEADER))
-                        .and_then(|v| match v {
-                            AMQPValue::LongString(s) => Some(s.to_string()),
-                            _ => None,
-                        });
-                    let delivery = QueuedMessage::new(
-                        Bytes::from(d.data),
-                        signature,
-                        d.redelivered,
-                        Box::new(AmqpSettle(d.acker)),
-                    );
-                    if tx.send(delivery).await.is_err() {
-                        return; // the store stage stopped
-                    }
-                }
-            }
-        });
+        let partitions = self.inner.partitions;
+        let mut queues = vec![partitions::Queue::new(
+            MESSAGES_QUEUE.to_owned(),
+            partitions > 1,
+        )];
+        if partitions > 1 {
+            let split: Vec<_> = (0..partitions)
+                .map(|p| partitions::Queue::new(partition_queue(p), false))
+                .collect();
+            tokio::spawn(partitions::rebalance(
+                self.inner.clone(),
+                split.clone(),
+                tx.clone(),
+            ));
+            queues.extend(split);
+        }
+        for queue in queues {
+            let consume = partitions::consume(self.inner.clone(), queue, prefetch, tx.clone());
+            tokio::spawn(consume);
+        }
         ReceiverStream::new(rx).boxed()
     }
 

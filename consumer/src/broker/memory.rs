@@ -6,6 +6,9 @@
 //! publish to a full one fails with [`BrokerError::Full`] (ingest's 503),
 //! never dropped and never waited for. Dead letters are kept in memory (and
 //! logged) so tests and operators can see them.
+//! One process has one store stage: `MESSAGE_PARTITIONS` means nothing here
+//! (every value is taken as 1, and [`Broker::publish_routed`] is a plain
+//! publish).
 
 use std::sync::{Arc, Mutex};
 

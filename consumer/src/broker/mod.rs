@@ -54,6 +54,10 @@ pub struct QueuedMessage {
     pub signature: Option<String>,
     /// The broker delivered it before (the earlier consumer died before acking).
     pub redelivered: bool,
+    /// It came from `messages` while the store stage is split into partitions
+    /// (`MESSAGE_PARTITIONS` > 1): a console message, to be sent on to its
+    /// room's partition ([`Broker::publish_routed`]) rather than stored here.
+    pub unrouted: bool,
     settle: Box<dyn Settle>,
 }
 
@@ -68,8 +72,15 @@ impl QueuedMessage {
             payload,
             signature,
             redelivered,
+            unrouted: false,
             settle,
         }
+    }
+
+    /// Marks it [`unrouted`](Self::unrouted).
+    pub fn unrouted(mut self) -> Self {
+        self.unrouted = true;
+        self
     }
 
     pub async fn ack(self) -> Result<(), BrokerError> {
@@ -86,6 +97,21 @@ pub trait Broker: Send + Sync + 'static {
         message: &[u8],
         signature: Option<&str>,
     ) -> Result<(), BrokerError>;
+
+    /// Publishes a message for the store stage like
+    /// [`publish_message`](Self::publish_message), routed by `routing_key`
+    /// (the room's id) to the partition that stores that room when the
+    /// store stage is split (`MESSAGE_PARTITIONS` > 1); to `messages`
+    /// otherwise. Returns once the broker confirmed it.
+    async fn publish_routed(
+        &self,
+        routing_key: &str,
+        message: &[u8],
+        signature: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let _ = routing_key;
+        self.publish_message(message, signature).await
+    }
 
     /// Publishes with no signature, as an operator would from the console.
     async fn publish(&self, message: &[u8]) -> Result<(), BrokerError> {
@@ -110,7 +136,9 @@ pub trait Broker: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Consumes `messages` with manual acks, up to `prefetch` unacked at a time.
+    /// Consumes `messages` with manual acks, up to `prefetch` unacked at a time
+    /// (per queue: with partitions, the partitions this node holds, and
+    /// `messages` itself, whose deliveries are [`unrouted`](QueuedMessage::unrouted)).
     /// The stream outlives reconnects: it resumes when the broker is back.
     fn consume_messages(&self, prefetch: u16) -> BoxStream<QueuedMessage>;
 

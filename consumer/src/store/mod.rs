@@ -17,11 +17,15 @@
 //! stall the stage.
 //!
 //! The `messages` queue has a single active consumer, so one store stage works
-//! at a time cluster-wide and a room's order is one order.
+//! at a time cluster-wide and a room's order is one order. With
+//! `MESSAGE_PARTITIONS` > 1 each partition queue has one, so each room is
+//! stored by one store stage at a time; what arrives on `messages` itself
+//! is sent on to its room's partition ([`route`]).
 
 mod batch;
 mod insert;
 mod judge;
+mod route;
 #[cfg(test)]
 mod tests;
 
@@ -87,6 +91,13 @@ pub async fn run(
                 Some(Some(message)) => batch.push(message),
                 _ => break,
             }
+        }
+        let (unrouted, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|m| m.unrouted);
+        if !unrouted.is_empty() && !route::route(&db, broker.as_ref(), unrouted, &stop).await {
+            break;
+        }
+        if batch.is_empty() {
+            continue;
         }
         let Some(outcome) = persist(&db, &batch, &settings, &stop).await else {
             break;
