@@ -10,7 +10,8 @@ use clap::{Parser, ValueEnum};
 /// delivery, loss, duplicates and ingest-to-delivery latency.
 ///
 /// It targets a running server (`--url`) or starts one (`--spawn`), and with
-/// `--mode raw-amqp` measures the broker alone: the ceiling. Loopback only.
+/// `--mode raw-amqp` measures the broker alone, `--mode raw-ws-fanout` socket
+/// fan-out alone (one flush per frame): the ceilings. Loopback only.
 /// Progress goes to stderr, the summary to stdout. The exit status is 0 when
 /// every expected delivery arrived once, 2 when something was lost, duplicated
 /// or not accepted, 1 when the run could not be done at all.
@@ -116,6 +117,9 @@ pub enum Mode {
     Roomcast,
     /// RabbitMQ alone: publish with confirms to a queue of the run, consume with manual acks.
     RawAmqp,
+    /// WebSocket fan-out alone, in this process: `--messages` frames to
+    /// `--subs` sockets, each frame written and flushed on its own.
+    RawWsFanout,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,7 +144,7 @@ impl Args {
             Mode::Roomcast if self.spawn.is_none() => ensure_loopback("--url", &self.url)?,
             Mode::Roomcast => {}
             Mode::RawAmqp if self.amqp_url.is_none() => bail!("--mode raw-amqp needs --amqp-url"),
-            Mode::RawAmqp => {}
+            Mode::RawAmqp | Mode::RawWsFanout => {}
         }
         if let Some(url) = &self.amqp_url {
             ensure_loopback("--amqp-url", url)?;

@@ -7,7 +7,8 @@
 //! messages round-robin over the rooms — through `POST /message` or WebSocket
 //! `message` frames, flat out with `--concurrency` in flight or paced at
 //! `--rate` — and counts what every socket receives. `--mode raw-amqp`
-//! measures RabbitMQ alone the same way, as the ceiling. The result is one
+//! measures RabbitMQ alone the same way, as the ceiling, and `--mode
+//! raw-ws-fanout` WebSocket fan-out alone with one flush per frame. The result is one
 //! line on stdout (`--json`: one JSON object instead):
 //!
 //! ```text
@@ -29,11 +30,12 @@
 //!
 //! Modules: [`cli`] the options, [`setup`] the server and the accounts,
 //! [`publish`] the senders, [`subscribe`] the receivers, [`raw`] the broker
-//! alone, [`report`] time stamps, histograms and the summary.
+//! alone, [`raw_ws`] socket fan-out alone, [`report`] time stamps, histograms and the summary.
 
 mod cli;
 mod publish;
 mod raw;
+mod raw_ws;
 mod report;
 mod setup;
 mod subscribe;
@@ -63,6 +65,7 @@ async fn main() -> ExitCode {
         match args.mode {
             Mode::Roomcast => roomcast(&args).await,
             Mode::RawAmqp => raw::run(&args).await,
+            Mode::RawWsFanout => raw_ws::run(&args).await,
         }
     };
     // Dropping the run on Ctrl-C also kills a spawned server.
