@@ -296,7 +296,8 @@ async fn find_or_create(
 }
 
 /// Takes a seat for `user_id` in `room`; `full` is the answer when the
-/// private room already has two members.
+/// private room already has two members. A seat newly taken is announced
+/// to the user's own sockets (`room_added`).
 async fn take_seat(
     state: &AppState,
     room: &room::Model,
@@ -304,7 +305,11 @@ async fn take_seat(
     full: ApiError,
 ) -> Result<()> {
     match rooms::add_member(&state.db, room.id, user_id).await {
-        Ok(_) => Ok(()),
+        Ok(rooms::Added::Added) => {
+            crate::user_events::room_added(state, user_id, room.id).await;
+            Ok(())
+        }
+        Ok(rooms::Added::AlreadyMember) => Ok(()),
         Err(QueryError::RoomFull) => Err(full),
         Err(err) => Err(err.into()),
     }

@@ -248,7 +248,8 @@ impl Caches {
     }
 
     /// Applies a user event (from this node or another): revocations are
-    /// remembered, and whatever is cached about the user is dropped.
+    /// remembered, and whatever is cached about the user is dropped; a
+    /// room added or removed drops only the user's membership of it.
     pub fn apply(&self, event: &consumer::event::UserEvent) {
         use consumer::event::UserEvent;
         let user_id = event.user_id();
@@ -277,6 +278,16 @@ impl Caches {
                     .forget_if(move |(_, member), _| *member == user_id);
             }
             UserEvent::RoleChanged { .. } => {}
+            // A room change leaves the user's tokens as they were; only
+            // their membership of that room is read again.
+            UserEvent::RoomAdded { room, .. } => {
+                self.members.invalidate(&(room.id, user_id));
+                return;
+            }
+            UserEvent::RoomRemoved { room_id, .. } => {
+                self.members.invalidate(&(*room_id, user_id));
+                return;
+            }
         }
         self.tokens.forget_if(move |_, caller| caller.id == user_id);
     }

@@ -1,5 +1,6 @@
 //! The frames a room socket sends that are its own, not room events:
-//! `welcome`, a replayed `message`, `ack`, `error` and `pong` (DESIGN.md §5).
+//! `welcome`, a replayed `message`, `ack`, `error` and `pong` (DESIGN.md §5);
+//! and the user socket's `welcome`.
 //! Room events (`message`, `presence`, …) are
 //! [`RoomEvent`](consumer::event::RoomEvent)s, serialised once by whoever
 //! publishes them and sent to every socket as they are.
@@ -41,6 +42,23 @@ pub enum ServerFrame<'a> {
     },
     /// The answer to a `ping` frame.
     Pong,
+}
+
+/// The first frame of the user's own socket (`GET /ws`). Its other frames
+/// are user events ([`UserEvent`](consumer::event::UserEvent): `room_added`,
+/// `room_removed`) as published, and `pong` and `error` as on a room socket.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum UserFrame<'a> {
+    /// Who the socket is for.
+    Welcome { user: &'a SenderView },
+}
+
+impl UserFrame<'_> {
+    /// The frame as JSON text.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("user frames always serialise")
+    }
 }
 
 /// The room, as `welcome` shows it.
@@ -154,6 +172,12 @@ mod tests {
             ),
             (ServerFrame::Pong, json!({"type": "pong"})),
         ];
+        let welcome = UserFrame::Welcome { user: &ann }.to_text();
+        assert!(welcome.starts_with(r#"{"type":"welcome""#), "{welcome}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&welcome).unwrap(),
+            json!({"type": "welcome", "user": ann})
+        );
         for (frame, expected) in frames {
             let text = frame.to_text();
             let kind = expected["type"].as_str().unwrap();

@@ -1,29 +1,37 @@
 //! User events on the api's side (DESIGN.md §2, "User events"): announcing an
-//! account change to every node before it is answered, applying those that
-//! arrive to this node's caches, and, after the broker connection was lost,
+//! account change, or a change to a user's list of rooms, to every node
+//! before it is answered, applying those that arrive to this node's caches,
+//! and, after the broker connection was lost,
 //! checking every open socket's token again, since events may have been
 //! missed meanwhile.
 
-use bytes::Bytes;
 use consumer::{
-    event::UserEvent,
+    event::{RoomRemovedReason, UserEvent},
     hub::{CloseReason, user_sockets::SocketOwner},
 };
+use futures_util::StreamExt;
 use sea_orm::EntityTrait;
 use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::ApiError,
+    queries::{QueryError, rooms},
+    state::AppState,
+};
 
-/// Applies `event` on this node at once, then publishes it to every node
-/// and waits for the broker's confirm. If the broker cannot take it, the
+/// Applies `event` on this node at once (caches, and the sockets it
+/// closes), then publishes it to every node and waits for the broker's
+/// confirm. The user's own streams here get it from the broker's copy, as
+/// every node's do, so they get it once. If the broker cannot take it, the
 /// change stands (the database holds it): other nodes read it within a
-/// second, and check their sockets again when they reconnect.
+/// second, and check their sockets again when they reconnect; a stream
+/// misses it, and its client reads its list of rooms again when it
+/// reconnects.
 pub async fn announce(state: &AppState, event: UserEvent) {
     let frame = event.to_bytes();
     state.caches.apply(&event);
-    state
-        .hub
-        .apply_user_event(&event, Bytes::from(frame.clone()));
+    state.hub.close_for(&event);
     if let Err(err) = state
         .broker
         .publish_user_event(event.user_id(), &frame)
@@ -36,6 +44,60 @@ pub async fn announce(state: &AppState, event: UserEvent) {
         );
     }
 }
+
+/// Tells `user_id`'s own sockets (`GET /ws`), on every node, that the room
+/// is in their list now, as they see it (`room_added`). A room that cannot
+/// be read now goes unannounced: the client reads its list again whenever
+/// its socket (re)connects.
+pub async fn room_added(state: &AppState, user_id: Uuid, room_id: Uuid) {
+    match seen_by(state, user_id, room_id).await {
+        Ok(Some(room)) => announce(state, UserEvent::RoomAdded { user_id, room }).await,
+        Ok(None) => {}
+        Err(err) => {
+            let err = ApiError::from(err);
+            tracing::warn!(code = err.code, room = %room_id, "room_added not announced");
+        }
+    }
+}
+
+/// The room as `user_id` sees it now, if it still exists.
+async fn seen_by(
+    state: &AppState,
+    user_id: Uuid,
+    room_id: Uuid,
+) -> Result<Option<consumer::event::RoomView>, QueryError> {
+    let Some(room) = entity::Room::find_by_id(room_id).one(&state.db).await? else {
+        return Ok(None);
+    };
+    rooms::view(&state.db, user_id, room).await.map(Some)
+}
+
+/// Tells `user_id`'s own sockets that the room left their list (`room_removed`).
+pub async fn room_removed(
+    state: &AppState,
+    user_id: Uuid,
+    room_id: Uuid,
+    reason: RoomRemovedReason,
+) {
+    let event = UserEvent::RoomRemoved {
+        user_id,
+        room_id,
+        reason,
+    };
+    announce(state, event).await;
+}
+
+/// Tells each of a deleted room's `members` that it is gone, a few at a time.
+pub async fn room_deleted(state: &AppState, room_id: Uuid, members: Vec<Uuid>) {
+    futures_util::stream::iter(members)
+        .for_each_concurrent(DELETED_ROOM_FANOUT, |user_id| {
+            room_removed(state, user_id, room_id, RoomRemovedReason::Deleted)
+        })
+        .await;
+}
+
+/// `room_removed` events of a deleted room published at once.
+const DELETED_ROOM_FANOUT: usize = 16;
 
 /// Runs until `state.stop`: applies the user events the hub hears to the
 /// caches, and checks every socket again after each (re)bind of the node's

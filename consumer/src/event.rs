@@ -152,6 +152,45 @@ pub fn avatar_url(user_id: Uuid, avatar_version: i32) -> String {
     format!("/users/{user_id}/avatar?v={avatar_version}")
 }
 
+/// A room as a user sees it: the HTTP API's room, and the `room` of a
+/// `room_added` frame on the user's own socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({
+    "id": "0190d1a2-6c00-7000-8000-000000000001", "name": "general", "kind": "group",
+    "owner_id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "member_count": 2, "last_seq": 42,
+    "created_at": "2025-06-01T09:31:00Z"
+}))]
+pub struct RoomView {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = String, example = "public")]
+    pub kind: entity::room::RoomKind,
+    pub owner_id: Option<Uuid>,
+    pub member_count: i32,
+    pub last_seq: i64,
+    pub created_at: DateTime<Utc>,
+    /// Private rooms only: the other member, as the caller sees the room
+    /// (absent while the caller is alone in it, and for other kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub peer: Option<SenderView>,
+}
+
+impl From<entity::room::Model> for RoomView {
+    fn from(r: entity::room::Model) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            kind: r.kind,
+            owner_id: r.owner_id,
+            member_count: r.member_count,
+            last_seq: r.last_seq,
+            created_at: r.created_at,
+            peer: None,
+        }
+    }
+}
+
 /// A message as clients see it (history and the `message` event).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[schema(example = json!({"id": "0190d1a3-1f00-7000-8000-00000000000a", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "seq": 42, "sender": {"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0"}, "sender_deleted": false, "content": "Hello, everyone!", "client_id": "web-5f2c-1", "created_at": "2025-06-01T09:33:00Z", "edited_at": null, "deleted": false}))]
@@ -327,8 +366,9 @@ pub enum RevokeReason {
 ///
 /// To add one: a variant here (with `user_id`), what it does to sockets in
 /// [`UserEvent::closes`], and what it does to caches where the api applies
-/// user events. A socket stream of the user's own (the hub's per-user
-/// registry) receives every user event as its JSON.
+/// user events, and whether the user's own socket (`GET /ws`, a stream in
+/// the hub's per-user registry) is sent it as its JSON
+/// ([`UserEvent::streamed`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum UserEvent {
@@ -353,6 +393,27 @@ pub enum UserEvent {
         role: String,
         demoted: bool,
     },
+    /// The user became a member of `room` (added by its owner or an admin,
+    /// a private room opened with them, or they joined), seen as they see it.
+    RoomAdded { user_id: Uuid, room: RoomView },
+    /// The user is no longer a member of the room.
+    RoomRemoved {
+        user_id: Uuid,
+        room_id: Uuid,
+        reason: RoomRemovedReason,
+    },
+}
+
+/// Why a room left a user's list, as [`UserEvent::RoomRemoved`] says.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomRemovedReason {
+    /// Its owner or an admin removed the user.
+    Removed,
+    /// The user left it.
+    Left,
+    /// The room was deleted.
+    Deleted,
 }
 
 /// Which sockets of a user a [`UserEvent`] closes.
@@ -375,8 +436,16 @@ impl UserEvent {
         match self {
             Self::SessionsRevoked { user_id, .. }
             | Self::AccountDeleted { user_id }
-            | Self::RoleChanged { user_id, .. } => *user_id,
+            | Self::RoleChanged { user_id, .. }
+            | Self::RoomAdded { user_id, .. }
+            | Self::RoomRemoved { user_id, .. } => *user_id,
         }
+    }
+
+    /// True for the events the user's own socket (`GET /ws`) is sent: what
+    /// happened to their list of rooms. The others act on the server only.
+    pub fn streamed(&self) -> bool {
+        matches!(self, Self::RoomAdded { .. } | Self::RoomRemoved { .. })
     }
 
     /// The sockets of the user that this event shuts out (close 4001).
@@ -394,7 +463,9 @@ impl UserEvent {
             },
             Self::AccountDeleted { .. } => Closes::All,
             Self::RoleChanged { demoted: true, .. } => Closes::All,
-            Self::RoleChanged { demoted: false, .. } => Closes::None,
+            Self::RoleChanged { demoted: false, .. }
+            | Self::RoomAdded { .. }
+            | Self::RoomRemoved { .. } => Closes::None,
         }
     }
 
@@ -458,6 +529,24 @@ mod tests {
             room_id: Uuid::new_v4(),
         };
         assert_eq!(UserEvent::from_frame(&room.to_bytes()), None);
+        assert!(!event.streamed(), "revocations act on the server only");
+
+        let removed = UserEvent::RoomRemoved {
+            user_id,
+            room_id: Uuid::nil(),
+            reason: RoomRemovedReason::Deleted,
+        };
+        let text = String::from_utf8(removed.to_bytes()).unwrap();
+        assert!(
+            text.starts_with(r#"{"scope":"user","type":"room_removed","#),
+            "{text}"
+        );
+        assert_eq!(
+            UserEvent::from_frame(text.as_bytes()),
+            Some(removed.clone())
+        );
+        assert!(removed.streamed());
+        assert_eq!(removed.closes(), Closes::None);
     }
 
     #[test]

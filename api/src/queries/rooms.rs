@@ -360,3 +360,39 @@ pub async fn peers(
         .map(|(room, id, name, avatar)| (room, consumer::event::SenderView::new(id, name, avatar)))
         .collect())
 }
+
+/// Rooms as `user` sees them: private ones name the other member (`peer`).
+pub async fn views(
+    db: &impl ConnectionTrait,
+    user: Uuid,
+    found: Vec<room::Model>,
+) -> Result<Vec<consumer::event::RoomView>, QueryError> {
+    let private = found
+        .iter()
+        .filter(|r| r.kind == RoomKind::Private)
+        .map(|r| r.id)
+        .collect();
+    let mut peers = peers(db, user, private).await?;
+    Ok(found
+        .into_iter()
+        .map(|r| {
+            let peer = peers.remove(&r.id);
+            consumer::event::RoomView {
+                peer,
+                ..consumer::event::RoomView::from(r)
+            }
+        })
+        .collect())
+}
+
+/// One room as `user` sees it.
+pub async fn view(
+    db: &impl ConnectionTrait,
+    user: Uuid,
+    room: room::Model,
+) -> Result<consumer::event::RoomView, QueryError> {
+    Ok(views(db, user, vec![room])
+        .await?
+        .pop()
+        .expect("one room in, one out"))
+}

@@ -8,6 +8,7 @@ mod health;
 mod messages;
 mod problem;
 pub mod rooms;
+mod user_ws;
 mod users;
 mod web;
 mod ws;
@@ -211,6 +212,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(messages::router())
         .merge(guest::router())
         .merge(ws::router())
+        .merge(user_ws::router())
         .merge(echo::router())
         .merge(web::router())
         .merge(crate::metrics::router())

@@ -6,10 +6,9 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
-use chrono::{DateTime, Utc};
-use consumer::event::{RoomEvent, SenderView};
+use consumer::event::{RoomEvent, RoomRemovedReason};
 use entity::room::{self, RoomKind};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 use validator::Validate;
 
@@ -28,6 +27,7 @@ use crate::{
         users,
     },
     state::AppState,
+    user_events,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -40,70 +40,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(private_room))
 }
 
-/// A room as JSON.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({
-    "id": "0190d1a2-6c00-7000-8000-000000000001", "name": "general", "kind": "group",
-    "owner_id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "member_count": 2, "last_seq": 42,
-    "created_at": "2025-06-01T09:31:00Z"
-}))]
-pub struct RoomView {
-    pub id: Uuid,
-    pub name: String,
-    #[schema(value_type = String, example = "public")]
-    pub kind: RoomKind,
-    pub owner_id: Option<Uuid>,
-    pub member_count: i32,
-    pub last_seq: i64,
-    pub created_at: DateTime<Utc>,
-    /// Private rooms only: the other member, as the caller sees the room
-    /// (absent while the caller is alone in it, and for other kinds).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub peer: Option<SenderView>,
-}
+/// A room as JSON (shared with the `room_added` frame of `GET /ws`).
+pub use consumer::event::RoomView;
 
-impl From<room::Model> for RoomView {
-    fn from(r: room::Model) -> Self {
-        Self {
-            id: r.id,
-            name: r.name,
-            kind: r.kind,
-            owner_id: r.owner_id,
-            member_count: r.member_count,
-            last_seq: r.last_seq,
-            created_at: r.created_at,
-            peer: None,
-        }
-    }
-}
-
-/// Rooms as `user` sees them: private ones name the other member.
+/// Rooms as `user` sees them.
 async fn views(state: &AppState, user: Uuid, found: Vec<room::Model>) -> Result<Vec<RoomView>> {
-    let private = found
-        .iter()
-        .filter(|r| r.kind == RoomKind::Private)
-        .map(|r| r.id)
-        .collect();
-    let mut peers = rooms::peers(&state.db, user, private).await?;
-    Ok(found
-        .into_iter()
-        .map(|r| {
-            let peer = peers.remove(&r.id);
-            RoomView {
-                peer,
-                ..RoomView::from(r)
-            }
-        })
-        .collect())
+    Ok(rooms::views(&state.db, user, found).await?)
 }
 
 /// One room as `user` sees it.
 async fn view(state: &AppState, user: Uuid, room: room::Model) -> Result<RoomView> {
-    Ok(views(state, user, vec![room])
-        .await?
-        .pop()
-        .expect("one room in, one out"))
+    Ok(rooms::view(&state.db, user, room).await?)
 }
 
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
@@ -143,6 +90,8 @@ async fn create(
     user.require_registered()?;
     state.quotas.check_room_create(user.id)?;
     let room = rooms::create(&state.db, &req.name, req.kind, user.id).await?;
+    // The creator's other tabs list it too.
+    user_events::room_added(&state, user.id, room.id).await;
     Ok((StatusCode::CREATED, Json(RoomView::from(room))))
 }
 
@@ -216,10 +165,13 @@ async fn remove(
 ) -> Result<StatusCode> {
     let room = rooms::get(&state.db, &key).await?;
     access::can_manage(&user, &room)?;
+    let members = rooms::members(&state.db, room.id).await?;
     rooms::delete(&state.db, room.id).await?;
     state.caches.room_deleted();
     tracing::info!(room = %room.id, by = %user.id, "room deleted");
     announce(&state, RoomEvent::RoomDeleted { room_id: room.id }).await;
+    let members = members.into_iter().map(|m| m.user_id).collect();
+    user_events::room_deleted(&state, room.id, members).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -292,7 +244,7 @@ async fn add_member(
     }
     .ok_or_else(|| ApiError::not_found("user"))?;
     match rooms::add_member(&state.db, room.id, target.id).await? {
-        Added::Added => {}
+        Added::Added => user_events::room_added(&state, target.id, room.id).await,
         Added::AlreadyMember => {
             return Err(ApiError::conflict(
                 "already_member",
@@ -346,6 +298,12 @@ async fn remove_member(
         },
     )
     .await;
+    let reason = if user.id == user_id {
+        RoomRemovedReason::Left
+    } else {
+        RoomRemovedReason::Removed
+    };
+    user_events::room_removed(&state, user_id, room.id, reason).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -420,6 +378,10 @@ async fn private_room(
         Err(err) => return Err(err.into()),
     };
     tracing::info!(room = %created.id, by = %user.id, peer = %peer.id, "private room opened");
+    // Both lists show it at once, the other person's as well as the opener's other tabs.
+    for member in [peer.id, user.id] {
+        user_events::room_added(&state, member, created.id).await;
+    }
     Ok((
         StatusCode::CREATED,
         Json(view(&state, user.id, created).await?),

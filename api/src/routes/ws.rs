@@ -21,7 +21,10 @@ use consumer::{
     hub::{CloseReason, Outbound, Subscription},
 };
 use entity::room;
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -44,14 +47,14 @@ const ENVELOPE_ALLOWANCE: usize = 512;
 /// Bytes a socket reads from the network at a time. The library's default
 /// (128 KiB, for sockets that read a lot) was most of an idle socket's cost;
 /// room sockets mostly write, and a larger frame still arrives whole.
-const READ_BUFFER: usize = 4 * 1024;
+pub(super) const READ_BUFFER: usize = 4 * 1024;
 /// A socket whose writes stall this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket we close waits for the client's answering close.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const REPLAY_PAGE: u64 = 200;
 /// Frames refused in a row for rate before the socket is closed (1008).
-const RATE_STRIKES: u32 = 20;
+pub(super) const RATE_STRIKES: u32 = 20;
 /// Room events written to a socket before one flush, at most.
 const WRITE_BATCH: usize = 256;
 
@@ -156,10 +159,10 @@ struct Session {
     room: room::Model,
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+pub(super) type Sink = SplitSink<WebSocket, Message>;
 
 /// Why the loop ended, and what to tell the client.
-enum End {
+pub(super) enum End {
     Close(u16, &'static str),
     /// A write waited past `SEND_TIMEOUT`: the client stopped reading.
     Stalled,
@@ -199,26 +202,7 @@ impl Session {
             end => end,
         };
         drop(sub);
-        match end {
-            End::Close(code, reason) => {
-                let frame = CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from_static(reason),
-                };
-                let sent =
-                    tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame))))
-                        .await;
-                if matches!(sent, Ok(Ok(()))) {
-                    linger(&mut stream).await;
-                }
-            }
-            // Flushing sends the queued close and then ends the TCP connection.
-            End::ClosedByPeer => {
-                let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
-            }
-            // (A stall became a close above.)
-            End::Stalled | End::Gone => {}
-        }
+        finish(sink, stream, end).await;
     }
 
     /// Sends `welcome` and the replay; returns the last `seq` sent.
@@ -286,7 +270,7 @@ impl Session {
     async fn serve(
         &self,
         sink: &mut Sink,
-        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        stream: &mut SplitStream<WebSocket>,
         sub: &mut Subscription,
         mut last_seq: i64,
     ) -> End {
@@ -437,12 +421,42 @@ impl Session {
     }
 }
 
+/// Ends a socket as `end` says: our close frame (then [`linger`]), or the
+/// answer to the client's close. A stall is a close 1013 (`slow_consumer`).
+pub(super) async fn finish(mut sink: Sink, mut stream: SplitStream<WebSocket>, end: End) {
+    let end = match end {
+        End::Stalled => End::Close(
+            CloseReason::SLOW_CONSUMER.code,
+            CloseReason::SLOW_CONSUMER.reason,
+        ),
+        end => end,
+    };
+    match end {
+        End::Close(code, reason) => {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let sent =
+                tokio::time::timeout(SEND_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+            if matches!(sent, Ok(Ok(()))) {
+                linger(&mut stream).await;
+            }
+        }
+        // Flushing sends the queued close and then ends the TCP connection.
+        End::ClosedByPeer => {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, sink.close()).await;
+        }
+        End::Stalled | End::Gone => {}
+    }
+}
+
 /// After our close: reads, and drops, what the client still sends until it
 /// answers the close or goes, for at most `CLOSE_LINGER`. Dropping the
 /// connection with the client's frames unread would reset it, and a reset
 /// throws away the close frame if it is still on its way, queued behind what
 /// a slow reader has not read yet.
-async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+async fn linger(stream: &mut SplitStream<WebSocket>) {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         while let Some(Ok(message)) = stream.next().await {
             if matches!(message, Message::Close(_)) {
@@ -480,7 +494,7 @@ fn rate_limited(text: &str, wait: Duration) -> String {
 }
 
 /// A read error's close.
-fn closing_error(err: &axum::Error) -> End {
+pub(super) fn closing_error(err: &axum::Error) -> End {
     read_error_close(err).map_or(End::Gone, |(code, reason)| End::Close(code, reason))
 }
 
@@ -503,7 +517,7 @@ async fn send_frame(sink: &mut Sink, frame: &ServerFrame<'_>) -> Result<(), End>
     send(sink, Message::Text(frame.to_text().into())).await
 }
 
-async fn send(sink: &mut Sink, message: Message) -> Result<(), End> {
+pub(super) async fn send(sink: &mut Sink, message: Message) -> Result<(), End> {
     timed(sink.send(message)).await
 }
 
@@ -561,10 +575,10 @@ fn fresh(outbound: Outbound, last_seq: &mut i64) -> Option<Utf8Bytes> {
 }
 
 /// Counts an open socket in `roomcast_sockets` for as long as it lives.
-struct SocketGauge;
+pub(super) struct SocketGauge;
 
 impl SocketGauge {
-    fn open() -> Self {
+    pub(super) fn open() -> Self {
         metrics::gauge!(crate::metrics::SOCKETS).increment(1.0);
         Self
     }

@@ -167,6 +167,10 @@ const ROWS: &[Row] = &[
     row("WS", "/echo", "401:missing_token 403:guest_not_allowed 101 101 101 101 101 101"),
     row("WS", "/echo", "401:missing_token 403:guest_not_allowed 101 101 101 101 101 101")
         .via(Via::Query),
+    // The user's own socket: a guest has no list of rooms.
+    row("WS", "/ws", "401:missing_token 403:guest_not_allowed 101 101 101 101 101 101"),
+    row("WS", "/ws", "401:missing_token 403:guest_not_allowed 101 101 101 101 101 101")
+        .via(Via::Cookie),
     row("GET", "/admin/users", ADMIN),
     row("POST", "/admin/users", "401:missing_token 403:admin_only 403 403 403 403 403:admin_only 201")
         .body(r#"{"username":"{fresh}","email":"{fresh}@example.com","password":"password123","role":"user"}"#),

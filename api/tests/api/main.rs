@@ -29,5 +29,6 @@ mod postman;
 mod rooms;
 mod sessions;
 mod telemetry;
+mod user_ws;
 mod users;
 mod ws;

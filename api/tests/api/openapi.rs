@@ -71,6 +71,7 @@ async fn the_description_covers_every_route(backend: Backend) {
         "/message",
         "/rooms/{room}/messages",
         "/messages/{id}",
+        "/ws",
         "/ws/{room}",
         "/updates/{room}",
         "/echo",

@@ -3,14 +3,15 @@
 //! token it was opened with.
 //!
 //! User events act on it ([`Hub::apply_user_event`]): they close the sockets
-//! a change shuts out (4001), hand the event to the user's own streams, and
+//! a change shuts out (4001), hand the events meant for the user's own
+//! streams to them (their room list's changes), and
 //! tell the rest of the node (its caches) through [`Hub::user_events`]. A
 //! node that may have missed events checks every registered token again
 //! ([`Hub::socket_owners`], [`Hub::close_token`]).
 //!
 //! To serve a new kind of socket: register it with [`Hub::register_socket`]
-//! (close only) or [`Hub::register_stream`] (close, and every user event of
-//! its user as JSON), and end the socket when its `close` says so.
+//! (close only) or [`Hub::register_stream`] (close, and its user's streamed
+//! events as JSON), and end the socket when its `close` says so.
 
 use std::{
     collections::HashMap,
@@ -111,7 +112,7 @@ impl Hub {
     }
 
     /// Registers a stream of `owner`'s own: it closes like any socket, and
-    /// receives each of the user's events (their JSON) through
+    /// receives the user's streamed events (their JSON) through
     /// [`UserSocket::events`].
     pub fn register_stream(self: &Arc<Self>, owner: SocketOwner) -> UserSocket {
         let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
@@ -200,20 +201,13 @@ impl Hub {
     }
 
     /// Acts on a user event (`frame` is its JSON as published): closes the
-    /// sockets it shuts out, hands it to the user's own streams, and tells
+    /// sockets it shuts out, hands it to the user's own streams if it is
+    /// one of theirs ([`UserEvent::streamed`]), and tells
     /// the node's listeners. Applying one twice does no harm.
     pub fn apply_user_event(&self, event: &UserEvent, frame: Bytes) {
         let user_id = event.user_id();
-        let reason = CloseReason::TOKEN_REVOKED;
-        match event.closes() {
-            Closes::None => {}
-            Closes::Token(jti) => self.close_token(user_id, jti, reason),
-            Closes::Older { generation, kept } => self.close_where(user_id, reason, |owner| {
-                owner.generation < generation && Some(owner.jti) != kept
-            }),
-            Closes::All => self.close_user(user_id, reason),
-        }
-        {
+        self.close_for(event);
+        if event.streamed() {
             let users = self.user_sockets.users.read().expect("user lock");
             let streams = users
                 .get(&user_id)
@@ -234,6 +228,22 @@ impl Hub {
         let _ = self.user_sockets.listeners.send(event.clone());
     }
 
+    /// Closes the sockets `event` shuts out, and nothing else: what the node
+    /// that makes a change does at once, before its own copy comes back from
+    /// the broker (which then hands it to the user's streams, once).
+    pub fn close_for(&self, event: &UserEvent) {
+        let user_id = event.user_id();
+        let reason = CloseReason::TOKEN_REVOKED;
+        match event.closes() {
+            Closes::None => {}
+            Closes::Token(jti) => self.close_token(user_id, jti, reason),
+            Closes::Older { generation, kept } => self.close_where(user_id, reason, |owner| {
+                owner.generation < generation && Some(owner.jti) != kept
+            }),
+            Closes::All => self.close_user(user_id, reason),
+        }
+    }
+
     /// Every user event this hub applies from now on. A listener that falls
     /// behind gets `Lagged` and must assume it missed any.
     pub fn user_events(&self) -> broadcast::Receiver<UserEvent> {
@@ -244,7 +254,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::RevokeReason;
+    use crate::event::{RevokeReason, RoomRemovedReason};
 
     fn owner(user_id: Uuid, generation: i32) -> SocketOwner {
         SocketOwner {
@@ -277,8 +287,18 @@ mod tests {
         assert_eq!(*first.close.borrow(), Some(CloseReason::TOKEN_REVOKED));
         assert_eq!(*second.close.borrow(), None);
         assert_eq!(heard.recv().await.unwrap(), logout);
-        let frame = stream.events.as_mut().unwrap().recv().await.unwrap();
-        assert_eq!(UserEvent::from_frame(&frame.frame), Some(logout));
+        let events = stream.events.as_mut().unwrap();
+        assert!(events.try_recv().is_err(), "a revocation is not streamed");
+
+        let removed = UserEvent::RoomRemoved {
+            user_id: ann,
+            room_id: Uuid::new_v4(),
+            reason: RoomRemovedReason::Removed,
+        };
+        hub.apply_user_event(&removed, Bytes::from(removed.to_bytes()));
+        let frame = events.recv().await.unwrap();
+        assert_eq!(UserEvent::from_frame(&frame.frame), Some(removed));
+        assert_eq!(*stream.close.borrow(), None, "a room change closes nothing");
 
         let changed = UserEvent::SessionsRevoked {
             user_id: ann,
