@@ -1,7 +1,8 @@
 //! The Postman collection (`postman/roomcast.postman_collection.json`), run by
 //! newman against one `roomcast` process on PostgreSQL + RabbitMQ with guest
-//! tokens on: the README's walk-through, request by request, with the checks
-//! the collection carries.
+//! tokens on and an admin: the README's walk-through, then members, joining,
+//! private rooms, avatar, account, admin and echo, request by request, with
+//! the checks the collection carries; it deletes the rooms it creates.
 //!
 //! Needs node and `postman/node_modules` (`npm ci --prefix postman`): without
 //! them the test says `SKIPPED` and passes locally, and fails under `CI=true`.
@@ -67,7 +68,15 @@ async fn the_postman_collection_passes_under_newman() {
     let Some(env) = TestEnv::new(Backend::Postgres).await else {
         return;
     };
-    let node = spawn_env_node(&env, &[("GUEST_TOKENS", "true")]);
+    // The admin the collection signs in as (its environment names the same).
+    let node = spawn_env_node(
+        &env,
+        &[
+            ("GUEST_TOKENS", "true"),
+            ("ADMIN_USERNAME", "admin"),
+            ("ADMIN_PASSWORD", "postman-admin-password"),
+        ],
+    );
     let base = format!("http://{}", node.addr);
     wait_ready(&base).await;
 
@@ -97,8 +106,20 @@ async fn the_postman_collection_passes_under_newman() {
         "newman failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    assert!(
-        stdout.contains("Post as alice") && stdout.contains("History shows the tombstone"),
-        "newman ran the whole story:\n{stdout}"
-    );
+    for step in [
+        "Post as alice",
+        "History shows the tombstone",
+        "Add bob to the group",
+        "Bob joins the public room",
+        "Upload an avatar",
+        "Change the email",
+        "Create a moderator",
+        "Echo history",
+        "Delete the public room",
+    ] {
+        assert!(
+            stdout.contains(step),
+            "newman ran the whole story (no {step:?}):\n{stdout}"
+        );
+    }
 }

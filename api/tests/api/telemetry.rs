@@ -1,5 +1,6 @@
 //! Logs: with `LOG_FORMAT=json` a node writes nothing but JSON objects, and
-//! every answered request leaves a line with its method and path.
+//! every answered request leaves a line with its method and path; pretty logs
+//! into a pipe carry no colour codes; a clean shutdown logs no error.
 
 use std::{
     process::Command,
@@ -8,7 +9,10 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Api, Backend, TestEnv, spawn_node_with_logs};
+use crate::{
+    helpers::{Api, Backend, TestEnv, spawn_node_with_logs},
+    ws_client::Ws,
+};
 
 async fn json_logs_are_json_and_name_each_request(backend: Backend) {
     let Some(env) = TestEnv::new(backend).await else {
@@ -43,23 +47,7 @@ async fn json_logs_are_json_and_name_each_request(backend: Backend) {
     assert_eq!(res.status(), 400);
 
     // Stop it, so start-up, requests and shutdown are all in the logs.
-    let term = Command::new("kill")
-        .args(["-TERM", &node.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = node.try_wait() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "exit status {status}");
-    // The readers may be a moment behind the exit.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
+    terminate(&mut node).await;
     let lines = logs.lines();
     let records: Vec<Value> = lines
         .iter()
@@ -113,4 +101,66 @@ async fn json_logs_are_json_and_name_each_request(backend: Backend) {
     assert_eq!(logins, [&json!(200), &json!(400)], "one line per login");
 }
 
-crate::on_both_backends!(json_logs_are_json_and_name_each_request);
+/// Stops `node` with SIGTERM; it must exit 0 within 15 s.
+async fn terminate(node: &mut crate::helpers::Node) {
+    let term = Command::new("kill")
+        .args(["-TERM", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = node.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    // The readers may be a moment behind the exit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// The default (`pretty`) format written into a pipe, as a service manager
+/// or `docker logs` reads it: no ANSI colour codes. And a clean shutdown,
+/// with sockets open and (on PostgreSQL) the RabbitMQ connection closing,
+/// says nothing at ERROR: an operator's alert on ERROR lines stays quiet.
+async fn plain_logs_and_a_quiet_shutdown(backend: Backend) {
+    let Some(env) = TestEnv::new(backend).await else {
+        return;
+    };
+    let amqp = env.amqp_url();
+    let mut vars = vec![("LOG_FORMAT", "pretty"), ("RUST_LOG", "info")];
+    if let Some(url) = &amqp {
+        vars.push(("AMQP_URL", url));
+    }
+    let (mut node, logs) = spawn_node_with_logs(&env.db.url, &vars);
+    let api = Api::new(node.addr);
+    let (_, token) = api.user("quiet").await;
+    let (_room, _) = Ws::join(node.addr, "/ws/public", &token).await;
+    let (_own, _) = Ws::join(node.addr, "/ws", &token).await;
+    api.post_stored(&token, "public", "before the shutdown")
+        .await;
+
+    terminate(&mut node).await;
+    let lines = logs.lines();
+    let all = || lines.join("\n");
+    assert!(
+        lines.iter().any(|l| l.contains("roomcast stopped")),
+        "no shutdown line:\n{}",
+        all()
+    );
+    let coloured: Vec<&String> = lines.iter().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(coloured.is_empty(), "colour codes in a pipe: {coloured:?}");
+    let errors: Vec<&String> = lines.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a clean shutdown: {errors:#?}\n{}",
+        all()
+    );
+}
+
+crate::on_both_backends!(
+    json_logs_are_json_and_name_each_request,
+    plain_logs_and_a_quiet_shutdown
+);
