@@ -5,7 +5,9 @@
 //
 // alice is the bootstrap admin, on node 1 in a desktop window; bob registers
 // on node 2 in a 390 px phone window; carol registers on node 2 in a desktop
-// window; a guest comes in through a guest link on node 1. They go through
+// window; a guest comes in through a guest link on node 1; dave, whom alice
+// creates, signs in on node 3, whose access tokens last 10 s, and stays
+// signed in for the rest of the run. They go through
 // the admin panel, members, moderation, avatars, the account page, the echo
 // page and the guest link, and each checks what the others did shows on
 // their screen. Every screen passes the accessibility checks,
@@ -13,6 +15,7 @@
 // screen are saved (in docs/screens/ with ROOMCAST_UPDATE_SCREENSHOT=1).
 //
 //   ROOMCAST_NODE1_URL, ROOMCAST_NODE2_URL   the two nodes (required)
+//   ROOMCAST_NODE3_URL                       a node with ACCESS_TOKEN_TTL=10s (required)
 //   ROOMCAST_SCREENSHOT_DIR                  where the screenshots go (required)
 //   ROOMCAST_ADMIN_PASSWORD                  alice's password (the nodes' ADMIN_PASSWORD)
 //   CHROMIUM                                 the browser (default /usr/bin/chromium)
@@ -28,9 +31,10 @@ import {
 
 const NODE1 = process.env.ROOMCAST_NODE1_URL;
 const NODE2 = process.env.ROOMCAST_NODE2_URL;
+const NODE3 = process.env.ROOMCAST_NODE3_URL;
 const SHOTS = process.env.ROOMCAST_SCREENSHOT_DIR;
 const ADMIN_PASSWORD = process.env.ROOMCAST_ADMIN_PASSWORD || PASSWORD;
-const TOTAL_BUDGET_MS = 170_000;
+const TOTAL_BUDGET_MS = 210_000;
 
 // ---------------------------------------------------------------- helpers
 
@@ -122,6 +126,24 @@ async function avatarsLoaded(scope, what) {
   });
 }
 
+/** The JSON frames `page` receives on its own socket (`/ws`, no room), as they come. */
+function ownSocketFrames(page) {
+  const frames = [];
+  page.on('websocket', (ws) => {
+    if (new URL(ws.url()).pathname !== '/ws') return;
+    ws.on('framereceived', ({ payload }) => {
+      try {
+        frames.push(JSON.parse(String(payload)));
+      } catch {
+        // not JSON
+      }
+    });
+  });
+  return frames;
+}
+
+const heard = (frames, type, test) => frames.some((f) => f.type === type && test(f));
+
 async function api(page, method, url, body) {
   return page.evaluate(async ([m, u, b]) => {
     const res = await fetch(u, {
@@ -139,7 +161,7 @@ async function api(page, method, url, body) {
 // ---------------------------------------------------------------- the run
 
 async function main() {
-  if (!NODE1 || !NODE2 || !SHOTS) throw new Error('set ROOMCAST_NODE1_URL, ROOMCAST_NODE2_URL and ROOMCAST_SCREENSHOT_DIR');
+  if (!NODE1 || !NODE2 || !NODE3 || !SHOTS) throw new Error('set ROOMCAST_NODE1_URL, ROOMCAST_NODE2_URL, ROOMCAST_NODE3_URL and ROOMCAST_SCREENSHOT_DIR');
   log(`node 1 ${NODE1}, node 2 ${NODE2}`);
   await mkdir(SHOTS, { recursive: true });
   startWatchdog(TOTAL_BUDGET_MS);
@@ -153,6 +175,8 @@ async function main() {
   const a = watch('alice', await aliceCtx.newPage());
   const b = watch('bob', await bobCtx.newPage());
   const c = watch('carol', await carolCtx.newPage());
+  const aliceHears = ownSocketFrames(a);
+  const bobHears = ownSocketFrames(b);
 
   await step('the client is ES modules, and /admin serves the page', async () => {
     const page = await a.request.get(`${NODE1}/admin`);
@@ -223,6 +247,27 @@ async function main() {
     await a.setViewportSize(wide.viewport);
   });
 
+  // ------------------------------------------------------------ 8. staying signed in
+  // dave's access tokens last 10 s (node 3): the client renews them with the
+  // refresh cookie, his sockets close 4001 as each one lapses and open again
+  // with the next, and he is never signed out. He keeps the public room open
+  // until the end of the run, and talks there then.
+  const daveCtx = await browser.newContext({ viewport: { width: 1024, height: 700 }, colorScheme: 'light' });
+  const d = watch('dave', await daveCtx.newPage());
+  const daveRefreshes = [];
+  d.on('response', (res) => {
+    if (new URL(res.url()).pathname === '/auth/refresh') daveRefreshes.push(res.status());
+  });
+  let daveSignedInAt = 0;
+  await step('8. dave signs in on node 3 (10 s access tokens) and opens the public room', async () => {
+    await d.goto(`${NODE3}/`);
+    await logInThroughUi(d, 'dave', PASSWORD);
+    await expectText(d.locator('#me-name'), 'dave', "dave's signed-in name");
+    daveSignedInAt = Date.now();
+    await openRoomFromList(d, 'public');
+    await waitConnected(d, 'dave in public');
+  });
+
   await step('6. bob (no admin) has no Admin link, and /admin refuses him', async () => {
     if (await nav(b, 'Admin').isVisible()) throw new Error('bob sees the Admin link');
     await b.goto(`${NODE2}/admin`);
@@ -251,7 +296,10 @@ async function main() {
   });
 
   await step('1. the room appears in bob\'s list without a reload; he opens it and shows online', async () => {
-    await roomLink(b, 'team').waitFor({ state: 'visible', timeout: WAIT_MS });
+    // Pushed on his own socket from node 1's change (he is on node 2); the
+    // list's fallback poll (every 30 s, only while that socket is down) is too slow to pass this.
+    await until("bob's own socket brings room_added for team", async () => heard(bobHears, 'room_added', (f) => f.room && f.room.name === 'team'), 5000);
+    await roomLink(b, 'team').waitFor({ state: 'visible', timeout: 3000 });
     await openRoomFromList(b, 'team');
     await waitConnected(b, 'bob in team');
     await until('alice sees bob online in the member list', async () => (await member(a, 'bob').innerText()).includes('online'));
@@ -308,6 +356,9 @@ async function main() {
     await c.reload(); // her role changed: she reads it again
     await openRoomFromList(c, 'lobby');
     await waitConnected(c, 'carol in lobby');
+    // 2. Opening a public room joins it: its member count is true.
+    await until('lobby counts alice, bob and carol as members', async () => (await api(a, 'GET', '/rooms/lobby')).body.member_count === 3);
+    await until("bob's list says lobby has 3 members", async () => (await roomLink(b, 'lobby').innerText()).includes('3 members'));
     const spam = 'Buy cheap watches';
     await send(b, spam, 'button');
     const item = messageItem(c, spam);
@@ -324,6 +375,7 @@ async function main() {
     await a.getByRole('button', { name: 'Remove bob from the room' }).click();
     await until('bob is gone from the members', async () => (await member(a, 'bob').count()) === 0);
     await until('team leaves bob\'s list', async () => (await roomLink(b, 'team').count()) === 0);
+    if (!heard(bobHears, 'room_removed', (f) => f.reason === 'removed')) throw new Error("bob's own socket brought no room_removed");
   });
 
   await step('5. the owner deletes a room after a confirm step', async () => {
@@ -341,6 +393,46 @@ async function main() {
   });
 
   // ------------------------------------------------------------ 2. private chats
+  await step('2. "Message a person" works at 390 px: bob finds carol', async () => {
+    await b.getByRole('button', { name: '‹ Rooms' }).click();
+    await b.getByLabel('Find a person by name').fill('car');
+    await b.getByRole('button', { name: 'Message carol' }).waitFor({ state: 'visible' });
+    await expectText(b.locator('#people-status'), '1 person found', "bob's search status");
+    await checkNarrowLayout(b, "bob's people search");
+    await checkAccessibility(b, "bob's people search");
+    await b.getByLabel('Find a person by name').fill('');
+  });
+
+  await step('2. carol (node 2) messages alice: a private chat, in alice\'s list at once by carol\'s name and avatar', async () => {
+    if (!(await c.locator('#rooms-pane').isVisible())) await c.getByRole('button', { name: '‹ Rooms' }).click();
+    await c.getByLabel('Find a person by name').fill('alice');
+    await c.getByRole('button', { name: 'Message alice' }).click();
+    await expectText(c.locator('#room-title'), 'alice', "carol's private chat's title");
+    await waitConnected(c, 'carol in her chat with alice');
+    const carolsLink = c.locator('#room-list button[aria-label^="alice, private chat"]');
+    await carolsLink.waitFor({ state: 'visible' });
+    await avatarsLoaded(carolsLink, "carol's list entry for alice");
+    // alice (node 1) did nothing: the room comes on her own socket.
+    await until("alice's own socket brings room_added for the chat with carol", async () => heard(aliceHears, 'room_added', (f) => f.room && f.room.kind === 'private' && f.room.peer && f.room.peer.username === 'carol'), 5000);
+    const link = a.locator('#room-list button[aria-label^="carol, private chat"]');
+    await link.waitFor({ state: 'visible', timeout: 3000 });
+    await avatarsLoaded(link, "alice's list entry for carol");
+    await send(c, 'Hello alice, it is carol', 'enter');
+    await link.click();
+    await expectText(a.locator('#room-title'), 'carol', "alice's private chat's title");
+    await messageItem(a, 'Hello alice, it is carol').waitFor({ state: 'visible' });
+    await checkAccessibility(a, "alice's private chat", { room: true });
+    await shot(a, 'private');
+  });
+
+  await step('2. carol, who opened it, cannot add a third person to it (room_full)', async () => {
+    await openMembers(c);
+    await member(c, 'alice').waitFor({ state: 'visible' });
+    await c.getByLabel('Add a member by username').fill('bob');
+    await c.locator('#add-member-form').getByRole('button', { name: 'Add', exact: true }).click();
+    await expectText(c.locator('#add-member-form .form-error'), 'full', 'the room_full error');
+    if (await member(c, 'bob').count()) throw new Error('bob was added to a full private room');
+  });
   // ------------------------------------------------------------ 3 and 4. avatars and the account
   let newAvatar = null;
   await step('4. the account page: a file too large (413) and one not an image (415) are said plainly', async () => {
@@ -354,6 +446,30 @@ async function main() {
     await a.getByLabel(/^Image/).setInputFiles({ name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('not a picture at all') });
     await form.getByRole('button', { name: 'Upload avatar' }).click();
     await expectText(form.locator('.form-error'), 'not an image', 'the 415 from the server');
+  });
+
+  await step('3. alice uploads an avatar; bob sees the new one on her next message', async () => {
+    const before = (await api(a, 'GET', '/users/me')).body.avatar_url;
+    const form = a.locator('#avatar-form');
+    await a.getByLabel(/^Image/).setInputFiles({ name: 'me.png', mimeType: 'image/png', buffer: png(96, 96, [196, 64, 48]) });
+    await a.locator('#avatar-preview').waitFor({ state: 'visible' });
+    await form.getByRole('button', { name: 'Upload avatar' }).click();
+    const after = await until('the account page shows a new avatar URL', async () => {
+      const me = (await api(a, 'GET', '/users/me')).body;
+      return me.avatar_url !== before && /[?&]v=/.test(me.avatar_url) ? me.avatar_url : false;
+    });
+    await until("alice's account avatar is the new one", async () => (await a.locator('#account-avatar').getAttribute('src')) === after);
+    await nav(a, 'Chat').click();
+    await openRoomFromList(a, 'lobby');
+    await waitConnected(a, 'alice in lobby');
+    await openRoomFromList(b, 'lobby'); // back from the room list (390 px: one pane at a time)
+    await waitConnected(b, 'bob in lobby');
+    await send(a, 'A new face', 'enter');
+    const item = messageItem(b, 'A new face');
+    await item.waitFor({ state: 'visible' });
+    await until("bob's view of her message shows the new avatar", async () => (await item.locator('img.avatar').getAttribute('src')) === after);
+    await avatarsLoaded(item, "alice's new avatar on bob's screen");
+    await goTo(a, 'Account', 'Your account');
   });
 
   await step('4. carol changes her email and password (the current password required)', async () => {
@@ -452,6 +568,23 @@ async function main() {
     await expectText(c.locator('#notice-text'), 'was deleted', "carol's notice");
     const gone = await c.request.post(`${NODE2}/auth/login`, { data: { username: 'carol', password: 'a brand new password' } });
     if (gone.status() !== 401) throw new Error(`carol's login after deletion: ${gone.status()}`);
+  });
+
+  await step('8. dave, whose 10 s tokens lapsed many times meanwhile, is still signed in and talks', async () => {
+    const waited = Date.now() - daveSignedInAt;
+    if (waited < 25_000) await sleep(25_000 - waited);
+    if (!daveRefreshes.filter((s) => s === 200).length) throw new Error(`dave's client never renewed his token (${daveRefreshes})`);
+    if (await d.locator('#auth-view').isVisible()) throw new Error('dave was signed out');
+    await expectText(d.locator('#me-name'), 'dave', "dave's signed-in name");
+    await waitConnected(d, 'dave in public, after his tokens lapsed');
+    await send(d, 'Still here after many token lifetimes', 'enter');
+    await until("dave's message is stored", async () => {
+      const page = await api(a, 'GET', '/rooms/public/messages?limit=5');
+      return page.status === 200 && page.body.some((m) => m.content === 'Still here after many token lifetimes' && m.sender && m.sender.username === 'dave');
+    });
+    log(`    dave's client renewed his token ${daveRefreshes.length} times`);
+    await daveCtx.close();
+    delete run.pages.dave;
   });
 
   await sleep(100);

@@ -220,18 +220,24 @@ async function deleteRoom() {
 
 // ---------------------------------------------------------------- the per-user channel
 
+const PING_EVERY_MS = 25000; // under the usual proxy idle timeout (60 s)
+const FALLBACK_POLL_MS = 30000; // only while the socket is down
+
 /**
- * `GET /ws` (no room): user-level events, `room_added` and `room_removed`,
- * so a room someone adds you to appears at once. Until the server has it,
- * or while it is down, the list is fetched again every few seconds.
+ * `GET /ws` (no room): the user's own socket. `room_added` and
+ * `room_removed` come as they happen, on whichever node, so a room someone
+ * adds you to appears at once. While the socket is down the list is fetched
+ * again now and then; when it comes back, once.
  */
 class UserChannel {
   constructor() {
     this.ws = null;
-    this.closed = false;
+    this.closed = true;
     this.attempt = 0;
     this.timer = null;
     this.poller = null;
+    this.pinger = null;
+    this.awaitingPong = false;
   }
 
   start() {
@@ -240,7 +246,7 @@ class UserChannel {
   }
 
   connect() {
-    if (this.closed) return;
+    if (this.closed || this.ws) return;
     // The login cookie authenticates it (no token in a URL).
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     let ws;
@@ -254,6 +260,7 @@ class UserChannel {
     ws.onopen = () => {
       this.attempt = 0;
       this.stopPolling();
+      this.startPings();
       // Whatever changed while it was down.
       refreshRooms();
     };
@@ -266,23 +273,68 @@ class UserChannel {
       }
       this.onFrame(frame);
     };
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (ws !== this.ws) return;
       this.ws = null;
-      this.retry();
+      this.onClose(event);
     };
   }
 
   onFrame(frame) {
     if (frame.type === 'room_added') {
       const room = frame.room || {};
+      // Said aloud only when it is news: not a room already listed (a public
+      // one you opened), not one you created, not the one open here.
+      const known = state.rooms.some((r) => r.id === room.id);
+      const mine = state.me && room.owner_id === state.me.id;
+      const open = state.session && state.session.room.id === room.id;
       refreshRooms();
-      announce(`You were added to ${room.kind === 'private' ? 'a private chat' : `the room ${room.name || ''}`}.`);
+      if (!known && !mine && !open) {
+        const what = room.kind === 'private'
+          ? `a private chat with ${room.peer ? room.peer.username : 'someone'}`
+          : `the room ${room.name || ''}`;
+        announce(`You were added to ${what}.`);
+      }
     } else if (frame.type === 'room_removed') {
       refreshRooms();
-    } else if (frame.type === 'ping') {
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: 'pong' }));
+    } else if (frame.type === 'pong') {
+      this.awaitingPong = false;
     }
+  }
+
+  async onClose(event) {
+    clearInterval(this.pinger);
+    if (this.closed) return;
+    if (event.code === 4001) {
+      // The token lapsed under the socket: renewing it (the refresh cookie)
+      // is what a call does on a 401; a session that ended signs out there.
+      try {
+        await api('GET', '/users/me');
+      } catch {
+        return;
+      }
+      this.attempt = 0;
+    }
+    this.retry();
+  }
+
+  startPings() {
+    clearInterval(this.pinger);
+    this.awaitingPong = false;
+    this.pinger = setInterval(() => {
+      const ws = this.ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN) return;
+      if (this.awaitingPong) {
+        // No answer to the last ping: the connection is dead though nobody closed it.
+        this.ws = null;
+        ws.onclose = null;
+        ws.close();
+        this.onClose({ code: 1006 });
+        return;
+      }
+      this.awaitingPong = true;
+      ws.send(JSON.stringify({ type: 'ping' }));
+    }, PING_EVERY_MS);
   }
 
   retry() {
@@ -298,7 +350,7 @@ class UserChannel {
     if (this.poller) return;
     this.poller = setInterval(() => {
       if (document.visibilityState !== 'hidden') refreshRooms();
-    }, 3000);
+    }, FALLBACK_POLL_MS);
   }
 
   stopPolling() {
@@ -309,6 +361,7 @@ class UserChannel {
   stop() {
     this.closed = true;
     clearTimeout(this.timer);
+    clearInterval(this.pinger);
     this.stopPolling();
     const ws = this.ws;
     this.ws = null;
@@ -352,6 +405,12 @@ export function wireRooms() {
     } catch (err) {
       showFormError(form, err);
     }
+  });
+
+  // Public rooms others create or delete reach no one's own socket: a tab
+  // coming back into view reads its list again.
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && state.me && !isGuest()) refreshRooms();
   });
 
   $('back-to-rooms').addEventListener('click', () => {

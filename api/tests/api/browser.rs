@@ -25,8 +25,8 @@ use crate::helpers::{Backend, TestEnv, spawn_env_node};
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The chat script gives itself 60 s; this is the backstop if node itself hangs.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
-/// The screens script gives itself 170 s.
-const SCREENS_TIMEOUT: Duration = Duration::from_secs(230);
+/// The screens script gives itself 210 s.
+const SCREENS_TIMEOUT: Duration = Duration::from_secs(270);
 /// The bootstrap admin's password in the screens run.
 const ADMIN_PASSWORD: &str = "admin-password-for-the-browser";
 
@@ -232,10 +232,15 @@ async fn upstream_shouter() -> std::net::SocketAddr {
 /// alice (the bootstrap admin, node 1) pages and searches users, makes carol
 /// a moderator and creates a user in the admin panel, which bob (node 2)
 /// neither sees nor may open; alice adds bob to a group room from a
-/// suggestion and it appears in his list at once, a private room refuses a
-/// third member; the owner and a moderator delete bob's messages, the owner
-/// removes him and deletes the room after a confirm step; avatars show on
-/// members, the online list and messages; the account page says 413 and 415
+/// suggestion and it appears in his list at once (his own socket, `/ws`), a
+/// private room refuses a third member; opening a public room joins it; the
+/// owner and a moderator delete bob's messages, the owner removes him and
+/// deletes the room after a confirm step; carol messages alice ("Message a
+/// person"), and the private chat appears in alice's list at once by carol's
+/// name and avatar, and refuses a third member; avatars show on members, the
+/// online list and messages, and alice's new avatar reaches bob's screen;
+/// dave, on a third node whose access tokens last 10 s, stays signed in
+/// through the run and talks at its end; the account page says 413 and 415
 /// plainly, changes email and password and deletes carol's account only
 /// with her password; the echo page echoes on
 /// node 1 and relays upstream on node 2; a guest link lets a visitor talk.
@@ -266,6 +271,10 @@ async fn every_screen_across_two_nodes_in_chromium() {
         ("ECHO_UPSTREAM_URL", upstream.as_str()),
     ]);
     let node2 = spawn_env_node(&env, &second);
+    // Access tokens of 10 s (the least allowed): dave stays signed in there.
+    let mut third = common.to_vec();
+    third.extend([("NODE_ID", "screens3"), ("ACCESS_TOKEN_TTL", "10s")]);
+    let node3 = spawn_env_node(&env, &third);
 
     let dir = if update_docs() {
         root.join("docs/screens")
@@ -276,6 +285,7 @@ async fn every_screen_across_two_nodes_in_chromium() {
     let env_vars = [
         ("ROOMCAST_NODE1_URL", format!("http://{}", node1.addr)),
         ("ROOMCAST_NODE2_URL", format!("http://{}", node2.addr)),
+        ("ROOMCAST_NODE3_URL", format!("http://{}", node3.addr)),
         ("ROOMCAST_SCREENSHOT_DIR", dir.display().to_string()),
         ("ROOMCAST_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
     ];
@@ -283,6 +293,7 @@ async fn every_screen_across_two_nodes_in_chromium() {
     for screen in [
         "admin",
         "members",
+        "private",
         "account",
         "account-narrow",
         "echo",
@@ -290,5 +301,5 @@ async fn every_screen_across_two_nodes_in_chromium() {
     ] {
         assert_fresh_png(&dir.join(format!("{screen}.png")), written_after);
     }
-    drop((node1, node2));
+    drop((node1, node2, node3));
 }
