@@ -288,6 +288,8 @@ impl Caches {
                 self.members.invalidate(&(*room_id, user_id));
                 return;
             }
+            // For the lists alone: nothing cached changes.
+            UserEvent::RoomListed { .. } | UserEvent::RoomUnlisted { .. } => return,
         }
         self.tokens.forget_if(move |_, caller| caller.id == user_id);
     }

@@ -402,6 +402,11 @@ pub enum UserEvent {
         room_id: Uuid,
         reason: RoomRemovedReason,
     },
+    /// A public room was created (by `user_id`): it is in everyone's list,
+    /// so every user's own socket is sent it.
+    RoomListed { user_id: Uuid, room: RoomView },
+    /// A public room was deleted (by `user_id`): it leaves everyone's list.
+    RoomUnlisted { user_id: Uuid, room_id: Uuid },
 }
 
 /// Why a room left a user's list, as [`UserEvent::RoomRemoved`] says.
@@ -438,14 +443,28 @@ impl UserEvent {
             | Self::AccountDeleted { user_id }
             | Self::RoleChanged { user_id, .. }
             | Self::RoomAdded { user_id, .. }
-            | Self::RoomRemoved { user_id, .. } => *user_id,
+            | Self::RoomRemoved { user_id, .. }
+            | Self::RoomListed { user_id, .. }
+            | Self::RoomUnlisted { user_id, .. } => *user_id,
         }
     }
 
     /// True for the events the user's own socket (`GET /ws`) is sent: what
     /// happened to their list of rooms. The others act on the server only.
     pub fn streamed(&self) -> bool {
-        matches!(self, Self::RoomAdded { .. } | Self::RoomRemoved { .. })
+        matches!(
+            self,
+            Self::RoomAdded { .. }
+                | Self::RoomRemoved { .. }
+                | Self::RoomListed { .. }
+                | Self::RoomUnlisted { .. }
+        )
+    }
+
+    /// True for the streamed events every user's own socket is sent, not only
+    /// `user_id`'s: a public room's coming and going.
+    pub fn for_everyone(&self) -> bool {
+        matches!(self, Self::RoomListed { .. } | Self::RoomUnlisted { .. })
     }
 
     /// The sockets of the user that this event shuts out (close 4001).
@@ -465,7 +484,9 @@ impl UserEvent {
             Self::RoleChanged { demoted: true, .. } => Closes::All,
             Self::RoleChanged { demoted: false, .. }
             | Self::RoomAdded { .. }
-            | Self::RoomRemoved { .. } => Closes::None,
+            | Self::RoomRemoved { .. }
+            | Self::RoomListed { .. }
+            | Self::RoomUnlisted { .. } => Closes::None,
         }
     }
 

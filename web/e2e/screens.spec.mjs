@@ -358,7 +358,7 @@ async function main() {
     await waitConnected(c, 'carol in lobby');
     // 2. Opening a public room joins it: its member count is true.
     await until('lobby counts alice, bob and carol as members', async () => (await api(a, 'GET', '/rooms/lobby')).body.member_count === 3);
-    await until("bob's list says lobby has 3 members", async () => (await roomLink(b, 'lobby').innerText()).includes('3 members'));
+    await until("carol's list says lobby has 3 members", async () => (await roomLink(c, 'lobby').innerText()).includes('3 members'));
     const spam = 'Buy cheap watches';
     await send(b, spam, 'button');
     const item = messageItem(c, spam);

@@ -225,8 +225,9 @@ const FALLBACK_POLL_MS = 30000; // only while the socket is down
 
 /**
  * `GET /ws` (no room): the user's own socket. `room_added` and
- * `room_removed` come as they happen, on whichever node, so a room someone
- * adds you to appears at once. While the socket is down the list is fetched
+ * `room_removed` (your memberships), `room_listed` and `room_unlisted` (public
+ * rooms, for everyone) come as they happen, on whichever node, so a room
+ * someone adds you to appears at once. While the socket is down the list is fetched
  * again now and then; when it comes back, once.
  */
 class UserChannel {
@@ -295,7 +296,7 @@ class UserChannel {
           : `the room ${room.name || ''}`;
         announce(`You were added to ${what}.`);
       }
-    } else if (frame.type === 'room_removed') {
+    } else if (['room_removed', 'room_listed', 'room_unlisted'].includes(frame.type)) {
       refreshRooms();
     } else if (frame.type === 'pong') {
       this.awaitingPong = false;
@@ -407,8 +408,8 @@ export function wireRooms() {
     }
   });
 
-  // Public rooms others create or delete reach no one's own socket: a tab
-  // coming back into view reads its list again.
+  // A tab coming back into view reads its list again (a socket asleep in a
+  // background tab may have missed a frame).
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible' && state.me && !isGuest()) refreshRooms();
   });

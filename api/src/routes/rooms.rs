@@ -6,7 +6,7 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
 };
-use consumer::event::{RoomEvent, RoomRemovedReason};
+use consumer::event::{RoomEvent, RoomRemovedReason, UserEvent};
 use entity::room::{self, RoomKind};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -90,8 +90,17 @@ async fn create(
     user.require_registered()?;
     state.quotas.check_room_create(user.id)?;
     let room = rooms::create(&state.db, &req.name, req.kind, user.id).await?;
-    // The creator's other tabs list it too.
-    user_events::room_added(&state, user.id, room.id).await;
+    if room.kind == RoomKind::Public {
+        // In everyone's list: every user's own socket hears of it.
+        let listed = UserEvent::RoomListed {
+            user_id: user.id,
+            room: RoomView::from(room.clone()),
+        };
+        user_events::announce(&state, listed).await;
+    } else {
+        // The creator's other tabs list it too.
+        user_events::room_added(&state, user.id, room.id).await;
+    }
     Ok((StatusCode::CREATED, Json(RoomView::from(room))))
 }
 
@@ -165,13 +174,27 @@ async fn remove(
 ) -> Result<StatusCode> {
     let room = rooms::get(&state.db, &key).await?;
     access::can_manage(&user, &room)?;
-    let members = rooms::members(&state.db, room.id).await?;
+    let public = room.kind == RoomKind::Public;
+    // A public room leaves everyone's list; another, its members' lists.
+    let members = if public {
+        Vec::new()
+    } else {
+        rooms::members(&state.db, room.id).await?
+    };
     rooms::delete(&state.db, room.id).await?;
     state.caches.room_deleted();
     tracing::info!(room = %room.id, by = %user.id, "room deleted");
     announce(&state, RoomEvent::RoomDeleted { room_id: room.id }).await;
-    let members = members.into_iter().map(|m| m.user_id).collect();
-    user_events::room_deleted(&state, room.id, members).await;
+    if public {
+        let unlisted = UserEvent::RoomUnlisted {
+            user_id: user.id,
+            room_id: room.id,
+        };
+        user_events::announce(&state, unlisted).await;
+    } else {
+        let members = members.into_iter().map(|m| m.user_id).collect();
+        user_events::room_deleted(&state, room.id, members).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,6 +1,6 @@
 //! The user's own socket, `GET /ws` (DESIGN.md §5, "The user's socket"): what
-//! happens to the caller's list of rooms, `room_added` and `room_removed`,
-//! pushed as it happens on any node.
+//! happens to the caller's list of rooms (`room_added`, `room_removed`, and
+//! public rooms' `room_listed`, `room_unlisted`), pushed as it happens on any node.
 //!
 //! It is a stream in the hub's per-user registry
 //! ([`Hub::register_stream`](consumer::hub::Hub::register_stream)): every
@@ -53,8 +53,8 @@ struct UserWsQuery {
     get,
     path = "/ws",
     tag = "sockets",
-    summary = "Open your own WebSocket: room_added and room_removed as they happen (see the WebSocket protocol)",
-    description = "Sends `welcome {user}`, then `room_added {room}` when you become a member of a room (added by its owner, a private room opened with you, or you joined or created it) and `room_removed {room_id, reason}` when you no longer are (`removed`, `left`, `deleted`). Answers `{\"type\":\"ping\"}` with `pong`. Closes 4001 when the token expires or is revoked, 1012 on shutdown. Guests are refused (403).",
+    summary = "Open your own WebSocket: changes to your list of rooms as they happen (see the WebSocket protocol)",
+    description = "Sends `welcome {user}`, then `room_added {room}` when you become a member of a room (added by its owner, a private room opened with you, or you joined or created it) and `room_removed {room_id, reason}` when you no longer are (`removed`, `left`, `deleted`); to everyone, `room_listed {room}` and `room_unlisted {room_id}` when a public room is created or deleted. Answers `{\"type\":\"ping\"}` with `pong`. Closes 4001 when the token expires or is revoked, 1012 on shutdown. Guests are refused (403).",
     params(UserWsQuery),
     responses(
         (status = 101, description = "Switching protocols"),

@@ -29,13 +29,15 @@ async fn call(
 
 /// The next frame of `ws` that is one of the user's room events.
 async fn room_event(ws: &mut Ws) -> Value {
-    ws.next_of(&["room_added", "room_removed"]).await
+    ws.next_of(&["room_added", "room_removed", "room_listed", "room_unlisted"])
+        .await
 }
 
 /// Bob's socket is on node B; olive, the owner, changes his rooms on node A.
 /// Each change reaches him at once, as his own frame: added, removed, added
-/// again, the room deleted, a private room opened with him. A room of
-/// olive's he is not in sends him nothing; logging out closes it with 4001.
+/// again, the room deleted, a private room opened with him, a public room
+/// listed, joined and unlisted. A room of olive's he is not in sends him
+/// nothing; logging out closes it with 4001.
 async fn room_list_changes_reach_the_users_socket_on_another_node(backend: Backend) {
     // Two processes on one database and one RabbitMQ vhost, whichever the database.
     let Some(db) = TestDb::new(backend).await else {
@@ -119,12 +121,22 @@ async fn room_list_changes_reach_the_users_socket_on_another_node(backend: Backe
     assert_eq!(private["room"]["peer"]["id"], json!(olive_id), "{private}");
     assert_eq!(private["room"]["peer"]["username"], "olive", "{private}");
 
-    // Joining a public room on B tells his own socket too (his other tabs).
-    api_a.create_room(&olive, "plaza", "public").await;
+    // A public room is in everyone's list: its creation and deletion reach
+    // him though he is no member.
+    let plaza = api_a.create_room(&olive, "plaza", "public").await;
+    let listed = room_event(&mut ws).await;
+    assert_eq!(listed["type"], "room_listed", "{listed}");
+    assert_eq!(listed["room"]["name"], "plaza", "{listed}");
+    // Joining it on B tells his own socket too (his other tabs).
     let (status, body) = call(&api_b, "POST", "/rooms/plaza/join", &bob, None).await;
     assert_eq!(status, 200, "{body}");
     let joined = room_event(&mut ws).await;
     assert_eq!(joined["room"]["name"], "plaza", "{joined}");
+    let (status, body) = call(&api_a, "DELETE", "/rooms/plaza", &olive, None).await;
+    assert_eq!(status, 204, "{body}");
+    let unlisted = room_event(&mut ws).await;
+    assert_eq!(unlisted["type"], "room_unlisted", "{unlisted}");
+    assert_eq!(unlisted["room_id"], plaza["id"], "{unlisted}");
 
     // Nothing about `solo` came between; a ping is answered.
     ws.send_json(&json!({"type": "ping"})).await;

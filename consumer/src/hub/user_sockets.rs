@@ -209,9 +209,12 @@ impl Hub {
         self.close_for(event);
         if event.streamed() {
             let users = self.user_sockets.users.read().expect("user lock");
-            let streams = users
-                .get(&user_id)
-                .into_iter()
+            let audience: Box<dyn Iterator<Item = &HashMap<u64, Entry>>> = if event.for_everyone() {
+                Box::new(users.values())
+            } else {
+                Box::new(users.get(&user_id).into_iter())
+            };
+            let streams = audience
                 .flat_map(HashMap::values)
                 .filter_map(|e| e.events.as_ref().map(|tx| (tx, &e.close)));
             for (tx, close) in streams {
@@ -299,6 +302,19 @@ mod tests {
         let frame = events.recv().await.unwrap();
         assert_eq!(UserEvent::from_frame(&frame.frame), Some(removed));
         assert_eq!(*stream.close.borrow(), None, "a room change closes nothing");
+
+        // A public room's coming reaches every user's stream, not only its creator's.
+        let mut bobs_stream = hub.register_stream(owner(bob, 0));
+        let listed = UserEvent::RoomUnlisted {
+            user_id: ann,
+            room_id: Uuid::new_v4(),
+        };
+        hub.apply_user_event(&listed, Bytes::from(listed.to_bytes()));
+        let frame = bobs_stream.events.as_mut().unwrap().recv().await.unwrap();
+        assert_eq!(UserEvent::from_frame(&frame.frame), Some(listed.clone()));
+        let frame = events.recv().await.unwrap();
+        assert_eq!(UserEvent::from_frame(&frame.frame), Some(listed));
+        drop(bobs_stream);
 
         let changed = UserEvent::SessionsRevoked {
             user_id: ann,
