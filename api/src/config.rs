@@ -159,7 +159,7 @@ pub struct Config {
     #[arg(long, env = "AVATAR_DECODE_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub avatar_decode_queue: u32,
 
-    /// Sockets (room sockets and `/echo`) one user may hold open at once on
+    /// Sockets (room sockets, the own `/ws`, `/echo`) one user may hold open at once on
     /// one node; one more is refused before the upgrade with 429
     /// `too_many_sockets`.
     #[arg(long, env = "SOCKETS_PER_USER", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

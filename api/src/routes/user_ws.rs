@@ -59,7 +59,7 @@ struct UserWsQuery {
     responses(
         (status = 101, description = "Switching protocols"),
         (status = 400, description = "Malformed request"), (status = 401), (status = 403),
-        (status = 429, description = "Too many socket connects by this user")
+        (status = 429, description = "Too many socket connects by this user (`rate_limited`), or too many open sockets (`too_many_sockets`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -73,13 +73,18 @@ async fn connect(
     // A guest has one room and no list of rooms.
     user.require_registered()?;
     state.limits.check_connect(user.id)?;
+    // Counts towards SOCKETS_PER_USER like room and echo sockets.
+    let slot = state.quotas.sockets.take(user.id)?;
     Ok(upgrade
         .read_buffer_size(READ_BUFFER)
         .max_message_size(CLIENT_FRAME_LIMIT)
         .max_frame_size(CLIENT_FRAME_LIMIT)
         .on_upgrade(move |socket| {
             let tracked = state.sockets.clone();
-            tracked.track_future(run(state, user, socket))
+            tracked.track_future(async move {
+                run(state, user, socket).await;
+                drop(slot);
+            })
         }))
 }
 

@@ -825,8 +825,8 @@ async fn echo_transcripts_are_capped_per_user(backend: Backend) {
     );
 }
 
-/// Each user's open sockets are capped (`SOCKETS_PER_USER`), room sockets
-/// and echo together: one more is refused with 429 `too_many_sockets`
+/// Each user's open sockets are capped (`SOCKETS_PER_USER`), room sockets,
+/// the user's own socket and echo together: one more is refused with 429 `too_many_sockets`
 /// before the upgrade; once one closes, there is room again.
 async fn open_sockets_are_capped_per_user(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |c| c.sockets_per_user = 3).await else {
@@ -836,9 +836,9 @@ async fn open_sockets_are_capped_per_user(backend: Backend) {
     let (_, token) = api.user("hoarder").await;
     let (_, other) = api.user("other").await;
     let (first, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
-    let (_second, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
+    let _own = Ws::connect(app.addr, "/ws", Some(&token)).await.unwrap();
     let _echo = Ws::connect(app.addr, "/echo", Some(&token)).await.unwrap();
-    for path in ["/ws/public?history=0", "/echo"] {
+    for path in ["/ws/public?history=0", "/ws", "/echo"] {
         let refused = Ws::connect(app.addr, path, Some(&token))
             .await
             .err()
