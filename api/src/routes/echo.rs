@@ -20,6 +20,7 @@ use entity::echo_transcript;
 use futures_util::{SinkExt, StreamExt};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -212,23 +213,30 @@ async fn session(state: AppState, user: AuthUser, socket: WebSocket) {
         started_at: Set(started_at),
         ended_at: Set(Utc::now()),
         frames: Set(Value::Array(transcript.frames).to_string()),
-    }
-    .insert(&state.db)
-    .await;
+    };
     let kept = state.config.echo_transcripts_per_user as u64;
-    match saved {
-        Ok(_) => {
-            if let Err(err) = prune_transcripts(&state.db, user.id, kept).await {
-                tracing::warn!(error = %err, "old echo transcripts not pruned");
-            }
-        }
-        Err(err) => tracing::warn!(error = %err, "echo transcript not saved"),
+    if let Err(err) = save_transcript(&state.db, saved, kept).await {
+        tracing::warn!(error = %err, "echo transcript not saved");
     }
+}
+
+/// Saves a transcript and prunes the user's oldest in one transaction, so
+/// `/echo/history` never shows more than `kept`.
+async fn save_transcript(
+    db: &sea_orm::DatabaseConnection,
+    saved: echo_transcript::ActiveModel,
+    kept: u64,
+) -> std::result::Result<(), sea_orm::DbErr> {
+    let user = *saved.user_id.as_ref();
+    let txn = db.begin().await?;
+    saved.insert(&txn).await?;
+    prune_transcripts(&txn, user, kept).await?;
+    txn.commit().await
 }
 
 /// Deletes `user`'s transcripts but the newest `kept` (`ECHO_TRANSCRIPTS_PER_USER`).
 async fn prune_transcripts(
-    db: &sea_orm::DatabaseConnection,
+    db: &impl sea_orm::ConnectionTrait,
     user: Uuid,
     kept: u64,
 ) -> std::result::Result<(), sea_orm::DbErr> {

@@ -196,7 +196,13 @@ async fn idle_sockets_are_cheap(backend: Backend) {
     let Some(env) = TestEnv::new(backend).await else {
         return;
     };
-    let node = spawn_env_node(&env, &[("SOCKET_CONNECT_BURST", "5000")]);
+    let node = spawn_env_node(
+        &env,
+        &[
+            ("SOCKET_CONNECT_BURST", "5000"),
+            ("SOCKETS_PER_USER", "5000"),
+        ],
+    );
     let api = Api::new(node.addr);
     let (_, alice) = api.user("alice").await;
     api.create_room(&alice, "hall", "public").await;
