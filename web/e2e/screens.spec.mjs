@@ -293,6 +293,7 @@ async function main() {
     await a.locator('#add-member-form').getByRole('button', { name: 'Add', exact: true }).click();
     await member(a, 'bob').waitFor({ state: 'visible' });
     await expectText(member(a, 'bob'), 'offline', "bob's presence in alice's list");
+    await until("alice's list says team has 2 members", async () => (await roomLink(a, 'team').innerText()).includes('2 members'));
   });
 
   await step('1. the room appears in bob\'s list without a reload; he opens it and shows online', async () => {

@@ -4,6 +4,7 @@
 
 import { ApiError, api, isAdmin, state } from './api.js';
 import { $, announce, avatar, clearErrorsOnInput, clearFormErrors, el, showFormError, withBusy } from './dom.js';
+import { refreshRooms } from './rooms.js';
 
 let members = []; // [{user_id, username, avatar_url?}]
 let online = new Set();
@@ -130,6 +131,7 @@ async function removeMember(member, button) {
     $('members-status').textContent = `${member.username} was removed.`;
     announce(`${member.username} was removed from the room.`);
     await loadMembers();
+    refreshRooms(); // the room's member count in the list
     $('add-member-name').focus();
   } catch (err) {
     button.disabled = false;
@@ -153,6 +155,7 @@ async function addMember(event) {
     form.reset();
     $('members-status').textContent = `${username} was added.`;
     await loadMembers();
+    refreshRooms(); // the room's member count in the list
     form.elements.username.focus();
   } catch (err) {
     if (err.code === 'room_full') {
