@@ -27,7 +27,8 @@ pub enum Command {
         #[arg(value_enum)]
         action: MigrateAction,
     },
-    /// Create three demo users (alice, bob, carol; password `demo-password`) and a few rooms with messages in DATABASE_URL.
+    /// Create three demo users (alice, bob, carol; password `demo-password`) and a few rooms with
+    /// messages in DATABASE_URL.
     SeedDemo,
     /// Manage the accounts in DATABASE_URL.
     Admin {

@@ -6,7 +6,10 @@
 use std::{fmt, net::SocketAddr, time::Duration};
 
 use axum_client_ip::ClientIpSource;
-use clap::{Args, ValueEnum, builder::BoolishValueParser};
+use clap::{
+    Args, ValueEnum,
+    builder::{BoolishValueParser, RangedI64ValueParser},
+};
 
 /// The development key used when `SECRET_KEY` is unset and no broker is configured.
 const DEV_SECRET: &str = "roomcast-development-secret-key-not-for-production-use";
@@ -57,11 +60,23 @@ pub struct Config {
     pub node_id: Option<String>,
 
     /// Create an unknown room (as private, owned by the caller) when a socket opens it.
-    #[arg(long, env = "ROOMS_AUTO_CREATE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    #[arg(
+        long,
+        env = "ROOMS_AUTO_CREATE",
+        default_value = "true",
+        value_parser = BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
     pub rooms_auto_create: bool,
 
     /// Enable `POST /generate-token` (one-room guest tokens).
-    #[arg(long, env = "GUEST_TOKENS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    #[arg(
+        long,
+        env = "GUEST_TOKENS",
+        default_value = "false",
+        value_parser = BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
     pub guest_tokens: bool,
 
     /// Messages a socket receives on connect when it gives no `since`.
@@ -77,7 +92,12 @@ pub struct Config {
     pub presence_delay: Duration,
 
     /// Largest message content, in bytes (HTTP 413, WebSocket close 1009).
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    #[arg(
+        long,
+        env = "MAX_MESSAGE_BYTES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_048_576)
+    )]
     pub max_message_bytes: u32,
 
     /// Partition queues the store stage is split into, by room, with
@@ -90,97 +110,112 @@ pub struct Config {
 
     /// Seconds a client may take to send a request's headers, and a kept-alive
     /// connection may sit idle; slower connections are closed (slowloris).
-    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(
+        long,
+        env = "HTTP_HEADER_TIMEOUT",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
     pub http_header_timeout: u64,
 
     /// Socket connects one user may open in a burst on one node, before
     /// `SOCKET_CONNECT_RATE` applies (429 with `Retry-After` beyond).
-    #[arg(long, env = "SOCKET_CONNECT_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "SOCKET_CONNECT_BURST", default_value_t = 60, value_parser = count())]
     pub socket_connect_burst: u32,
 
     /// Socket connects a second one user may keep opening on one node.
-    #[arg(long, env = "SOCKET_CONNECT_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "SOCKET_CONNECT_RATE", default_value_t = 10, value_parser = count())]
     pub socket_connect_rate: u32,
 
     /// Accounts one client address may register in a burst, before
     /// `REGISTER_PER_MINUTE` applies (429 with `Retry-After` beyond).
-    #[arg(long, env = "REGISTER_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "REGISTER_BURST", default_value_t = 200, value_parser = count())]
     pub register_burst: u32,
 
     /// Accounts a minute one client address may keep registering.
-    #[arg(long, env = "REGISTER_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "REGISTER_PER_MINUTE", default_value_t = 60, value_parser = count())]
     pub register_per_minute: u32,
 
     /// Password hashes and checks (argon2, 19 MiB each) run at once; 0 means
     /// one per core.
-    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 0, value_parser = concurrency())]
     pub password_hash_concurrency: u32,
 
     /// Password hashes that may wait for a free core; more get 503 `busy`
     /// with `Retry-After`.
-    #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64, value_parser = queue_len())]
     pub password_hash_queue: u32,
 
     /// Messages one user may post over HTTP (`POST /message`, `POST
     /// /rooms/{room}/messages`) in a burst on one node, before
     /// `HTTP_MESSAGE_RATE` applies (429 with `Retry-After` beyond).
-    #[arg(long, env = "HTTP_MESSAGE_BURST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "HTTP_MESSAGE_BURST", default_value_t = 1000, value_parser = count())]
     pub http_message_burst: u32,
 
     /// Messages a second one user may keep posting over HTTP on one node.
-    #[arg(long, env = "HTTP_MESSAGE_RATE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "HTTP_MESSAGE_RATE", default_value_t = 10_000, value_parser = count())]
     pub http_message_rate: u32,
 
     /// Rooms one user may create (`POST /rooms`, or a socket opening an
     /// unknown room) in a burst on one node, before `ROOM_CREATE_PER_MINUTE`
     /// applies (429 with `Retry-After` beyond).
-    #[arg(long, env = "ROOM_CREATE_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "ROOM_CREATE_BURST", default_value_t = 200, value_parser = count())]
     pub room_create_burst: u32,
 
     /// Rooms a minute one user may keep creating on one node.
-    #[arg(long, env = "ROOM_CREATE_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "ROOM_CREATE_PER_MINUTE", default_value_t = 60, value_parser = count())]
     pub room_create_per_minute: u32,
 
     /// Guest tokens (`POST /generate-token`) one client address may ask for
     /// in a burst, before `GUEST_TOKENS_PER_MINUTE` applies (429 beyond).
-    #[arg(long, env = "GUEST_TOKEN_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "GUEST_TOKEN_BURST", default_value_t = 60, value_parser = count())]
     pub guest_token_burst: u32,
 
     /// Guest tokens a minute one client address may keep asking for.
-    #[arg(long, env = "GUEST_TOKENS_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "GUEST_TOKENS_PER_MINUTE", default_value_t = 60, value_parser = count())]
     pub guest_tokens_per_minute: u32,
 
     /// Avatar uploads decoded at once; 0 means one per core.
-    #[arg(long, env = "AVATAR_DECODE_CONCURRENCY", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    #[arg(long, env = "AVATAR_DECODE_CONCURRENCY", default_value_t = 0, value_parser = concurrency())]
     pub avatar_decode_concurrency: u32,
 
     /// Avatar uploads that may wait to be decoded; more get 503 `busy` with
     /// `Retry-After`.
-    #[arg(long, env = "AVATAR_DECODE_QUEUE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    #[arg(long, env = "AVATAR_DECODE_QUEUE", default_value_t = 16, value_parser = queue_len())]
     pub avatar_decode_queue: u32,
 
     /// Sockets (room sockets, the own `/ws`, `/echo`) one user may hold open at once on
     /// one node; one more is refused before the upgrade with 429
     /// `too_many_sockets`.
-    #[arg(long, env = "SOCKETS_PER_USER", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "SOCKETS_PER_USER", default_value_t = 1000, value_parser = count())]
     pub sockets_per_user: u32,
 
     /// Echo transcripts kept per user; saving one more deletes the oldest.
-    #[arg(long, env = "ECHO_TRANSCRIPTS_PER_USER", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(
+        long,
+        env = "ECHO_TRANSCRIPTS_PER_USER",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
     pub echo_transcripts_per_user: u32,
 
     /// Messages the in-process broker (no `AMQP_URL`) holds for the store
     /// stage; a publish beyond answers 503 `busy` with `Retry-After`.
-    #[arg(long, env = "INPROCESS_QUEUE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(
+        long,
+        env = "INPROCESS_QUEUE_CAPACITY",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000)
+    )]
     pub inprocess_queue_capacity: u32,
 
     /// Message frames one socket may send in a burst before
     /// `SOCKET_MESSAGE_RATE` applies (`error rate_limited` beyond).
-    #[arg(long, env = "SOCKET_MESSAGE_BURST", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "SOCKET_MESSAGE_BURST", default_value_t = 30, value_parser = count())]
     pub socket_message_burst: u32,
 
     /// Message frames a second one socket may keep sending.
-    #[arg(long, env = "SOCKET_MESSAGE_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "SOCKET_MESSAGE_RATE", default_value_t = 20, value_parser = count())]
     pub socket_message_rate: u32,
 
     /// Where a client's address (for login limits) comes from: `ConnectInfo`
@@ -216,6 +251,21 @@ pub struct Config {
 /// The sources `CLIENT_IP_SOURCE` accepts, as the error lists them.
 const CLIENT_IP_SOURCES: &str = "ConnectInfo, XRealIp, RightmostXForwardedFor, CfConnectingIp, \
      TrueClientIp, FlyClientIp, CloudFrontViewerAddress, XEnvoyExternalAddress";
+
+/// A count of requests, sockets or tokens: 1 to a million.
+fn count() -> RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=1_000_000)
+}
+
+/// How many at once: 0 (as many as there are cores) to 1024.
+fn concurrency() -> RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(0..=1024)
+}
+
+/// How many may wait: 0 to 100 000.
+fn queue_len() -> RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(0..=100_000)
+}
 
 fn parse_client_ip_source(value: &str) -> Result<ClientIpSource, String> {
     value

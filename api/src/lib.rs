@@ -31,6 +31,8 @@
 //! - [`extract`]: body and query extractors that fail as `ApiError`.
 //! - [`metrics`]: the Prometheus exporter and `GET /metrics`.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod access;
 pub mod app;
 pub mod auth;

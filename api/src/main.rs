@@ -1,3 +1,4 @@
+#![warn(clippy::too_many_lines)]
 use std::process::ExitCode;
 
 use api::{

@@ -92,7 +92,8 @@ pub async fn seed_demo(db: &DatabaseConnection) -> anyhow::Result<()> {
         seed_messages(db, room.id, &lines).await?;
     }
     println!(
-        "demo users alice, bob, carol (password: {DEMO_PASSWORD}); rooms lobby, team, alice-bob, with a few messages each"
+        "demo users alice, bob, carol (password: {DEMO_PASSWORD}); rooms lobby, team, alice-bob, with a few \
+            messages each"
     );
     Ok(())
 }

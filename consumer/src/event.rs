@@ -26,7 +26,7 @@ pub const EVENTS_EXCHANGE: &str = "room.events";
 pub const REASON_HEADER: &str = "x-roomcast-reason";
 
 /// Why a message goes to `messages.dlq`: the `reason` label of
-/// [`crate::metrics::MESSAGES_DEAD_LETTERED`], and the start of the
+/// `roomcast_messages_dead_lettered_total`, and the start of the
 /// [`REASON_HEADER`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -123,7 +123,11 @@ pub fn message_id(sender: Option<Uuid>, room: Uuid, client_id: Option<&str>) -> 
 
 /// Who sent a message, as clients see it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0"}))]
+#[schema(example = json!({
+    "id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c",
+    "username": "alice",
+    "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0"
+}))]
 pub struct SenderView {
     pub id: Uuid,
     pub username: String,
@@ -156,9 +160,9 @@ pub fn avatar_url(user_id: Uuid, avatar_version: i32) -> String {
 /// `room_added` frame on the user's own socket.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[schema(example = json!({
-    "id": "0190d1a2-6c00-7000-8000-000000000001", "name": "general", "kind": "group",
-    "owner_id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "member_count": 2, "last_seq": 42,
-    "created_at": "2025-06-01T09:31:00Z"
+"id": "0190d1a2-6c00-7000-8000-000000000001", "name": "general", "kind": "group",
+"owner_id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "member_count": 2, "last_seq": 42,
+"created_at": "2025-06-01T09:31:00Z"
 }))]
 pub struct RoomView {
     pub id: Uuid,
@@ -193,7 +197,22 @@ impl From<entity::room::Model> for RoomView {
 
 /// A message as clients see it (history and the `message` event).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-#[schema(example = json!({"id": "0190d1a3-1f00-7000-8000-00000000000a", "room_id": "0190d1a2-6c00-7000-8000-000000000001", "seq": 42, "sender": {"id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c", "username": "alice", "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0"}, "sender_deleted": false, "content": "Hello, everyone!", "client_id": "web-5f2c-1", "created_at": "2025-06-01T09:33:00Z", "edited_at": null, "deleted": false}))]
+#[schema(example = json!({
+    "id": "0190d1a3-1f00-7000-8000-00000000000a",
+    "room_id": "0190d1a2-6c00-7000-8000-000000000001",
+    "seq": 42,
+    "sender": {
+        "id": "0190d1a2-4b5c-7d3e-8f00-00000000a11c",
+        "username": "alice",
+        "avatar_url": "/users/0190d1a2-4b5c-7d3e-8f00-00000000a11c/avatar?v=0"
+    },
+    "sender_deleted": false,
+    "content": "Hello, everyone!",
+    "client_id": "web-5f2c-1",
+    "created_at": "2025-06-01T09:33:00Z",
+    "edited_at": null,
+    "deleted": false
+}))]
 pub struct MessageView {
     pub id: Uuid,
     pub room_id: Uuid,

@@ -18,6 +18,8 @@
 //!   [`hub::user_sockets`]: the same sockets by user, which user events close.
 //! - [`metrics`]: the names of the metrics recorded here.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod broker;
 pub mod delivery;
 pub mod event;

@@ -3,6 +3,8 @@
 //! Queries live with the code that needs them (`api::store`, `consumer::store`);
 //! the schema itself is written by the `migration` crate.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod echo_transcript;
 pub mod message;
 pub mod refresh_token;

@@ -3,6 +3,8 @@
 //! a test instead of skipping it, and a RabbitMQ vhost of a test's own, made
 //! and removed through the management API. Never a dependency of the server.
 
+#![warn(clippy::too_many_lines)]
+
 use std::time::Duration;
 
 use serde_json::{Value, json};

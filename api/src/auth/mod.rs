@@ -1,5 +1,6 @@
 //! Who is calling: password hashing, access and refresh tokens, and the [`AuthUser`] extractor.
 
+pub mod cookies;
 pub mod extractor;
 pub mod password;
 pub mod refresh;

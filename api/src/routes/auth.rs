@@ -6,19 +6,20 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{AppendHeaders, IntoResponse},
 };
-use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use axum_extra::extract::cookie::{Cookie, CookieJar};
 use chrono::{TimeZone, Utc};
 use consumer::event::{RevokeReason, UserEvent};
 use entity::user::Role;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use super::users::UserView;
 use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::users::UserView;
 
 use crate::{
     auth::{
-        AuthUser, COOKIE_NAME, password,
+        AuthUser, cookies, password,
         refresh::{self, Refreshed},
     },
     client_addr::ClientAddr,
@@ -209,7 +210,11 @@ async fn login(
 
     let refresh = refresh::issue(&state.db, user.id, None, state.config.refresh_token_ttl).await?;
     let (jar, body) = signed_in(&state, &user, jar)?;
-    Ok((jar, set_cookies([refresh_cookie(&state, refresh)]), body))
+    Ok((
+        jar,
+        set_cookies([cookies::refresh(refresh, state.config.refresh_token_ttl)]),
+        body,
+    ))
 }
 
 /// Cookies set after the jar's: the access cookie stays the first
@@ -234,12 +239,7 @@ fn signed_in(
 ) -> Result<(CookieJar, Json<TokenResponse>)> {
     let ttl = state.config.access_token_ttl;
     let (token, _) = state.tokens.issue(user, ttl, None)?;
-    let cookie = Cookie::build((COOKIE_NAME, token.clone()))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .path("/")
-        .max_age(cookie_max_age(ttl))
-        .build();
+    let cookie = cookies::access(token.clone(), ttl);
     let body = TokenResponse {
         access_token: token,
         token_type: "bearer",
@@ -248,38 +248,24 @@ fn signed_in(
     Ok((jar.add(cookie), Json(body)))
 }
 
-/// The refresh cookie: HttpOnly, sent only to `/auth/…` (refresh and
-/// logout) and only by this site's own pages.
-pub(crate) fn refresh_cookie(state: &AppState, token: String) -> Cookie<'static> {
-    Cookie::build((REFRESH_COOKIE, token))
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .path(REFRESH_PATH)
-        .max_age(cookie_max_age(state.config.refresh_token_ttl))
-        .build()
-}
-
-pub(crate) fn cleared_refresh_cookie() -> Cookie<'static> {
-    Cookie::build((REFRESH_COOKIE, ""))
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .path(REFRESH_PATH)
-        .max_age(time::Duration::ZERO)
-        .build()
-}
-
-/// Name of the refresh token's cookie.
-pub const REFRESH_COOKIE: &str = "roomcast_refresh";
-/// The refresh cookie goes to these paths only.
-const REFRESH_PATH: &str = "/auth";
-
 #[utoipa::path(
     post,
     path = "/auth/refresh",
     tag = "auth",
     summary = "Stay signed in: a new access token for the refresh cookie, which is rotated",
-    description = "Login sets an HttpOnly `roomcast_refresh` cookie (path `/auth`, `SameSite=Strict`, lifetime `REFRESH_TOKEN_TTL`, 14 days by default). This call exchanges it for a new access token (body and `roomcast_token` cookie, as login gives) and a new refresh cookie; the old one is spent. A spent refresh token used again more than 10 s after its rotation ends that sign-in everywhere (`token_reused`); within 10 s (two tabs refreshing at once) it gets an access token and no new refresh cookie. Logout revokes the sign-in's refresh tokens.",
-    responses((status = 200, description = "A new access token", body = TokenResponse), (status = 401, description = "No refresh cookie (`missing_token`), or one that is unknown (`invalid_token`), expired (`token_expired`), revoked by logout (`token_revoked`) or reused (`token_reused`)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "A cross-site request (`origin_not_allowed`)", body = crate::error::Problem, content_type = "application/problem+json")),
+    description = "Login sets an HttpOnly `roomcast_refresh` cookie (path `/auth`, `SameSite=Strict`, \
+        lifetime `REFRESH_TOKEN_TTL`, 14 days by default). This call exchanges it for a new access token \
+        (body and `roomcast_token` cookie, as login gives) and a new refresh cookie; the old one is spent. \
+        A spent refresh token used again more than 10 s after its rotation ends that sign-in everywhere \
+        (`token_reused`); within 10 s (two tabs refreshing at once) it gets an access token and no new \
+        refresh cookie. Logout revokes the sign-in's refresh tokens.",
+    responses(
+        (status = 200, description = "A new access token", body = TokenResponse),
+        (status = 401, description = "No refresh cookie (`missing_token`), or one that is unknown \
+            (`invalid_token`), expired (`token_expired`), revoked by logout (`token_revoked`) or reused \
+            (`token_reused`)"),
+        (status = 403, description = "A cross-site request (`origin_not_allowed`)")
+    ),
     security(("refresh_cookie" = []))
 )]
 /// `POST /auth/refresh`: rotates the refresh cookie and issues an access token.
@@ -295,7 +281,7 @@ async fn refresh(
         ));
     }
     let token = jar
-        .get(REFRESH_COOKIE)
+        .get(cookies::REFRESH_COOKIE)
         .map(|c| c.value().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("missing_token", "no refresh cookie: log in"))?;
@@ -304,20 +290,21 @@ async fn refresh(
         Ok(Refreshed::Rotated { user_id, token }) => (user_id, Some(token)),
         Ok(Refreshed::Concurrent { user_id }) => (user_id, None),
         // A dead refresh cookie is of no use to keep.
-        Err(err) => return Ok((set_cookies([cleared_refresh_cookie()]), err).into_response()),
+        Err(err) => return Ok((set_cookies([cookies::cleared_refresh()]), err).into_response()),
     };
     let user = users::find(&state.db, user_id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "the account no longer exists"))?;
     let (jar, body) = signed_in(&state, &user, jar)?;
     Ok(match next {
-        Some(token) => (jar, set_cookies([refresh_cookie(&state, token)]), body).into_response(),
+        Some(token) => (
+            jar,
+            set_cookies([cookies::refresh(token, state.config.refresh_token_ttl)]),
+            body,
+        )
+            .into_response(),
         None => (jar, body).into_response(),
     })
-}
-
-fn cookie_max_age(ttl: std::time::Duration) -> time::Duration {
-    time::Duration::seconds(ttl.as_secs() as i64)
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -371,7 +358,7 @@ async fn logout(
     )
     .await;
     // This sign-in's refresh tokens end with it.
-    if let Some(refresh) = jar.get(REFRESH_COOKIE) {
+    if let Some(refresh) = jar.get(cookies::REFRESH_COOKIE) {
         refresh::revoke_family_of(&state.db, refresh.value()).await?;
     }
     Ok(signed_out(jar))
@@ -414,14 +401,9 @@ async fn logout_all(
 
 /// A 204 that clears both cookies, whether or not the request carried them.
 fn signed_out(jar: CookieJar) -> impl IntoResponse {
-    let cleared = Cookie::build((COOKIE_NAME, ""))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .path("/")
-        .max_age(time::Duration::ZERO);
     (
-        jar.add(cleared),
-        set_cookies([cleared_refresh_cookie()]),
+        jar.add(cookies::cleared_access()),
+        set_cookies([cookies::cleared_refresh()]),
         StatusCode::NO_CONTENT,
     )
 }

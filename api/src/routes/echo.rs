@@ -132,7 +132,8 @@ struct EchoQuery {
     params(EchoQuery),
     responses(
         (status = 101, description = "Switching protocols"), (status = 401), (status = 403),
-        (status = 429, description = "Too many socket connects by this user (`rate_limited`), or too many open sockets (`too_many_sockets`)")
+        (status = 429, description = "Too many socket connects by this user (`rate_limited`), or too many open \
+            sockets (`too_many_sockets`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

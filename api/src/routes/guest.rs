@@ -74,7 +74,8 @@ struct GuestToken {
     responses(
         (status = 200, description = "The token", body = GuestToken), (status = 404),
         (status = 409), (status = 403), (status = 422),
-        (status = 429, description = "Too many guest tokens from this address (`GUEST_TOKEN_BURST`, `GUEST_TOKENS_PER_MINUTE`)")
+        (status = 429, description = "Too many guest tokens from this address (`GUEST_TOKEN_BURST`, \
+            `GUEST_TOKENS_PER_MINUTE`)")
     )
 )]
 async fn generate_token(

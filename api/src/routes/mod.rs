@@ -36,7 +36,7 @@ use utoipa::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{auth::cookies::REFRESH_COOKIE, error::ApiError, state::AppState};
 
 /// Largest JSON body any route reads, unless `MAX_MESSAGE_BYTES` asks for more.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -104,7 +104,7 @@ impl Modify for Security {
         );
         components.add_security_scheme(
             "refresh_cookie",
-            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::REFRESH_COOKIE))),
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(REFRESH_COOKIE))),
         );
     }
 }

@@ -78,7 +78,8 @@ fn default_kind() -> RoomKind {
     responses(
         (status = 201, description = "Created", body = RoomView), (status = 401), (status = 403),
         (status = 409), (status = 422),
-        (status = 429, description = "Too many rooms created by this user (`ROOM_CREATE_BURST`, `ROOM_CREATE_PER_MINUTE`)")
+        (status = 429, description = "Too many rooms created by this user (`ROOM_CREATE_BURST`, \
+            `ROOM_CREATE_PER_MINUTE`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -360,9 +361,20 @@ async fn join(
     path = "/users/{id}/private-room",
     tag = "rooms",
     summary = "Message a person: your private room with them, opened if there is none",
-    description = "Returns the private room you and that user are both members of (200), or creates one with the two of you as its members (201), named `dm.` and a digest of the pair. The room carries `peer`, the other person.",
+    description = "Returns the private room you and that user are both members of (200), or creates \
+        one with the two of you as its members (201), named `dm.` and a digest of the pair. The room \
+        carries `peer`, the other person.",
     params(("id" = uuid::Uuid, Path, description = "The other person's user id")),
-    responses((status = 200, description = "Your existing private room with them", body = RoomView), (status = 201, description = "A new private room with the two of you", body = RoomView), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed (guests)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 404, description = "No such user (or a guest)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "That is you", body = crate::error::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many rooms created by this user (`ROOM_CREATE_BURST`, `ROOM_CREATE_PER_MINUTE`)", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Your existing private room with them", body = RoomView),
+        (status = 201, description = "A new private room with the two of you", body = RoomView),
+        (status = 401),
+        (status = 403, description = "Not allowed (guests)"),
+        (status = 404, description = "No such user (or a guest)"),
+        (status = 422, description = "That is you"),
+        (status = 429, description = "Too many rooms created by this user \
+            (`ROOM_CREATE_BURST`, `ROOM_CREATE_PER_MINUTE`)")
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// `POST /users/{id}/private-room`: find or open the caller's private room with a user.

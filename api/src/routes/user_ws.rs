@@ -54,12 +54,18 @@ struct UserWsQuery {
     path = "/ws",
     tag = "sockets",
     summary = "Open your own WebSocket: changes to your list of rooms as they happen (see the WebSocket protocol)",
-    description = "Sends `welcome {user}`, then `room_added {room}` when you become a member of a room (added by its owner, a private room opened with you, or you joined or created it) and `room_removed {room_id, reason}` when you no longer are (`removed`, `left`, `deleted`); to everyone, `room_listed {room}` and `room_unlisted {room_id}` when a public room is created or deleted. Answers `{\"type\":\"ping\"}` with `pong`. Closes 4001 when the token expires or is revoked, 1012 on shutdown. Guests are refused (403).",
+    description = "Sends `welcome {user}`, then `room_added {room}` when you become a member of a room \
+        (added by its owner, a private room opened with you, or you joined or created it) and \
+        `room_removed {room_id, reason}` when you no longer are (`removed`, `left`, `deleted`); to everyone, \
+        `room_listed {room}` and `room_unlisted {room_id}` when a public room is created or deleted. Answers \
+        `{\"type\":\"ping\"}` with `pong`. Closes 4001 when the token expires or is revoked, 1012 on \
+        shutdown. Guests are refused (403).",
     params(UserWsQuery),
     responses(
         (status = 101, description = "Switching protocols"),
         (status = 400, description = "Malformed request"), (status = 401), (status = 403),
-        (status = 429, description = "Too many socket connects by this user (`rate_limited`), or too many open sockets (`too_many_sockets`)")
+        (status = 429, description = "Too many socket connects by this user (`rate_limited`), or too many open \
+            sockets (`too_many_sockets`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -96,7 +96,18 @@ impl UserView {
     tag = "users",
     summary = "Find people by name (registered users, no emails), for \"message a person\" and adding members",
     params(SearchPage),
-    responses((status = 200, description = "Users, by name", body = Vec<UserView>, example = json!([{"id": "0190d1a2-4b5d-7a10-9c00-0000000000b0", "username": "bob", "role": "user", "avatar_url": "/users/0190d1a2-4b5d-7a10-9c00-0000000000b0/avatar?v=0", "created_at": "2025-06-01T09:30:00Z"}])), (status = 401, description = "No valid token", body = crate::error::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed (guests)", body = crate::error::Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid input", body = crate::error::Problem, content_type = "application/problem+json")),
+    responses(
+        (status = 200, description = "Users, by name", body = Vec<UserView>, example = json!([{
+            "id": "0190d1a2-4b5d-7a10-9c00-0000000000b0",
+            "username": "bob",
+            "role": "user",
+            "avatar_url": "/users/0190d1a2-4b5d-7a10-9c00-0000000000b0/avatar?v=0",
+            "created_at": "2025-06-01T09:30:00Z"
+        }])),
+        (status = 401),
+        (status = 403, description = "Not allowed (guests)"),
+        (status = 422)
+    ),
     security(("bearer" = []), ("cookie" = []))
 )]
 /// `GET /users?search=&limit=&offset=`: the user directory, without emails.
@@ -202,7 +213,7 @@ async fn update_me(
                 .await?;
         cookies.push((
             axum::http::header::SET_COOKIE,
-            crate::routes::auth::refresh_cookie(&state, fresh).to_string(),
+            crate::auth::cookies::refresh(fresh, state.config.refresh_token_ttl).to_string(),
         ));
         crate::user_events::announce(
             &state,
@@ -357,7 +368,8 @@ const MULTIPART_OVERHEAD: usize = 16 * 1024;
     responses(
         (status = 200, description = "Stored", body = AvatarUrl), (status = 401), (status = 413),
         (status = 415), (status = 422),
-        (status = 503, description = "Too many avatars being decoded (`AVATAR_DECODE_CONCURRENCY`, `AVATAR_DECODE_QUEUE`)")
+        (status = 503, description = "Too many avatars being decoded (`AVATAR_DECODE_CONCURRENCY`, \
+            `AVATAR_DECODE_QUEUE`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -423,7 +435,8 @@ async fn upload_avatar(
     summary = "The avatar (a generated one until one is set)",
     params(("id" = uuid::Uuid, Path, description = "User id"), AvatarVersion),
     responses(
-        (status = 200, description = "PNG image; cached for a year when `v` is the current version, briefly otherwise", body = Vec<u8>, content_type = "image/png"),
+        (status = 200, description = "PNG image; cached for a year when `v` is the current version, briefly \
+            otherwise", body = Vec<u8>, content_type = "image/png"),
         (status = 401), (status = 404)
     ),
     security(("bearer" = []), ("cookie" = []))

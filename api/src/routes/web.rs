@@ -105,7 +105,10 @@ async fn admin() -> impl IntoResponse {
     tag = "web",
     summary = "One of the web client's JavaScript modules",
     params(("name" = String, Path, description = "The module's file name, e.g. `main.js`")),
-    responses((status = 200, description = "JavaScript", body = String, content_type = "text/javascript"), (status = 404))
+    responses(
+        (status = 200, description = "JavaScript", body = String, content_type = "text/javascript"),
+        (status = 404)
+    ),
 )]
 async fn module(Path(name): Path<String>) -> Result<impl IntoResponse> {
     MODULES

@@ -82,7 +82,8 @@ struct WsQuery {
     responses(
         (status = 101, description = "Switching protocols"),
         (status = 400, description = "Malformed request"), (status = 401), (status = 403),
-        (status = 404), (status = 429, description = "Too many socket connects by this user (`rate_limited`), too many rooms created (`rate_limited`), or too many open sockets (`too_many_sockets`)")
+        (status = 404), (status = 429, description = "Too many socket connects by this user (`rate_limited`), \
+            too many rooms created (`rate_limited`), or too many open sockets (`too_many_sockets`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -127,7 +128,8 @@ async fn connect(
     responses(
         (status = 101, description = "Switching protocols"),
         (status = 400, description = "Malformed request"), (status = 401), (status = 403),
-        (status = 404), (status = 429, description = "Too many socket connects by this user (`rate_limited`), too many rooms created (`rate_limited`), or too many open sockets (`too_many_sockets`)")
+        (status = 404), (status = 429, description = "Too many socket connects by this user (`rate_limited`), \
+            too many rooms created (`rate_limited`), or too many open sockets (`too_many_sockets`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]

@@ -20,7 +20,7 @@ use std::{
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{Backend, TestEnv, spawn_env_node};
+use crate::helpers::{Backend, TestEnv, in_ci, repo_root, spawn_env_node};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The chat script gives itself 60 s; this is the backstop if node itself hangs.
@@ -40,17 +40,6 @@ fn target_e2e() -> PathBuf {
         .parent()
         .expect("the tmp dir sits in the target dir")
         .join("e2e")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the api crate sits in the workspace")
-        .to_path_buf()
 }
 
 /// Where the run saves Alice's and Bob's windows.

@@ -18,21 +18,10 @@ use consumer::{Broker, BrokerStatus, broker::amqp::AmqpBroker};
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{Api, Backend, TestEnv, TestVhost, client, spawn_env_node},
+    helpers::{Api, Backend, TestEnv, TestVhost, client, in_ci, repo_root, spawn_env_node},
     messages::post,
     ws_client::Ws,
 };
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace holds the api crate")
-        .to_path_buf()
-}
 
 /// `preferred` if it exists, else `name` on `PATH`.
 fn find_tool(name: &str, preferred: Option<&str>) -> Option<PathBuf> {

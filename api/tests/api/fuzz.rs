@@ -27,11 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::helpers::{Api, Backend, TestEnv, client, spawn_env_node};
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+use crate::helpers::{Api, Backend, TestEnv, client, in_ci, spawn_env_node};
 
 /// The schemathesis executable: `$SCHEMATHESIS`, else the one on `PATH`.
 fn schemathesis() -> OsString {

@@ -44,6 +44,14 @@ macro_rules! on_both_backends {
 
 pub use testsupport::{TestVhost, in_ci};
 
+/// The workspace's root (where `postman/`, `web/` and `deploy/` are).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the api crate sits in the workspace")
+        .to_path_buf()
+}
+
 /// A database of its own for one test; PostgreSQL ones are dropped afterwards.
 pub struct TestDb {
     pub url: String,

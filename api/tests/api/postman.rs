@@ -7,20 +7,9 @@
 //! Needs node and `postman/node_modules` (`npm ci --prefix postman`): without
 //! them the test says `SKIPPED` and passes locally, and fails under `CI=true`.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
-use crate::helpers::{Backend, TestEnv, client, spawn_env_node};
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace holds the api crate")
-        .to_path_buf()
-}
+use crate::helpers::{Backend, TestEnv, client, in_ci, repo_root, spawn_env_node};
 
 /// Waits (up to 30 s) until `/readyz` answers 200: database and broker are up.
 async fn wait_ready(base: &str) {

@@ -182,7 +182,8 @@ async fn persist(
                     .push((part[0].index, Reject::Refused, Some(detail)));
             }
             Err(err) => {
-                tracing::warn!(error = %err, messages = part.len(), "store stage: the database refuses a batch; splitting it");
+                tracing::warn!(error = %err, messages = part.len(), "store stage: the database refuses a batch; \
+                    splitting it");
                 let (first, second) = part.split_at(part.len() / 2);
                 parts.push(second);
                 parts.push(first);

@@ -42,7 +42,8 @@ pub(super) async fn route(
             return true;
         }
         if let Err(err) = message.ack().await {
-            tracing::warn!(error = %err, "store stage: ack of a routed message failed; it may be routed twice and is stored once");
+            tracing::warn!(error = %err, "store stage: ack of a routed message failed; it may be routed twice \
+                and is stored once");
         }
     }
     true
