@@ -32,6 +32,8 @@
 //! [`publish`] the senders, [`subscribe`] the receivers, [`raw`] the broker
 //! alone, [`raw_ws`] socket fan-out alone, [`report`] time stamps, histograms and the summary.
 
+#![warn(clippy::too_many_lines)]
+
 mod cli;
 mod publish;
 mod raw;
@@ -50,8 +52,8 @@ use crate::{
     cli::{Args, Mode, Via},
     publish::{Plan, Published, Schedule, WsPublishers},
     report::{Summary, histogram},
-    setup::{Api, Server},
-    subscribe::{Subscribers, wait_for_deliveries},
+    setup::{Api, Server, World},
+    subscribe::{SocketTally, Subscribers, wait_for_deliveries},
 };
 
 #[tokio::main]
@@ -117,20 +119,87 @@ async fn roomcast(args: &Args) -> anyhow::Result<Summary> {
         || args.url.trim_end_matches('/').to_owned(),
         |s| s.base.clone(),
     );
-    let result = measure(args, &Api { base, client }).await;
+    let pid = server.as_ref().and_then(Server::pid);
+    let result = measure(args, &Api { base, client }, pid).await;
     if let Some(server) = server {
         server.stop().await;
     }
     result
 }
 
-async fn measure(args: &Args, api: &Api) -> anyhow::Result<Summary> {
+/// Sets up, publishes, drains and counts; `server`: the process id of a
+/// server bench started, whose memory it reports.
+async fn measure(args: &Args, api: &Api, server: Option<u32>) -> anyhow::Result<Summary> {
     api.wait_healthy().await?;
+    let (world, subscribers, publishers) = prepare(args, api, server).await?;
+    let plan = Plan {
+        prefix: world.prefix.clone(),
+        size: args.size as usize,
+        max_retries: args.max_retries,
+        concurrency: args.concurrency as usize,
+        ws_socket_rate: Some(args.ws_socket_rate).filter(|&rate| rate > 0.0),
+        ws_window: args.ws_window as usize,
+    };
+    let rooms = world.rooms.len();
+    let schedule = Arc::new(Schedule::new(
+        args.messages,
+        rooms as u64,
+        args.rate,
+        args.publish_timeout,
+    ));
+    let start = schedule.start();
+    let published = Arc::new(Published::new(start, rooms));
+    match publishers {
+        Some(publishers) => publishers.run(&plan, schedule, published.clone()).await,
+        None => publish::over_http(api, &world, &plan, schedule, published.clone()).await,
+    }
+    eprintln!(
+        "bench: {}/{} accepted in {:.1}s; draining (up to {:?})",
+        published.accepted(),
+        args.messages,
+        published.publish_time().as_secs_f64(),
+        args.drain_timeout
+    );
+
+    let subs = u64::from(args.subs);
+    let expected: u64 = (0..rooms).map(|r| published.accepted_in(r) * subs).sum();
+    wait_for_deliveries(
+        &subscribers.delivered,
+        expected,
+        Instant::now() + args.drain_timeout,
+    )
+    .await;
+    let end = Instant::now();
+    let tallies = subscribers.finish().await;
+    summarize(args, &published, tallies, expected, start, end)
+}
+
+/// The run's accounts and rooms, its subscriber sockets and, publishing over
+/// WebSocket, its publisher sockets: all open before the clock starts.
+async fn prepare(
+    args: &Args,
+    api: &Api,
+    server: Option<u32>,
+) -> anyhow::Result<(World, Subscribers, Option<WsPublishers>)> {
     let setup_start = Instant::now();
     let world = api
         .world(args.sub_users.min(args.rooms * args.subs), args.rooms)
         .await?;
+    let rss_before = server.and_then(setup::rss_kib);
     let subscribers = Subscribers::open_all(&api.ws_base(), &world, args.subs).await?;
+    if let (Some(pid), Some(before)) = (server, rss_before) {
+        // Let the sockets' first frames and buffers settle before reading.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Some(after) = setup::rss_kib(pid) {
+            eprintln!(
+                "bench: server RSS {:.1} MiB before the subscriber sockets, {:.1} MiB with {} ({:.1} KiB each)",
+                before as f64 / 1024.0,
+                after as f64 / 1024.0,
+                subscribers.len(),
+                after.saturating_sub(before) as f64 / subscribers.len().max(1) as f64,
+            );
+        }
+    }
     let publishers = match args.via {
         Via::Ws => Some(
             WsPublishers::open(
@@ -158,47 +227,18 @@ async fn measure(args: &Args, api: &Api) -> anyhow::Result<Summary> {
         args.messages,
         args.via.as_str(),
     );
+    Ok((world, subscribers, publishers))
+}
 
-    let plan = Plan {
-        prefix: world.prefix.clone(),
-        size: args.size as usize,
-        max_retries: args.max_retries,
-        concurrency: args.concurrency as usize,
-        ws_socket_rate: Some(args.ws_socket_rate).filter(|&rate| rate > 0.0),
-        ws_window: args.ws_window as usize,
-    };
-    let rooms = world.rooms.len();
-    let schedule = Arc::new(Schedule::new(
-        args.messages,
-        rooms as u64,
-        args.rate,
-        args.publish_timeout,
-    ));
-    let start = schedule.start();
-    let published = Arc::new(Published::new(start, rooms));
-    match publishers {
-        Some(publishers) => publishers.run(&plan, schedule, published.clone()).await,
-        None => publish::over_http(api, &world, &plan, schedule, published.clone()).await,
-    }
-    let accepted = published.accepted();
-    eprintln!(
-        "bench: {accepted}/{} accepted in {:.1}s; draining (up to {:?})",
-        args.messages,
-        published.publish_time().as_secs_f64(),
-        args.drain_timeout
-    );
-
-    let subs = u64::from(args.subs);
-    let expected: u64 = (0..rooms).map(|r| published.accepted_in(r) * subs).sum();
-    wait_for_deliveries(
-        &subscribers.delivered,
-        expected,
-        Instant::now() + args.drain_timeout,
-    )
-    .await;
-    let end = Instant::now();
-    let tallies = subscribers.finish().await;
-
+/// What the sockets counted, against what was accepted.
+fn summarize(
+    args: &Args,
+    published: &Published,
+    tallies: Vec<SocketTally>,
+    expected: u64,
+    start: Instant,
+    end: Instant,
+) -> anyhow::Result<Summary> {
     let mut latency = histogram();
     let (mut delivered, mut duplicates, mut lost, mut closed) = (0, 0, 0, 0);
     let mut last_new = None;
@@ -225,12 +265,12 @@ async fn measure(args: &Args, api: &Api) -> anyhow::Result<Summary> {
     }
     Ok(Summary {
         mode: args.via.as_str(),
-        rooms: rooms as u64,
-        subs,
+        rooms: u64::from(args.rooms),
+        subs: u64::from(args.subs),
         concurrency: u64::from(args.concurrency),
         rate: args.rate,
         messages: args.messages,
-        accepted,
+        accepted: published.accepted(),
         publish_time: published.publish_time(),
         expected,
         delivered,

@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures_util::{SinkExt, StreamExt, TryStreamExt, stream};
 use serde_json::json;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
     time::Instant,
 };
@@ -360,6 +360,36 @@ struct Resend {
 /// The socket's unacked messages by `client_id`, shared by its sender and reader.
 type Unacked = Arc<Mutex<HashMap<String, Pending>>>;
 
+/// What the reader shares with the sender.
+struct Replies {
+    unacked: Unacked,
+    /// Notified when the last unacked message is answered.
+    settled: Arc<Notify>,
+    resend: mpsc::UnboundedSender<Resend>,
+}
+
+/// The sender's side of one publisher socket.
+struct Sender {
+    /// Messages the reader hands back to be sent again.
+    resend: mpsc::UnboundedReceiver<Resend>,
+    /// Places for unacked messages on this socket.
+    window: Arc<Semaphore>,
+    unacked: Unacked,
+    /// Woken by the reader when the socket has nothing unacked.
+    settled: Arc<Notify>,
+    /// The schedule has no more messages for this room.
+    exhausted: bool,
+    /// Not before this instant: the socket's pacing and the server's `Retry-After`.
+    next_send: Instant,
+}
+
+impl Sender {
+    fn again(&mut self, again: Resend) -> Pending {
+        self.next_send = self.next_send.max(again.at);
+        again.pending
+    }
+}
+
 impl WsPublisher {
     /// A sender loop and a reader task: the reader matches `ack` and
     /// `error` frames to unacked messages by `client_id` (and drains the
@@ -368,86 +398,36 @@ impl WsPublisher {
     async fn run(self, socket: subscribe::Socket) {
         let (mut sink, source) = socket.split();
         let unacked: Unacked = Arc::default();
-        let (resend_tx, mut resend) = mpsc::unbounded_channel::<Resend>();
+        let settled = Arc::new(Notify::new());
+        let (resend_tx, resend) = mpsc::unbounded_channel::<Resend>();
         let reader = tokio::spawn(read_replies(
             source,
-            unacked.clone(),
-            resend_tx,
+            Replies {
+                unacked: unacked.clone(),
+                settled: settled.clone(),
+                resend: resend_tx,
+            },
             self.plan.clone(),
             self.published.clone(),
             self.room,
         ));
-        let window = Arc::new(Semaphore::new(self.plan.ws_window.max(1)));
+        let mut sender = Sender {
+            resend,
+            window: Arc::new(Semaphore::new(self.plan.ws_window.max(1))),
+            unacked: unacked.clone(),
+            settled,
+            exhausted: false,
+            next_send: Instant::now(),
+        };
         // Keep under the server's per-socket message rate, so frames are not refused.
         let spacing = self
             .plan
             .ws_socket_rate
             .map(|rate| Duration::from_secs_f64(1.0 / rate));
-        let mut next_send = Instant::now();
-        let mut exhausted = false;
-        loop {
-            // A message handed back comes first; then a new one while the
-            // schedule has any; then wait for the last acks.
-            let pending = if let Ok(again) = resend.try_recv() {
-                next_send = next_send.max(again.at);
-                again.pending
-            } else if !exhausted {
-                // Waiting for a place in the window must not keep this task
-                // from the messages handed back, which hold places themselves.
-                let permits = tokio::select! {
-                    again = resend.recv() => match again {
-                        Some(again) => {
-                            next_send = next_send.max(again.at);
-                            Ok(again.pending)
-                        }
-                        None => break,
-                    },
-                    permits = self.permits(&window) => Err(permits),
-                };
-                match permits {
-                    Ok(pending) => pending,
-                    Err(Some(permits)) => match self.schedule.next_in(self.room).await {
-                        Some(n) => Pending {
-                            n,
-                            attempt: 0,
-                            _permits: permits,
-                        },
-                        None => {
-                            exhausted = true;
-                            continue;
-                        }
-                    },
-                    Err(None) => {
-                        let stuck = unacked.lock().expect("unacked").len();
-                        self.published.error(format!(
-                            "WS publish: stalled, no ack for {ACK_TIMEOUT:?} ({stuck} unacked on the socket)"
-                        ));
-                        exhausted = true;
-                        continue;
-                    }
-                }
-            } else {
-                if unacked.lock().expect("unacked").is_empty() || reader.is_finished() {
-                    break;
-                }
-                match tokio::time::timeout(ACK_TIMEOUT, resend.recv()).await {
-                    Ok(Some(again)) => {
-                        next_send = next_send.max(again.at);
-                        again.pending
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        let stuck = unacked.lock().expect("unacked").len();
-                        self.published.error(format!(
-                            "WS publish: {stuck} messages unacked after {ACK_TIMEOUT:?} without a reply"
-                        ));
-                        break;
-                    }
-                }
-            };
-            tokio::time::sleep_until(next_send).await;
+        while let Some(pending) = self.next_pending(&mut sender).await {
+            tokio::time::sleep_until(sender.next_send).await;
             if let Some(spacing) = spacing {
-                next_send = Instant::now() + spacing;
+                sender.next_send = Instant::now() + spacing;
             }
             let client_id = self.plan.client_id(pending.n);
             let frame = json!({
@@ -463,6 +443,68 @@ impl WsPublisher {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
         reader.abort();
+    }
+
+    /// The next message to send: one handed back first, then a new one while
+    /// the schedule has any; then `None` once the last acks are in (or the
+    /// reader is gone, or nothing came for [`ACK_TIMEOUT`]).
+    async fn next_pending(&self, sender: &mut Sender) -> Option<Pending> {
+        loop {
+            if let Ok(again) = sender.resend.try_recv() {
+                return Some(sender.again(again));
+            }
+            if !sender.exhausted {
+                // Waiting for a place in the window must not keep this task
+                // from the messages handed back, which hold places themselves.
+                let next = tokio::select! {
+                    again = sender.resend.recv() => Ok(again),
+                    permits = self.permits(&sender.window) => Err(permits),
+                };
+                match next {
+                    Ok(again) => return again.map(|again| sender.again(again)),
+                    Err(Some(permits)) => match self.schedule.next_in(self.room).await {
+                        Some(n) => {
+                            let _permits = permits;
+                            return Some(Pending {
+                                n,
+                                attempt: 0,
+                                _permits,
+                            });
+                        }
+                        None => sender.exhausted = true,
+                    },
+                    Err(None) => {
+                        let stuck = sender.unacked.lock().expect("unacked").len();
+                        self.published.error(format!(
+                            "WS publish: stalled, no ack for {ACK_TIMEOUT:?} ({stuck} unacked on the socket)"
+                        ));
+                        sender.exhausted = true;
+                    }
+                }
+                continue;
+            }
+            if sender.unacked.lock().expect("unacked").is_empty() {
+                return None;
+            }
+            let settled = sender.settled.clone();
+            let next = tokio::select! {
+                again = sender.resend.recv() => Some(again),
+                () = settled.notified() => None,
+                () = tokio::time::sleep(ACK_TIMEOUT) => {
+                    let stuck = sender.unacked.lock().expect("unacked").len();
+                    self.published.error(format!(
+                        "WS publish: {stuck} messages unacked after {ACK_TIMEOUT:?} without a reply"
+                    ));
+                    return None;
+                }
+            };
+            match next {
+                // The reader is gone: nothing more will be acked.
+                Some(None) => return None,
+                Some(Some(again)) => return Some(sender.again(again)),
+                None => continue,
+            }
+        }
     }
 
     /// A place in the socket's window and then in the run's `concurrency`;
@@ -489,12 +531,16 @@ impl WsPublisher {
 /// flight stalled against such a server.
 async fn read_replies(
     mut source: futures_util::stream::SplitStream<subscribe::Socket>,
-    unacked: Unacked,
-    resend: mpsc::UnboundedSender<Resend>,
+    replies: Replies,
     plan: Arc<Plan>,
     published: Arc<Published>,
     room: usize,
 ) {
+    let Replies {
+        unacked,
+        settled,
+        resend,
+    } = replies;
     while let Some(Ok(frame)) = source.next().await {
         let Message::Text(text) = frame else { continue };
         // Cheap filter first: most frames are the room's broadcasts.
@@ -523,22 +569,18 @@ async fn read_replies(
         let Some(mut pending) = unacked_now.remove(&key) else {
             continue;
         };
+        if unacked_now.is_empty() {
+            settled.notify_one();
+        }
         drop(unacked_now);
-        let wait = match (reply.kind.as_str(), reply.code.as_deref()) {
-            ("ack", _) => {
-                published.accept(room);
-                continue;
-            }
-            (_, Some("rate_limited")) => reply
-                .retry_after_ms
-                .map_or(RATE_LIMITED_WAIT, Duration::from_millis),
-            (_, Some("broker_unavailable")) => RETRY_DEFAULT,
-            (_, code) => {
-                published.error(format!(
-                    "WS publish: error {} {}",
-                    code.unwrap_or_default(),
-                    reply.detail.as_deref().unwrap_or_default()
-                ));
+        if reply.kind == "ack" {
+            published.accept(room);
+            continue;
+        }
+        let wait = match retry_wait(&reply) {
+            Ok(wait) => wait,
+            Err(why) => {
+                published.error(why);
                 continue;
             }
         };
@@ -559,6 +601,21 @@ async fn read_replies(
         if resend.send(again).is_err() {
             return;
         }
+    }
+}
+
+/// How long to wait before sending a refused message again, or why not to.
+fn retry_wait(reply: &Frame) -> Result<Duration, String> {
+    match reply.code.as_deref() {
+        Some("rate_limited") => Ok(reply
+            .retry_after_ms
+            .map_or(RATE_LIMITED_WAIT, Duration::from_millis)),
+        Some("broker_unavailable") => Ok(RETRY_DEFAULT),
+        code => Err(format!(
+            "WS publish: error {} {}",
+            code.unwrap_or_default(),
+            reply.detail.as_deref().unwrap_or_default()
+        )),
     }
 }
 

@@ -8,7 +8,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::{Child, ChildStdout, Command},
     sync::oneshot,
 };
 use uuid::Uuid;
@@ -40,67 +40,12 @@ impl Server {
         // Resolved here: the process starts in the temporary directory.
         let binary = &std::fs::canonicalize(binary)
             .with_context(|| format!("cannot find {}", binary.display()))?;
-        let mut cmd = Command::new(binary);
-        // Nothing from the caller's environment decides where it listens or what it joins.
-        for var in [
-            "AMQP_URL",
-            "DATABASE_URL",
-            "BIND",
-            "ADMIN_USERNAME",
-            "ADMIN_PASSWORD",
-            "NODE_ID",
-            "RUST_LOG",
-            "LOG_FORMAT",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("BIND", "127.0.0.1:0")
-            .env("DATABASE_URL", database_url)
-            .env("SECRET_KEY", secret_key)
-            .env("LOG_FORMAT", "json")
-            .env(
-                "RUST_LOG",
-                "info,sqlx=warn,sea_orm=warn,lapin=warn,tower_http=warn",
-            )
-            // Sockets close when their token expires; outlast any run.
-            .env("ACCESS_TOKEN_TTL", "12h");
-        if let Some(url) = amqp_url {
-            cmd.env("AMQP_URL", url);
-        }
-        cmd.envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // No `.env` file of some checkout is picked up.
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = cmd
+        let mut child = command(binary, database_url, amqp_url, secret_key, extra_env)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let stdout = child.stdout.take().context("piped stdout")?;
-
-        // Read the address from the start-up line, then keep draining so the pipe never fills.
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
-            let mut tx = Some(tx);
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1)
-                    && let Some(tx) = tx.take()
-                {
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
-                        .collect();
-                    let _ = tx.send(addr);
-                }
-                if echo_logs {
-                    eprintln!("[roomcast] {line}");
-                }
-            }
-        });
         let addr = tokio::select! {
-            addr = rx => addr.ok(),
+            addr = listening_address(stdout, echo_logs) => addr.ok(),
             () = tokio::time::sleep(START_TIMEOUT) => None,
         };
         let Some(addr) = addr else {
@@ -118,9 +63,92 @@ impl Server {
         })
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// The server's command: on a loopback port, with JSON logs and long-lived
+/// tokens, and nothing from the caller's environment deciding where it
+/// listens or what it joins.
+fn command(
+    binary: &Path,
+    database_url: &str,
+    amqp_url: Option<&str>,
+    secret_key: &str,
+    extra_env: &[(String, String)],
+) -> Command {
+    let mut cmd = Command::new(binary);
+    for var in [
+        "AMQP_URL",
+        "DATABASE_URL",
+        "BIND",
+        "ADMIN_USERNAME",
+        "ADMIN_PASSWORD",
+        "NODE_ID",
+        "RUST_LOG",
+        "LOG_FORMAT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("BIND", "127.0.0.1:0")
+        .env("DATABASE_URL", database_url)
+        .env("SECRET_KEY", secret_key)
+        .env("LOG_FORMAT", "json")
+        .env(
+            "RUST_LOG",
+            "info,sqlx=warn,sea_orm=warn,lapin=warn,tower_http=warn",
+        )
+        // Sockets close when their token expires; outlast any run.
+        .env("ACCESS_TOKEN_TTL", "12h");
+    if let Some(url) = amqp_url {
+        cmd.env("AMQP_URL", url);
+    }
+    cmd.envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // No `.env` file of some checkout is picked up.
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// The address of the server's start-up line; the server's stdout is
+/// drained after it (echoed with `echo_logs`) so the pipe never fills.
+fn listening_address(stdout: ChildStdout, echo_logs: bool) -> oneshot::Receiver<String> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on http://").nth(1)
+                && let Some(tx) = tx.take()
+            {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ':'))
+                    .collect();
+                let _ = tx.send(addr);
+            }
+            if echo_logs {
+                eprintln!("[roomcast] {line}");
+            }
+        }
+    });
+    rx
+}
+
+/// The resident memory of process `pid` (`VmRSS`), in KiB; Linux only.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A random key for a spawned server: 64 hex characters.

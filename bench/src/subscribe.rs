@@ -10,14 +10,14 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::{net::TcpStream, sync::watch, task::JoinHandle, time::Instant};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async_with_config,
-    tungstenite::{Message, client::IntoClientRequest, http::HeaderValue},
+    tungstenite::{self, Message, client::IntoClientRequest, http::HeaderValue},
 };
 use uuid::Uuid;
 
@@ -32,32 +32,65 @@ pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sockets opened at once.
 const CONNECT_PARALLEL: usize = 32;
+/// 429s one socket's connect waits out before setup gives up.
+const CONNECT_RETRIES: u32 = 60;
 
-/// Opens `{ws_base}/ws/{room}?history=0` with `token` and reads its `welcome`.
+/// Opens `{ws_base}/ws/{room}?history=0` with `token` and reads its
+/// `welcome`. A 429 (one user opening sockets faster than
+/// `SOCKET_CONNECT_BURST`/`SOCKET_CONNECT_RATE` allow) is waited out as its
+/// `Retry-After` asks, up to [`CONNECT_RETRIES`] times.
 pub async fn open(ws_base: &str, room: &str, token: &str) -> anyhow::Result<Socket> {
+    let mut attempts = 0;
+    loop {
+        let opened = tokio::time::timeout(WELCOME_TIMEOUT, handshake(ws_base, room, token))
+            .await
+            .with_context(|| format!("room {room}: no welcome within {WELCOME_TIMEOUT:?}"))??;
+        match opened {
+            Ok(socket) => return Ok(socket),
+            Err(_) if attempts >= CONNECT_RETRIES => {
+                bail!("room {room}: connects still refused (429) after {attempts} retries")
+            }
+            Err(wait) => {
+                attempts += 1;
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// One attempt: the socket, or the wait a 429 asks for.
+async fn handshake(
+    ws_base: &str,
+    room: &str,
+    token: &str,
+) -> anyhow::Result<Result<Socket, Duration>> {
     let mut request = format!("{ws_base}/ws/{room}?history=0").into_client_request()?;
     request.headers_mut().insert(
         "authorization",
         HeaderValue::from_str(&format!("Bearer {token}"))?,
     );
-    let handshake = async {
-        let (mut socket, _) = connect_async_with_config(request, None, true)
-            .await
-            .map_err(|err| anyhow!("WebSocket to room {room}: {err}"))?;
-        while let Some(frame) = socket.next().await {
-            if let Message::Text(text) = frame? {
-                let frame: Frame = serde_json::from_str(&text)?;
-                if frame.kind == "welcome" {
-                    return Ok(socket);
-                }
-                bail!("expected welcome in room {room}, got {text}");
-            }
+    let mut socket = match connect_async_with_config(request, None, true).await {
+        Ok((socket, _)) => socket,
+        Err(tungstenite::Error::Http(res)) if res.status() == 429 => {
+            let secs = res
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .unwrap_or(1);
+            return Ok(Err(Duration::from_secs(secs.clamp(1, 10))));
         }
-        bail!("room {room}: socket closed before welcome")
+        Err(err) => bail!("WebSocket to room {room}: {err}"),
     };
-    tokio::time::timeout(WELCOME_TIMEOUT, handshake)
-        .await
-        .with_context(|| format!("room {room}: no welcome within {WELCOME_TIMEOUT:?}"))?
+    while let Some(frame) = socket.next().await {
+        if let Message::Text(text) = frame? {
+            let frame: Frame = serde_json::from_str(&text)?;
+            if frame.kind == "welcome" {
+                return Ok(Ok(socket));
+            }
+            bail!("expected welcome in room {room}, got {text}");
+        }
+    }
+    bail!("room {room}: socket closed before welcome")
 }
 
 /// The parts of a server frame bench reads.
