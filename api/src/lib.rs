@@ -10,14 +10,16 @@
 //!   [`stages`]: the thread the store and delivery stages run on;
 //!   [`db`]: opening the database; [`state`]: what every handler shares.
 //! - [`routes`]: one module per resource (`auth`, `users`, `admin`, `rooms`,
-//!   `messages`, `ws`, `guest`, `echo`, `health`, `web`), and `problem`, which
+//!   `messages`, `ws` (room sockets), `user_ws` (the user's own socket), `guest`,
+//!   `echo`, `health`, `web`), and `problem`, which
 //!   keeps every error answer problem+json.
 //! - [`access`]: who may read, post in, enter, join or manage a room — the one
 //!   policy of HTTP, sockets and guest tokens, with auto-creation of rooms.
 //! - [`ingest`]: the first stage of the message path — check, id, publish, confirm.
 //! - [`frames`]: the socket's own server frames (`welcome`, `ack`, `error`, …).
 //! - [`presence`]: who is in each room on this node (`join` and `leave`).
-//! - [`auth`]: password hashing, tokens, the `AuthUser` extractor.
+//! - [`auth`]: password hashing, access and refresh tokens, their cookies, the
+//!   `AuthUser` extractor.
 //! - [`queries`]: the queries behind the routes, one module per aggregate,
 //!   failing with their own `QueryError`.
 //! - [`domain`]: the rules for names; [`avatar`]: avatar images.
