@@ -366,3 +366,77 @@ async fn an_unroutable_publish_is_refused() {
     }
     assert_eq!(ws.next_of(&["message"]).await["content"], "back");
 }
+
+/// With `messages.dlq` gone (deleted by an operator, in this test's own
+/// vhost), a message the store stage refuses is not lost on the way to it:
+/// the dead-letter publish is mandatory, comes back, and the queue is
+/// declared again before the message goes into it with its reason. The
+/// room's next good message is delivered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dead_letter_queue_loses_nothing() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let vhost = app.vhost().expect("RabbitMQ");
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    api.create_room(&alice, "hall", "public").await;
+    let (mut ws, _) = Ws::join(app.addr, "/ws/hall?history=0", &alice).await;
+    let res = crate::helpers::client()
+        .delete(format!(
+            "{}/api/queues/{}/messages.dlq",
+            vhost.api,
+            testsupport::enc(&vhost.name)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status().is_success(),
+        "delete messages.dlq: {}",
+        res.status()
+    );
+
+    // Published by hand into `messages`: a room that does not exist.
+    app.broker
+        .publish(br#"{"room_id":"no-such-room","content":"refused"}"#)
+        .await
+        .expect("messages takes it");
+    let (status, _) =
+        crate::messages::post(&api, &alice, json!({"room_id": "hall", "content": "after"})).await;
+    assert_eq!(status, 202);
+    assert_eq!(ws.next_of(&["message"]).await["content"], "after");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, q) = vhost
+            .get_with_status(&format!("/api/queues/{}/messages.dlq", vhost.name))
+            .await;
+        if status == 200 && q["messages"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "messages.dlq: {status} {q}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = crate::helpers::client()
+        .post(format!(
+            "{}/api/queues/{}/messages.dlq/get",
+            vhost.api,
+            testsupport::enc(&vhost.name)
+        ))
+        .json(&json!({"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        got[0]["payload"],
+        r#"{"room_id":"no-such-room","content":"refused"}"#
+    );
+    let reason = got[0]["properties"]["headers"]["x-roomcast-reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.starts_with("unknown_room"), "{got}");
+}

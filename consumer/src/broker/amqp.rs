@@ -138,6 +138,21 @@ impl AmqpBroker {
         format!("{EVENTS_EXCHANGE}.{}", self.inner.node_id)
     }
 
+    /// Declares the topology again on a channel of its own (a declare that
+    /// fails closes its channel, which must not be the publisher's).
+    async fn declare_again(&self) -> Result<(), BrokerError> {
+        let link = self.link()?;
+        let unavailable = |e: lapin::Error| BrokerError::Unavailable(e.to_string());
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let declared = declare_topology(&channel, self.inner.partitions).await;
+        let _ = channel.close(200, "declared".into()).await;
+        declared.map_err(unavailable)
+    }
+
     fn link(&self) -> Result<Arc<Link>, BrokerError> {
         self.inner.link.borrow().clone().ok_or_else(|| {
             BrokerError::Unavailable(self.inner.last_error.lock().expect("error slot").clone())
@@ -394,14 +409,20 @@ impl Broker for AmqpBroker {
             REASON_HEADER.into(),
             AMQPValue::LongString(LongString::from(reason)),
         );
-        self.publish_confirmed(
-            "",
-            DEAD_LETTER_QUEUE,
-            message,
-            persistent_json().with_headers(headers),
-            false,
-        )
-        .await
+        let properties = persistent_json().with_headers(headers);
+        // Mandatory: were `messages.dlq` deleted, the message would vanish.
+        // It comes back instead; the queue is declared again and the publish
+        // tried once more. Should that fail too, the batch is not acked.
+        let publish =
+            || self.publish_confirmed("", DEAD_LETTER_QUEUE, message, properties.clone(), true);
+        match publish().await {
+            Err(BrokerError::Returned(why)) => {
+                tracing::warn!(%why, "{DEAD_LETTER_QUEUE} is missing; declaring it again");
+                self.declare_again().await?;
+                publish().await
+            }
+            other => other,
+        }
     }
 
     async fn publish_event(&self, room_id: Uuid, event: &[u8]) -> Result<(), BrokerError> {
