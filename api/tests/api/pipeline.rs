@@ -295,25 +295,11 @@ async fn an_unroutable_publish_is_refused() {
     let Some(app) = spawn_app(Backend::Postgres).await else {
         return;
     };
-    let vhost = app.vhost().expect("RabbitMQ");
     let api = app.api();
     let (_, alice) = api.user("alice").await;
     api.create_room(&alice, "void", "public").await;
     let (mut ws, _) = Ws::join(app.addr, "/ws/void?history=0", &alice).await;
-    let res = crate::helpers::client()
-        .delete(format!(
-            "{}/api/queues/{}/messages",
-            vhost.api,
-            testsupport::enc(&vhost.name)
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        res.status().is_success(),
-        "delete messages: {}",
-        res.status()
-    );
+    delete_queue(&app, "messages").await;
     let res = api
         .client
         .post(api.url("/message"))
@@ -382,20 +368,7 @@ async fn a_missing_dead_letter_queue_loses_nothing() {
     let (_, alice) = api.user("alice").await;
     api.create_room(&alice, "hall", "public").await;
     let (mut ws, _) = Ws::join(app.addr, "/ws/hall?history=0", &alice).await;
-    let res = crate::helpers::client()
-        .delete(format!(
-            "{}/api/queues/{}/messages.dlq",
-            vhost.api,
-            testsupport::enc(&vhost.name)
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        res.status().is_success(),
-        "delete messages.dlq: {}",
-        res.status()
-    );
+    delete_queue(&app, "messages.dlq").await;
 
     // Published by hand into `messages`: a room that does not exist.
     app.broker
@@ -439,4 +412,23 @@ async fn a_missing_dead_letter_queue_loses_nothing() {
         .as_str()
         .unwrap_or_default();
     assert!(reason.starts_with("unknown_room"), "{got}");
+}
+
+/// Deletes `queue` in the test's own vhost, as an operator would by hand.
+async fn delete_queue(app: &TestApp, queue: &str) {
+    let vhost = app.vhost().expect("RabbitMQ");
+    let res = crate::helpers::client()
+        .delete(format!(
+            "{}/api/queues/{}/{queue}",
+            vhost.api,
+            testsupport::enc(&vhost.name)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status().is_success(),
+        "delete {queue}: {}",
+        res.status()
+    );
 }
