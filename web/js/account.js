@@ -193,13 +193,15 @@ async function deleteAccount(event) {
     showFormError(form, new ApiError('Enter your password to delete your account.', 0));
     return;
   }
+  // Taken now: the server closes this account's sockets before it answers,
+  // and their closing may sign the page out (state.me gone) first.
+  const name = state.me.username;
   try {
     await withBusy(form, () => api('DELETE', '/users/me', { current_password: current }));
   } catch (err) {
     showFormError(form, err);
     return;
   }
-  const name = state.me.username;
   closeRoom();
   userChannel.stop();
   setToken(null);
