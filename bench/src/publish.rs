@@ -236,7 +236,7 @@ pub async fn over_http(
                         // HTTP message rate (`HTTP_MESSAGE_RATE`).
                         Ok(res) if matches!(res.status().as_u16(), 429 | 503) => {
                             let why = format!("HTTP {}", res.status().as_u16());
-                            (retry_after(&res), why)
+                            (retry_after(res.headers()), why)
                         }
                         Ok(res) => {
                             let status = res.status();
@@ -260,9 +260,9 @@ pub async fn over_http(
     while tasks.join_next().await.is_some() {}
 }
 
-/// The wait a 503 asks for, within reason.
-fn retry_after(res: &reqwest::Response) -> Duration {
-    res.headers()
+/// The wait a 429 or 503 asks for (`Retry-After`), within reason.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())

@@ -72,12 +72,7 @@ async fn handshake(
     let mut socket = match connect_async_with_config(request, None, true).await {
         Ok((socket, _)) => socket,
         Err(tungstenite::Error::Http(res)) if res.status() == 429 => {
-            let secs = res
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                .unwrap_or(1);
-            return Ok(Err(Duration::from_secs(secs.clamp(1, 10))));
+            return Ok(Err(crate::publish::retry_after(res.headers())));
         }
         Err(err) => bail!("WebSocket to room {room}: {err}"),
     };

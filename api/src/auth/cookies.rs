@@ -35,22 +35,12 @@ pub fn refresh(token: String, ttl: Duration) -> Cookie<'static> {
 
 /// An access cookie that tells the browser to forget the one it holds.
 pub fn cleared_access() -> Cookie<'static> {
-    Cookie::build((COOKIE_NAME, ""))
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .path("/")
-        .max_age(time::Duration::ZERO)
-        .build()
+    access(String::new(), Duration::ZERO)
 }
 
 /// A refresh cookie that tells the browser to forget the one it holds.
 pub fn cleared_refresh() -> Cookie<'static> {
-    Cookie::build((REFRESH_COOKIE, ""))
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .path(REFRESH_PATH)
-        .max_age(time::Duration::ZERO)
-        .build()
+    refresh(String::new(), Duration::ZERO)
 }
 
 fn max_age(ttl: Duration) -> time::Duration {

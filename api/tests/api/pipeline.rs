@@ -380,17 +380,7 @@ async fn a_missing_dead_letter_queue_loses_nothing() {
     assert_eq!(status, 202);
     assert_eq!(ws.next_of(&["message"]).await["content"], "after");
 
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, q) = vhost
-            .get_with_status(&format!("/api/queues/{}/messages.dlq", vhost.name))
-            .await;
-        if status == 200 && q["messages"].as_u64() == Some(1) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "messages.dlq: {status} {q}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_dead_letters(&app, 1).await;
     let got = crate::helpers::client()
         .post(format!(
             "{}/api/queues/{}/messages.dlq/get",
