@@ -358,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn the_task_publishes_and_close_flushes() {
         let broker = Arc::new(MemoryBroker::new());
-        let mut events = broker.subscribe_events();
+        let mut events = broker.subscribe_events(consumer::broker::Rooms::All);
         let presence = Presence::start(broker.clone());
         let room = Uuid::new_v4();
         let ann = presence.arrive(room, user("ann"));

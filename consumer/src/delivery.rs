@@ -5,11 +5,12 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, Hub, event::UserEvent};
+use crate::{Broker, Hub, broker::Rooms, event::UserEvent};
 
 /// Runs until `stop` is cancelled.
 pub async fn run(broker: Arc<dyn Broker>, hub: Arc<Hub>, stop: CancellationToken) {
-    let mut events = broker.subscribe_events();
+    // Only the rooms the hub holds sockets in: see `Hub::room_interest`.
+    let mut events = broker.subscribe_events(Rooms::Joined(hub.room_interest()));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

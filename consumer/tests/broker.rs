@@ -24,7 +24,7 @@ use std::{
 use bytes::Bytes;
 use consumer::{
     Broker, BrokerError, BrokerStatus,
-    broker::{BoxStream, QueuedMessage, amqp::AmqpBroker, memory::MemoryBroker},
+    broker::{BoxStream, Interest, QueuedMessage, Rooms, amqp::AmqpBroker, memory::MemoryBroker},
     event::{
         DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, PARTITION_WEIGHT, PARTITIONS_EXCHANGE,
         REASON_HEADER, partition_queue,
@@ -33,6 +33,7 @@ use consumer::{
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use testsupport::{TestVhost, enc};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// Bound of anything that should happen promptly (a confirm, a delivery, a
@@ -84,6 +85,7 @@ on_both_brokers!(
     dead_letter_keeps_payload_and_reason,
     status_and_reconnect,
     publish_fails_after_close,
+    joined_rooms_only,
 );
 on_amqp_only!(
     unacked_messages_are_redelivered,
@@ -162,8 +164,8 @@ async fn events_reach_every_node_in_order(kind: Kind) {
     };
     let node_a = env.node("a").await;
     let node_b = env.node("b").await;
-    let mut events_a = node_a.subscribe_events();
-    let mut events_b = node_b.subscribe_events();
+    let mut events_a = node_a.subscribe_events(Rooms::All);
+    let mut events_b = node_b.subscribe_events(Rooms::All);
     wait_subscribed(&*node_a, &mut [&mut events_a, &mut events_b]).await;
 
     let rooms = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
@@ -323,7 +325,7 @@ async fn status_and_reconnect(kind: Kind) {
 
     // Both streams are live before the drop: something went through each.
     let mut messages = broker.consume_messages(8);
-    let mut events = broker.subscribe_events();
+    let mut events = broker.subscribe_events(Rooms::All);
     let before = envelope("before the drop");
     publish(&*broker, &before).await;
     let delivery = next_delivery(&mut messages, &before).await;
@@ -613,6 +615,95 @@ async fn publish_fails_after_close(kind: Kind) {
     env.close_all().await;
 }
 
+/// Case 9: With [`Rooms::Joined`], a join is answered once the room's events
+/// come; they come, and no other room's do; a room left stops coming; user
+/// events always come; after the connection is killed, the rooms held are
+/// bound again.
+///
+/// The in-process broker serves one process, whose hub is every room's: it
+/// answers joins and sends every event, the other rooms' too.
+async fn joined_rooms_only(kind: Kind) {
+    let Some(env) = Env::new(kind).await else {
+        return;
+    };
+    let node = env.node("a").await;
+    let (interest, changes) = mpsc::unbounded_channel();
+    let mut events = node.subscribe_events(Rooms::Joined(changes));
+    let (here, elsewhere) = (Uuid::new_v4(), Uuid::new_v4());
+    let event = |room: Uuid, n: u32| json!({"type": "test", "room_id": room, "n": n}).to_string();
+    join(&interest, here).await;
+
+    // Published in this order: were `elsewhere` bound, its event would come first.
+    publish_event(&*node, elsewhere, &event(elsewhere, 1)).await;
+    publish_event(&*node, here, &event(here, 2)).await;
+    if kind == Kind::Memory {
+        assert_eq!(
+            text(&next_event(&mut events, "elsewhere").await),
+            event(elsewhere, 1)
+        );
+    }
+    assert_eq!(
+        text(&next_event(&mut events, "the room joined").await),
+        event(here, 2)
+    );
+
+    // Left: its events stop; a user's still come. The join after the leave
+    // is answered only once the leave is done: changes apply in order.
+    interest
+        .send(Interest::Leave(here))
+        .expect("the stream takes changes");
+    join(&interest, Uuid::new_v4()).await;
+    publish_event(&*node, here, &event(here, 3)).await;
+    let user = json!({"type": "test_user", "n": 4}).to_string();
+    within(
+        "publish_user_event",
+        LONG,
+        node.publish_user_event(Uuid::new_v4(), user.as_bytes()),
+    )
+    .await
+    .expect("publish_user_event is confirmed");
+    if kind == Kind::Memory {
+        assert_eq!(
+            text(&next_event(&mut events, "the room left").await),
+            event(here, 3)
+        );
+    }
+    assert_eq!(text(&next_event(&mut events, "a user event").await), user);
+
+    let Some(vhost) = &env.vhost else {
+        env.close_all().await;
+        return;
+    };
+    // Joined again, then the connection is killed: bound again on the new one.
+    join(&interest, here).await;
+    let mut rebinds = node.rebinds();
+    let before = *rebinds.borrow_and_update();
+    for name in &vhost.connections_eventually().await {
+        vhost.close_connection(name).await;
+    }
+    within(
+        "the event queue bound again",
+        LONG,
+        rebinds.wait_for(|n| *n > before),
+    )
+    .await
+    .expect("the broker lives");
+    wait_up_by(
+        &*node,
+        Instant::now() + RECONNECT,
+        "after the connection was killed",
+    )
+    .await;
+    publish_event(&*node, elsewhere, &event(elsewhere, 5)).await;
+    publish_event(&*node, here, &event(here, 6)).await;
+    assert_eq!(
+        text(&next_event(&mut events, "after the reconnect").await),
+        event(here, 6)
+    );
+    assert_no_event(&mut events, "after the last event").await;
+    env.close_all().await;
+}
+
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
@@ -778,6 +869,33 @@ async fn wait_subscribed(publisher: &dyn Broker, streams: &mut [&mut BoxStream<B
         })
         .await;
     }
+}
+
+/// Says a socket joined `room_id`; returns once the stream says it is bound.
+async fn join(interest: &mpsc::UnboundedSender<Interest>, room_id: Uuid) {
+    let (bound, answer) = oneshot::channel();
+    interest
+        .send(Interest::Join { room_id, bound })
+        .expect("the stream takes changes");
+    within("the join to be answered", LONG, answer)
+        .await
+        .expect("a join is answered");
+}
+
+/// Publishes a room event, retrying while the broker reconnects.
+async fn publish_event(broker: &dyn Broker, room_id: Uuid, event: &str) {
+    within("publish_event", LONG, async {
+        loop {
+            match broker.publish_event(room_id, event.as_bytes()).await {
+                Ok(()) => return,
+                Err(BrokerError::Unavailable(_)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(err) => panic!("publish_event: {err}"),
+            }
+        }
+    })
+    .await;
 }
 
 async fn next_event(events: &mut BoxStream<Bytes>, what: &str) -> Bytes {

@@ -184,6 +184,8 @@ impl Session {
             .hub
             .register_socket(crate::user_events::owner(&self.user), Some(sub.closer()));
         let _gauge = SocketGauge::open();
+        // The room's events come to this node before `welcome` says so.
+        sub.bound().await;
 
         let end = match self.start(&mut sink, since, history).await {
             Ok(last_seq) => self.serve(&mut sink, &mut stream, &mut sub, last_seq).await,

@@ -69,6 +69,81 @@ with_partitions!(
     edits_and_deletions_cross_nodes,
 );
 
+/// The routing keys of `node`'s event queue that name a room.
+async fn room_bindings(vhost: &crate::helpers::TestVhost, node: &str) -> Vec<String> {
+    let path = format!(
+        "/api/queues/{}/{}/bindings",
+        testsupport::enc(&vhost.name),
+        testsupport::enc(&format!("room.events.{node}"))
+    );
+    let bindings = vhost.get(&path).await;
+    bindings
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["source"] == "room.events")
+        .filter_map(|b| b["routing_key"].as_str())
+        .filter(|key| key.starts_with("room."))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `node`'s room bindings (up to 15 s) until they are `expected`.
+async fn wait_for_room_bindings(
+    vhost: &crate::helpers::TestVhost,
+    node: &str,
+    expected: &[String],
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let keys = room_bindings(vhost, node).await;
+        if keys == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{node}'s event queue: {keys:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A node's event queue is bound to the rooms its sockets are in, no more:
+/// bound before the socket's `welcome`, unbound when its last socket there
+/// leaves. A message posted on the other node still reaches the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_sent_only_the_events_of_its_rooms() {
+    let Some(c) = cluster(2, 1).await else {
+        return;
+    };
+    let vhost = c.env.vhost.as_ref().expect("a cluster runs on RabbitMQ");
+    let (_, token) = c.apis[0].user("alice").await;
+    let hall = c.apis[0].create_room(&token, "hall", "public").await;
+    let hall_key = format!("room.{}", hall["id"].as_str().unwrap());
+    let (mut ws, _) = Ws::join(c.nodes[0].addr, "/ws/hall?history=0", &token).await;
+    // Bound before `welcome`: no waiting here.
+    assert_eq!(
+        room_bindings(vhost, "node0").await,
+        std::slice::from_ref(&hall_key)
+    );
+    assert_eq!(room_bindings(vhost, "node1").await, Vec::<String>::new());
+
+    for i in 0..20 {
+        let body = json!({"room_id": "hall", "content": format!("m{i}")});
+        let (status, body) = post(&c.apis[1], &token, body).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let got = collect_messages(&mut ws, 20).await;
+    assert_eq!(seqs(&got), (1..=20).collect::<Vec<_>>());
+    assert_eq!(room_bindings(vhost, "node1").await, Vec::<String>::new());
+
+    ws.close().await;
+    wait_for_room_bindings(vhost, "node0", &[]).await;
+    // A second socket on the other node binds that node now.
+    let (_ws, _) = Ws::join(c.nodes[1].addr, "/ws/hall?history=0", &token).await;
+    assert_eq!(room_bindings(vhost, "node1").await, [hall_key]);
+}
+
 /// Reads `n` message frames (skipping presence and acks); returns them.
 async fn collect_messages(ws: &mut Ws, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);

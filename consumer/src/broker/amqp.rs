@@ -11,6 +11,7 @@
 //! With `MESSAGE_PARTITIONS` > 1 the store stage's queues are partitions by
 //! room, spread over the nodes: see [`partitions`].
 
+mod events;
 pub mod partitions;
 
 use std::{sync::Arc, time::Duration};
@@ -21,8 +22,8 @@ use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind,
     options::{
-        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -31,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage};
+use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Rooms};
 use crate::event::{
     DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, MESSAGES_QUEUE, PARTITION_WEIGHT, PARTITIONS_EXCHANGE,
     REASON_HEADER, partition_queue, routing_key, user_routing_key,
@@ -512,73 +513,8 @@ impl Broker for AmqpBroker {
         ReceiverStream::new(rx).boxed()
     }
 
-    fn subscribe_events(&self) -> BoxStream<Bytes> {
-        let (tx, rx) = mpsc::channel(1024);
-        let inner = self.inner.clone();
-        let queue = self.node_queue();
-        tokio::spawn(async move {
-            let mut links = inner.link.subscribe();
-            loop {
-                let Some(link) = next_link(&mut links, &inner.stop).await else {
-                    return;
-                };
-                let consumer = async {
-                    let channel = link.connection.create_channel().await?;
-                    let exclusive = QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    };
-                    channel
-                        .queue_declare(queue.as_str().into(), exclusive, FieldTable::default())
-                        .await?;
-                    for pattern in ["room.*", "user.*"] {
-                        channel
-                            .queue_bind(
-                                queue.as_str().into(),
-                                EVENTS_EXCHANGE.into(),
-                                pattern.into(),
-                                QueueBindOptions::default(),
-                                FieldTable::default(),
-                            )
-                            .await?;
-                    }
-                    // Events are not acked one by one: a node that dies loses
-                    // only what its sockets will fetch again with `since`.
-                    let no_ack = BasicConsumeOptions {
-                        no_ack: true,
-                        exclusive: true,
-                        ..BasicConsumeOptions::default()
-                    };
-                    channel
-                        .basic_consume(
-                            queue.as_str().into(),
-                            "".into(),
-                            no_ack,
-                            FieldTable::default(),
-                        )
-                        .await
-                };
-                let mut consumer = match consumer.await {
-                    Ok(consumer) => {
-                        inner.rebinds.send_modify(|n| *n += 1);
-                        consumer
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot subscribe to room events yet");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                };
-                while let Some(delivery) = consumer.next().await {
-                    let Ok(d) = delivery else { break };
-                    if tx.send(Bytes::from(d.data)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        ReceiverStream::new(rx).boxed()
+    fn subscribe_events(&self, rooms: Rooms) -> BoxStream<Bytes> {
+        events::subscribe(self.inner.clone(), self.node_queue(), rooms)
     }
 
     fn rebinds(&self) -> watch::Receiver<u64> {

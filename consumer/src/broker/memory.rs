@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use uuid::Uuid;
 
-use super::{BoxStream, Broker, BrokerError, BrokerStatus, QueuedMessage, Settle};
+use super::{BoxStream, Broker, BrokerError, BrokerStatus, Interest, QueuedMessage, Rooms, Settle};
 
 #[derive(Default)]
 struct State {
@@ -147,7 +147,18 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn subscribe_events(&self) -> BoxStream<Bytes> {
+    fn subscribe_events(&self, rooms: Rooms) -> BoxStream<Bytes> {
+        // One process, one hub: every event is this node's already, so a
+        // room joined is "bound" at once.
+        if let Rooms::Joined(mut interest) = rooms {
+            tokio::spawn(async move {
+                while let Some(change) = interest.recv().await {
+                    if let Interest::Join { bound, .. } = change {
+                        let _ = bound.send(());
+                    }
+                }
+            });
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         self.state
             .lock()

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = T> + Send>>;
@@ -31,6 +32,30 @@ pub enum BrokerError {
     /// The queue is full (the in-process broker's bound); retry shortly.
     #[error("the message queue is full")]
     Full,
+}
+
+/// Which rooms' events a node's event stream carries; user events always come.
+pub enum Rooms {
+    /// Every room's, for tools and tests that watch everything.
+    All,
+    /// Only those of the rooms this node has sockets in, as its
+    /// [`Hub`](crate::Hub) says ([`Hub::room_interest`](crate::Hub::room_interest)):
+    /// a node is not sent the events of rooms it does not serve.
+    Joined(mpsc::UnboundedReceiver<Interest>),
+}
+
+/// A change in the rooms a node has sockets in, sent by the
+/// [`Hub`](crate::Hub) in the order the changes happen.
+#[derive(Debug)]
+pub enum Interest {
+    /// A socket here is in the room; `bound` is answered once the room's
+    /// events come to this node (at once if they already do).
+    Join {
+        room_id: Uuid,
+        bound: oneshot::Sender<()>,
+    },
+    /// The last socket here in the room has left it.
+    Leave(Uuid),
 }
 
 /// Whether the broker can take work now, for `/readyz` and logs.
@@ -142,8 +167,9 @@ pub trait Broker: Send + Sync + 'static {
     /// The stream outlives reconnects: it resumes when the broker is back.
     fn consume_messages(&self, prefetch: u16) -> BoxStream<QueuedMessage>;
 
-    /// Every room and user event, through this node's own queue. Outlives reconnects.
-    fn subscribe_events(&self) -> BoxStream<Bytes>;
+    /// Every user event, and the events of the [`Rooms`] asked for, through
+    /// this node's own queue. Outlives reconnects.
+    fn subscribe_events(&self, rooms: Rooms) -> BoxStream<Bytes>;
 
     /// Counts the times this node's event queue was bound, from 1 for the
     /// first time. A change after that means events published meanwhile may

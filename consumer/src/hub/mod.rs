@@ -1,5 +1,9 @@
 //! The [`Hub`]: this node's sockets, by room.
 //!
+//! It tells the broker which rooms it holds ([`Hub::room_interest`]), so that
+//! only their events come to this node; a new socket waits
+//! ([`Subscription::bound`]) until its room's events do.
+//!
 //! Each socket has a bounded queue. Handing an event to a room never waits: a
 //! socket whose queue is full is told to close (1013, `slow_consumer`) and
 //! dropped, so one slow reader never stalls the room.
@@ -15,13 +19,20 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::event::{EventHeader, EventKind};
+use crate::{
+    broker::Interest,
+    event::{EventHeader, EventKind},
+};
 
 /// Events a socket may fall behind by before it is closed as a slow consumer.
 pub const SOCKET_QUEUE: usize = 1024;
+/// Longest a new socket waits for its room's events to come to this node.
+/// Past it the socket goes on: the broker is then down, and the room is
+/// bound when it is back.
+const BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the hub closes a socket: a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +80,19 @@ pub struct Subscription {
     pub close: watch::Receiver<Option<CloseReason>>,
     /// What closes it: also registered with the user's sockets.
     closer: watch::Sender<Option<CloseReason>>,
+    /// Answered once the room's events come to this node.
+    bound: Option<oneshot::Receiver<()>>,
 }
 
 impl Subscription {
+    /// Returns once the room's events come to this node (or after
+    /// [`BIND_WAIT`]): what is published after this reaches the socket.
+    pub async fn bound(&mut self) {
+        if let Some(bound) = self.bound.take() {
+            let _ = tokio::time::timeout(BIND_WAIT, bound).await;
+        }
+    }
+
     /// Its close signal, for [`Hub::register_socket`]: a user event then
     /// closes this room socket too.
     pub fn closer(&self) -> watch::Sender<Option<CloseReason>> {
@@ -88,6 +109,9 @@ impl Drop for Subscription {
 #[derive(Default)]
 pub struct Hub {
     rooms: RwLock<HashMap<Uuid, HashMap<u64, Member>>>,
+    /// Where changes of the rooms held go, sent under the `rooms` lock so
+    /// that they arrive in the order they happened.
+    interest: std::sync::Mutex<Option<mpsc::UnboundedSender<Interest>>>,
     next_id: AtomicU64,
     /// Every socket by user, for user events (see `user_sockets`).
     pub(crate) user_sockets: user_sockets::UserSockets,
@@ -98,24 +122,55 @@ impl Hub {
         Arc::new(Self::default())
     }
 
+    /// The rooms this hub holds sockets in, as they change, for
+    /// [`Rooms::Joined`](crate::broker::Rooms::Joined): a join for each room
+    /// held now, then every change. A new call takes over from the last.
+    pub fn room_interest(&self) -> mpsc::UnboundedReceiver<Interest> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rooms = self.rooms.write().expect("hub lock");
+        for room_id in rooms.keys() {
+            let (bound, _) = oneshot::channel();
+            let _ = tx.send(Interest::Join {
+                room_id: *room_id,
+                bound,
+            });
+        }
+        *self.interest.lock().expect("hub interest") = Some(tx);
+        rx
+    }
+
+    /// Sends a change of the rooms held; call it under the `rooms` lock.
+    /// `false` when no one listens.
+    fn tell(&self, change: Interest) -> bool {
+        match &*self.interest.lock().expect("hub interest") {
+            Some(interest) => interest.send(change).is_ok(),
+            None => false,
+        }
+    }
+
     /// Registers a socket of `user_id` in `room_id`.
     pub fn subscribe(self: &Arc<Self>, room_id: Uuid, user_id: Uuid) -> Subscription {
         let (tx, events) = mpsc::channel(SOCKET_QUEUE);
         let (close_tx, close) = watch::channel(None);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.rooms
-            .write()
-            .expect("hub lock")
-            .entry(room_id)
-            .or_default()
-            .insert(
-                id,
-                Member {
-                    user_id,
-                    tx,
-                    close: close_tx.clone(),
-                },
-            );
+        let mut rooms = self.rooms.write().expect("hub lock");
+        rooms.entry(room_id).or_default().insert(
+            id,
+            Member {
+                user_id,
+                tx,
+                close: close_tx.clone(),
+            },
+        );
+        // Every socket asks, not only a room's first: a second socket must
+        // wait too while the first one's bind is on its way.
+        let (bound_tx, bound) = oneshot::channel();
+        let join = Interest::Join {
+            room_id,
+            bound: bound_tx,
+        };
+        let bound = self.tell(join).then_some(bound);
+        drop(rooms);
         Subscription {
             hub: self.clone(),
             room_id,
@@ -123,6 +178,7 @@ impl Hub {
             events,
             close,
             closer: close_tx,
+            bound,
         }
     }
 
@@ -132,6 +188,7 @@ impl Hub {
             members.remove(&id);
             if members.is_empty() {
                 rooms.remove(&room_id);
+                self.tell(Interest::Leave(room_id));
             }
         }
     }
@@ -227,6 +284,40 @@ mod tests {
         let rooms = hub.rooms.read().unwrap();
         assert!(!rooms.contains_key(&a), "an empty room is dropped");
         assert_eq!(rooms[&b].len(), 1);
+    }
+
+    /// The broker hears of the rooms held in order: a join per socket (each
+    /// waits for its answer), a leave when a room's last socket goes, and on
+    /// a new `room_interest` a join for each room held then.
+    #[tokio::test]
+    async fn rooms_held_are_told_in_order() {
+        let hub = Hub::new();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let early = hub.subscribe(a, Uuid::new_v4());
+        assert!(
+            early.bound.is_none(),
+            "no one listens yet: nothing to wait for"
+        );
+        let mut interest = hub.room_interest();
+        let mut next = || match interest.try_recv().expect("a change") {
+            Interest::Join { room_id, bound } => {
+                let _ = bound.send(());
+                format!("join {}", room_id == a)
+            }
+            Interest::Leave(room_id) => format!("leave {}", room_id == a),
+        };
+        assert_eq!(next(), "join true", "the room held before");
+        let mut second = hub.subscribe(a, Uuid::new_v4());
+        let in_b = hub.subscribe(b, Uuid::new_v4());
+        assert_eq!(next(), "join true", "every socket asks");
+        second.bound().await;
+        assert_eq!(next(), "join false");
+        drop(early);
+        drop(in_b);
+        assert_eq!(next(), "leave false", "only b is empty");
+        drop(second);
+        assert_eq!(next(), "leave true");
+        assert!(interest.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -16,27 +16,104 @@ use super::{
     insert::insert_rows,
     judge::{Context, Incoming, Verdict, judge},
 };
-use crate::event::{MessageView, RoomEvent, SenderView};
+use crate::event::{MessageView, Reject, RoomEvent, SenderView};
 
 /// Stores a batch in one transaction; returns its events in batch order and
 /// what it rejected (content over `max_content` bytes among it).
+///
+/// Most batches hold only new messages, so the look-up of those stored
+/// before is left to the insert (`ON CONFLICT (id) DO NOTHING`), which
+/// finds them for nothing. A batch the broker delivered before, or whose
+/// insert meets a stored id (a client's retry), is stored again with the
+/// look-up, and nothing of the first try is kept.
 pub(super) async fn store_batch(
     db: &DatabaseConnection,
     incoming: &[Incoming],
     max_content: usize,
 ) -> Result<Outcome, DbErr> {
-    let mut outcome = Outcome::default();
     if incoming.is_empty() {
+        return Ok(Outcome::default());
+    }
+    if !incoming.iter().any(|m| m.redelivered)
+        && let Some(outcome) = try_store(db, incoming, max_content, false).await?
+    {
         return Ok(outcome);
     }
-    let txn = db.begin().await?;
-    let ctx = load_context(&txn, incoming).await?;
+    try_store(db, incoming, max_content, true)
+        .await?
+        .ok_or_else(|| DbErr::Custom("a message of the batch was stored meanwhile".into()))
+}
 
-    // Each message's fate, in batch order; a new row's place in `new_rows`.
-    enum Slot<'c> {
-        Stored(&'c message::Model),
-        New(usize),
+/// One try of [`store_batch`]: `None` when the insert met a message stored
+/// before (then nothing is kept).
+async fn try_store(
+    db: &DatabaseConnection,
+    incoming: &[Incoming],
+    max_content: usize,
+    look_up_stored: bool,
+) -> Result<Option<Outcome>, DbErr> {
+    let mut outcome = Outcome::default();
+    let ctx = load_context(db, incoming, look_up_stored).await?;
+    let (slots, mut new_rows) = judge_all(&ctx, incoming, max_content, &mut outcome);
+
+    let mut per_room: HashMap<Uuid, i64> = HashMap::new();
+    for (row, _) in &new_rows {
+        *per_room.entry(row.room_id).or_default() += 1;
     }
+    let txn = db.begin().await?;
+    let mut next_seq = allocate_seqs(&txn, &per_room).await?;
+    // A room deleted since it was read gets no block: its messages go as
+    // to an unknown room.
+    let mut kept = Vec::with_capacity(new_rows.len());
+    let mut gone = HashSet::new();
+    for (mut row, index) in new_rows.drain(..) {
+        match next_seq.get_mut(&row.room_id) {
+            Some(seq) => {
+                row.seq = *seq;
+                *seq += 1;
+                kept.push(row);
+            }
+            None => {
+                gone.insert(index);
+                outcome.rejected.push((index, Reject::UnknownRoom, None));
+            }
+        }
+    }
+    if insert_rows(&txn, &kept).await? < kept.len() as u64 {
+        txn.rollback().await?;
+        return Ok(None);
+    }
+    txn.commit().await?;
+    metrics::counter!(crate::metrics::MESSAGES_STORED).increment(kept.len() as u64);
+
+    let mut new = kept.iter();
+    outcome.events = slots
+        .into_iter()
+        .filter(|slot| !matches!(slot, Slot::New(index) if gone.contains(index)))
+        .map(|slot| match slot {
+            Slot::Stored(id) => event(&ctx, ctx.existing.get(&id).expect("judged stored")),
+            Slot::New(_) => event(&ctx, new.next().expect("one row per new slot")),
+        })
+        .collect();
+    Ok(Some(outcome))
+}
+
+/// Each message's fate, in batch order.
+enum Slot {
+    /// Stored before, under this id.
+    Stored(Uuid),
+    /// New: the batch index of its row.
+    New(usize),
+}
+
+/// Judges every message of the batch; the rejected go to `outcome`. Returns
+/// the slots in batch order and the new rows with their batch index.
+fn judge_all(
+    ctx: &Context,
+    incoming: &[Incoming],
+    max_content: usize,
+    outcome: &mut Outcome,
+) -> (Vec<Slot>, Vec<(message::Model, usize)>) {
     let mut slots = Vec::with_capacity(incoming.len());
     let mut new_rows = Vec::new();
     let mut seen = HashSet::new();
@@ -44,40 +121,16 @@ pub(super) async fn store_batch(
         if !seen.insert(m.id) {
             continue; // the same id twice in one batch: once is enough
         }
-        match judge(&ctx, m, max_content) {
-            Ok(Verdict::Stored(model)) => slots.push(Slot::Stored(model)),
+        match judge(ctx, m, max_content) {
+            Ok(Verdict::Stored(model)) => slots.push(Slot::Stored(model.id)),
             Ok(Verdict::Store(model)) => {
-                slots.push(Slot::New(new_rows.len()));
-                new_rows.push(model);
+                slots.push(Slot::New(m.index));
+                new_rows.push((model, m.index));
             }
             Err((reason, detail)) => outcome.rejected.push((m.index, reason, detail)),
         }
     }
-
-    let mut per_room: HashMap<Uuid, i64> = HashMap::new();
-    for row in &new_rows {
-        *per_room.entry(row.room_id).or_default() += 1;
-    }
-    let mut next_seq = allocate_seqs(&txn, &per_room).await?;
-    for row in &mut new_rows {
-        let seq = next_seq
-            .get_mut(&row.room_id)
-            .expect("every new message's room has a block");
-        row.seq = *seq;
-        *seq += 1;
-    }
-    insert_rows(&txn, &new_rows).await?;
-    txn.commit().await?;
-    metrics::counter!(crate::metrics::MESSAGES_STORED).increment(new_rows.len() as u64);
-
-    outcome.events = slots
-        .iter()
-        .map(|slot| match slot {
-            Slot::Stored(model) => event(&ctx, model),
-            Slot::New(i) => event(&ctx, &new_rows[*i]),
-        })
-        .collect();
-    Ok(outcome)
+    (slots, new_rows)
 }
 
 /// The `message` event of a stored row.
@@ -95,48 +148,54 @@ fn event(ctx: &Context, model: &message::Model) -> StoredEvent {
     }
 }
 
-/// Reads what judging the batch needs: its rooms, the messages already
-/// stored, the senders' names and, for rooms that are not public, their
-/// memberships.
+/// Reads what judging the batch needs: its rooms, the senders' names, their
+/// memberships, and (when `look_up_stored`) the messages already stored.
+/// The reads are independent: they go out together, on connections of the
+/// pool, not one after the other.
 pub(super) async fn load_context(
     conn: &impl ConnectionTrait,
     incoming: &[Incoming],
+    look_up_stored: bool,
 ) -> Result<Context, DbErr> {
-    let rooms = resolve_rooms(conn, incoming).await?;
-    let ids: Vec<Uuid> = incoming.iter().map(|m| m.id).collect();
-    let existing = message::Entity::find()
-        .filter(message::Column::Id.is_in(ids))
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|m| (m.id, m))
+    let keys: HashSet<&str> = incoming
+        .iter()
+        .map(|m| m.envelope.room_id.as_str())
+        .collect();
+    let room_ids: HashSet<Uuid> = keys
+        .iter()
+        .filter_map(|k| Uuid::parse_str(k).ok())
         .collect();
     let senders: HashSet<Uuid> = incoming
         .iter()
         .filter_map(|m| m.envelope.sender_id)
         .collect();
-    let found = load_senders(conn, senders.iter().copied()).await?;
+    let stored = async {
+        if !look_up_stored {
+            return Ok(HashMap::new());
+        }
+        let ids = incoming.iter().map(|m| m.id);
+        let found = message::Entity::find()
+            .filter(message::Column::Id.is_in(ids))
+            .all(conn)
+            .await?;
+        Ok(found.into_iter().map(|m| (m.id, m)).collect())
+    };
+    let (mut rooms, existing, found, mut memberships) = futures_util::try_join!(
+        rooms_by_id(conn, &keys),
+        stored,
+        load_senders(conn, senders.iter().copied()),
+        load_memberships(conn, &senders, room_ids.iter().copied()),
+    )?;
+    // Rooms named by name (by hand, from the console): rare, one by one.
+    let named = rooms_by_name(conn, &keys).await?;
+    let named_ids = named
+        .values()
+        .map(|room| room.id)
+        .filter(|id| !room_ids.contains(id));
+    memberships.extend(load_memberships(conn, &senders, named_ids).await?);
+    rooms.extend(named);
     let avatars = found.iter().map(|(id, _, v)| (*id, *v)).collect();
     let names = found.into_iter().map(|(id, name, _)| (id, name)).collect();
-    // Only rooms that are not public ask for membership: a batch of public
-    // messages makes no query for it.
-    let closed_rooms: HashSet<Uuid> = rooms
-        .values()
-        .filter(|r| r.kind != room::RoomKind::Public)
-        .map(|r| r.id)
-        .collect();
-    let memberships = if senders.is_empty() || closed_rooms.is_empty() {
-        HashSet::new()
-    } else {
-        room_member::Entity::find()
-            .filter(room_member::Column::UserId.is_in(senders.iter().copied()))
-            .filter(room_member::Column::RoomId.is_in(closed_rooms.iter().copied()))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|m| (m.room_id, m.user_id))
-            .collect()
-    };
     Ok(Context {
         rooms,
         existing,
@@ -144,6 +203,25 @@ pub(super) async fn load_context(
         avatars,
         memberships,
     })
+}
+
+/// The `(room, user)` memberships of these senders in these rooms; no query
+/// when there are none. Public rooms' too: judge asks only of closed rooms.
+async fn load_memberships(
+    conn: &impl ConnectionTrait,
+    senders: &HashSet<Uuid>,
+    rooms: impl Iterator<Item = Uuid>,
+) -> Result<HashSet<(Uuid, Uuid)>, DbErr> {
+    let rooms: Vec<Uuid> = rooms.collect();
+    if senders.is_empty() || rooms.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found = room_member::Entity::find()
+        .filter(room_member::Column::UserId.is_in(senders.iter().copied()))
+        .filter(room_member::Column::RoomId.is_in(rooms))
+        .all(conn)
+        .await?;
+    Ok(found.into_iter().map(|m| (m.room_id, m.user_id)).collect())
 }
 
 /// Takes a block of `count` seqs for each room in one UPDATE (which
@@ -181,31 +259,40 @@ pub(super) async fn allocate_seqs(
         .collect())
 }
 
-/// The batch's rooms by the key each message gave: a UUID, or (by hand) a name.
-async fn resolve_rooms(
+/// The batch's rooms named by UUID, by the key each message gave.
+async fn rooms_by_id(
     conn: &impl ConnectionTrait,
-    incoming: &[Incoming],
+    keys: &HashSet<&str>,
 ) -> Result<HashMap<String, room::Model>, DbErr> {
-    let keys: HashSet<&str> = incoming
-        .iter()
-        .map(|m| m.envelope.room_id.as_str())
-        .collect();
-    let ids: Vec<Uuid> = keys
-        .iter()
-        .filter_map(|k| Uuid::parse_str(k).ok())
-        .collect();
-    let mut by_key = HashMap::new();
-    for room in room::Entity::find()
-        .filter(room::Column::Id.is_in(ids))
-        .all(conn)
-        .await?
-    {
-        for key in &keys {
-            if Uuid::parse_str(key).ok() == Some(room.id) {
-                by_key.insert((*key).to_owned(), room.clone());
-            }
+    // One room may be given in two spellings (upper and lower case).
+    let mut ids: HashMap<Uuid, Vec<&str>> = HashMap::new();
+    for key in keys {
+        if let Ok(id) = Uuid::parse_str(key) {
+            ids.entry(id).or_default().push(key);
         }
     }
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found = room::Entity::find()
+        .filter(room::Column::Id.is_in(ids.keys().copied()))
+        .all(conn)
+        .await?;
+    let mut by_key = HashMap::new();
+    for room in found {
+        for key in &ids[&room.id] {
+            by_key.insert((*key).to_owned(), room.clone());
+        }
+    }
+    Ok(by_key)
+}
+
+/// The batch's rooms named by name (by hand), by that name.
+async fn rooms_by_name(
+    conn: &impl ConnectionTrait,
+    keys: &HashSet<&str>,
+) -> Result<HashMap<String, room::Model>, DbErr> {
+    let mut by_key = HashMap::new();
     // A name longer than any room's (64 characters) names none: no query.
     let names = keys
         .iter()

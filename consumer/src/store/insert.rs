@@ -3,7 +3,7 @@
 use entity::message;
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, Set, Statement, Value,
-    sea_query::ArrayType,
+    sea_query::{ArrayType, OnConflict},
 };
 
 /// Largest estimated payload of one insert statement sent to PostgreSQL.
@@ -15,7 +15,8 @@ use sea_orm::{
 /// socket). Statements under this size go out in one write.
 const STATEMENT_BYTES: usize = 6 * 1024;
 
-/// Inserts a batch's new messages.
+/// Inserts a batch's new messages but those whose id is stored already;
+/// returns how many it inserted.
 ///
 /// On PostgreSQL, `INSERT … SELECT FROM UNNEST(…)` with an array per column:
 /// seven parameters whatever the number of rows, so the statement is parsed
@@ -25,14 +26,19 @@ const STATEMENT_BYTES: usize = 6 * 1024;
 pub(super) async fn insert_rows(
     txn: &DatabaseTransaction,
     rows: &[message::Model],
-) -> Result<(), DbErr> {
+) -> Result<u64, DbErr> {
+    let mut inserted = 0;
     if txn.get_database_backend() != DbBackend::Postgres {
+        let stored_before = OnConflict::column(message::Column::Id)
+            .do_nothing()
+            .to_owned();
         for chunk in rows.chunks(500) {
-            message::Entity::insert_many(chunk.iter().map(to_active))
+            inserted += message::Entity::insert_many(chunk.iter().map(to_active))
+                .on_conflict(stored_before.clone())
                 .exec_without_returning(txn)
                 .await?;
         }
-        return Ok(());
+        return Ok(inserted);
     }
     // Ids, room, seq, sender, time and the arrays' per-element headers.
     let size =
@@ -45,14 +51,15 @@ pub(super) async fn insert_rows(
             bytes += size(&rows[end]);
             end += 1;
         }
-        insert_unnest(txn, &rows[start..end]).await?;
+        inserted += insert_unnest(txn, &rows[start..end]).await?;
         start = end;
     }
-    Ok(())
+    Ok(inserted)
 }
 
-/// One `INSERT … SELECT FROM UNNEST(…)` of `rows` (PostgreSQL).
-async fn insert_unnest(txn: &DatabaseTransaction, rows: &[message::Model]) -> Result<(), DbErr> {
+/// One `INSERT … SELECT FROM UNNEST(…)` of `rows` (PostgreSQL); how many
+/// it inserted.
+async fn insert_unnest(txn: &DatabaseTransaction, rows: &[message::Model]) -> Result<u64, DbErr> {
     let array = |ty: ArrayType, values: Vec<Value>| Value::Array(ty, Some(Box::new(values)));
     let column = |f: fn(&message::Model) -> Value| rows.iter().map(f).collect::<Vec<_>>();
     fn text(s: Option<String>) -> Value {
@@ -65,7 +72,8 @@ async fn insert_unnest(txn: &DatabaseTransaction, rows: &[message::Model]) -> Re
         "INSERT INTO messages (id, room_id, seq, sender_id, content, client_id, created_at) \
          SELECT i, r, s, NULLIF(u, '')::uuid, c, NULLIF(k, ''), t \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
-         $6::text[], $7::timestamptz[]) AS x(i, r, s, u, c, k, t)",
+         $6::text[], $7::timestamptz[]) AS x(i, r, s, u, c, k, t) \
+         ON CONFLICT (id) DO NOTHING",
         [
             array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.id)))),
             array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.room_id)))),
@@ -82,14 +90,7 @@ async fn insert_unnest(txn: &DatabaseTransaction, rows: &[message::Model]) -> Re
             ),
         ],
     );
-    let inserted = txn.execute_raw(statement).await?.rows_affected();
-    if inserted != rows.len() as u64 {
-        return Err(DbErr::Custom(format!(
-            "inserted {inserted} of {} messages",
-            rows.len()
-        )));
-    }
-    Ok(())
+    Ok(txn.execute_raw(statement).await?.rows_affected())
 }
 
 fn to_active(m: &message::Model) -> message::ActiveModel {

@@ -23,6 +23,8 @@ pub(super) struct Incoming {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
     pub envelope: Envelope,
+    /// The broker delivered it before: it may be stored already.
+    pub redelivered: bool,
 }
 
 /// Parses a batch; what is not an envelope, or carries text no database
@@ -56,6 +58,7 @@ pub(super) fn parse(batch: &[QueuedMessage], key: &EnvelopeKey) -> (Vec<Incoming
                     id: envelope.id.unwrap_or_else(Uuid::now_v7),
                     created_at: envelope.created_at.unwrap_or_else(Utc::now),
                     envelope,
+                    redelivered: queued.redelivered,
                 })
             }
             Err(err) => rejected.push((index, Reject::Unparseable, Some(err.to_string()))),

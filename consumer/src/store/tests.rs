@@ -35,6 +35,7 @@ fn incoming(room: &str, sender: Option<Uuid>, content: &str) -> Incoming {
             client_id: None,
             created_at: None,
         },
+        redelivered: false,
     }
 }
 
@@ -255,7 +256,8 @@ macro_rules! on_both_databases {
 on_both_databases!(
     seq_blocks_follow_last_seq,
     context_feeds_judge,
-    a_refused_message_is_split_out
+    a_refused_message_is_split_out,
+    a_message_stored_before_is_not_stored_again,
 );
 
 async fn add_room(
@@ -364,7 +366,7 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
         incoming(&crew.to_string(), Some(Uuid::now_v7()), "nobody"),
         incoming("nowhere", None, "lost"),
     ];
-    let ctx = load_context(db, &batch).await.unwrap();
+    let ctx = load_context(db, &batch, true).await.unwrap();
     let verdicts: Vec<Result<&str, Reject>> = batch
         .iter()
         .map(|m| {
@@ -449,6 +451,66 @@ async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
     assert_eq!(delivered, expected, "gap-free seqs in batch order");
 }
 
+/// A message met again that the broker does not flag as redelivered (a
+/// client's retry, a copy published by hand) is found by the insert: it is
+/// not stored twice, its event comes again with its first `seq`, and the
+/// rest of its batch is stored with gap-free seqs. Flagged, it is looked up
+/// before the insert, with the same outcome.
+async fn a_message_stored_before_is_not_stored_again(db: &DatabaseConnection) {
+    let hall = add_room(db, "hall", room::RoomKind::Public, 0).await;
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    let queued = |i: usize, redelivered: bool| {
+        let body = serde_json::json!({"id": ids[i], "room_id": hall, "content": format!("m{i}")});
+        QueuedMessage::new(
+            body.to_string().into(),
+            None,
+            redelivered,
+            Box::new(NoSettle),
+        )
+    };
+    let settings = super::Settings {
+        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
+        max_content_bytes: LIMIT,
+    };
+    let settings = &settings;
+    let stored = |batch: Vec<QueuedMessage>| async move {
+        let outcome = super::persist(db, &batch, settings, &CancellationToken::new())
+            .await
+            .expect("not stopped");
+        assert!(outcome.rejected.is_empty(), "nothing is rejected");
+        outcome
+            .events
+            .iter()
+            .map(|e| {
+                let event: serde_json::Value = serde_json::from_slice(&e.event).unwrap();
+                (event["content"].as_str().unwrap().to_owned(), e.seq)
+            })
+            .collect::<Vec<_>>()
+    };
+    let m = |i: usize, seq: i64| (format!("m{i}"), seq);
+    assert_eq!(
+        stored(vec![queued(0, false), queued(1, false)]).await,
+        [m(0, 1), m(1, 2)]
+    );
+    assert_eq!(
+        stored(vec![queued(2, false), queued(1, false)]).await,
+        [m(2, 3), m(1, 2)]
+    );
+    assert_eq!(
+        stored(vec![queued(0, true), queued(3, true)]).await,
+        [m(0, 1), m(3, 4)]
+    );
+    let rows = message::Entity::find().all(db).await.unwrap();
+    assert_eq!(rows.len(), 4, "each message stored once");
+    let last_seq = room::Entity::find_by_id(hall)
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_seq;
+    assert_eq!(last_seq, 4, "no seq was lost to the retried try");
+}
+
 /// A broker that counts the `room.events` messages published through it.
 struct Counting {
     inner: std::sync::Arc<dyn crate::Broker>,
@@ -478,8 +540,11 @@ impl crate::Broker for Counting {
     fn consume_messages(&self, prefetch: u16) -> crate::broker::BoxStream<QueuedMessage> {
         self.inner.consume_messages(prefetch)
     }
-    fn subscribe_events(&self) -> crate::broker::BoxStream<bytes::Bytes> {
-        self.inner.subscribe_events()
+    fn subscribe_events(
+        &self,
+        rooms: crate::broker::Rooms,
+    ) -> crate::broker::BoxStream<bytes::Bytes> {
+        self.inner.subscribe_events(rooms)
     }
     fn status(&self) -> crate::BrokerStatus {
         self.inner.status()
