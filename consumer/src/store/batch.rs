@@ -53,14 +53,16 @@ async fn try_store(
     look_up_stored: bool,
 ) -> Result<Option<Outcome>, DbErr> {
     let mut outcome = Outcome::default();
-    let ctx = load_context(db, incoming, look_up_stored).await?;
+    // One connection for the whole batch: each statement outside the
+    // transaction would take one from the pool, and that costs a round trip.
+    let txn = db.begin().await?;
+    let ctx = load_context(&txn, incoming, look_up_stored).await?;
     let (slots, mut new_rows) = judge_all(&ctx, incoming, max_content, &mut outcome);
 
     let mut per_room: HashMap<Uuid, i64> = HashMap::new();
     for (row, _) in &new_rows {
         *per_room.entry(row.room_id).or_default() += 1;
     }
-    let txn = db.begin().await?;
     let mut next_seq = allocate_seqs(&txn, &per_room).await?;
     // A room deleted since it was read gets no block: its messages go as
     // to an unknown room.
@@ -149,9 +151,8 @@ fn event(ctx: &Context, model: &message::Model) -> StoredEvent {
 }
 
 /// Reads what judging the batch needs: its rooms, the senders' names, their
-/// memberships, and (when `look_up_stored`) the messages already stored.
-/// The reads are independent: they go out together, on connections of the
-/// pool, not one after the other.
+/// memberships of the rooms that are not public, and (when
+/// `look_up_stored`) the messages already stored.
 pub(super) async fn load_context(
     conn: &impl ConnectionTrait,
     incoming: &[Incoming],
@@ -161,39 +162,32 @@ pub(super) async fn load_context(
         .iter()
         .map(|m| m.envelope.room_id.as_str())
         .collect();
-    let room_ids: HashSet<Uuid> = keys
-        .iter()
-        .filter_map(|k| Uuid::parse_str(k).ok())
-        .collect();
-    let senders: HashSet<Uuid> = incoming
-        .iter()
-        .filter_map(|m| m.envelope.sender_id)
-        .collect();
-    let stored = async {
-        if !look_up_stored {
-            return Ok(HashMap::new());
-        }
+    let mut rooms = rooms_by_id(conn, &keys).await?;
+    // Rooms named by name (by hand, from the console): rare, one by one.
+    rooms.extend(rooms_by_name(conn, &keys).await?);
+    let existing = if look_up_stored {
         let ids = incoming.iter().map(|m| m.id);
         let found = message::Entity::find()
             .filter(message::Column::Id.is_in(ids))
             .all(conn)
             .await?;
-        Ok(found.into_iter().map(|m| (m.id, m)).collect())
+        found.into_iter().map(|m| (m.id, m)).collect()
+    } else {
+        HashMap::new()
     };
-    let (mut rooms, existing, found, mut memberships) = futures_util::try_join!(
-        rooms_by_id(conn, &keys),
-        stored,
-        load_senders(conn, senders.iter().copied()),
-        load_memberships(conn, &senders, room_ids.iter().copied()),
-    )?;
-    // Rooms named by name (by hand, from the console): rare, one by one.
-    let named = rooms_by_name(conn, &keys).await?;
-    let named_ids = named
+    let senders: HashSet<Uuid> = incoming
+        .iter()
+        .filter_map(|m| m.envelope.sender_id)
+        .collect();
+    let found = load_senders(conn, senders.iter().copied()).await?;
+    // Only rooms that are not public ask for membership: a batch of public
+    // messages makes no query for it.
+    let closed_rooms: HashSet<Uuid> = rooms
         .values()
-        .map(|room| room.id)
-        .filter(|id| !room_ids.contains(id));
-    memberships.extend(load_memberships(conn, &senders, named_ids).await?);
-    rooms.extend(named);
+        .filter(|r| r.kind != room::RoomKind::Public)
+        .map(|r| r.id)
+        .collect();
+    let memberships = load_memberships(conn, &senders, closed_rooms.into_iter()).await?;
     let avatars = found.iter().map(|(id, _, v)| (*id, *v)).collect();
     let names = found.into_iter().map(|(id, name, _)| (id, name)).collect();
     Ok(Context {
@@ -206,7 +200,7 @@ pub(super) async fn load_context(
 }
 
 /// The `(room, user)` memberships of these senders in these rooms; no query
-/// when there are none. Public rooms' too: judge asks only of closed rooms.
+/// when there are none.
 async fn load_memberships(
     conn: &impl ConnectionTrait,
     senders: &HashSet<Uuid>,

@@ -1,12 +1,12 @@
 //! The store stage: `messages` → database → `room.events`.
 //!
 //! It takes what is waiting (up to [`BATCH_MAX`]), and stores it in steps:
-//! [`judge::parse`] the envelopes; [`batch::load_context`] (rooms, senders,
-//! memberships, and for a redelivered batch what is already stored, read
-//! together), [`judge::judge`] each message (a pure function: store it, or a
-//! [`Reject`]); then in one transaction [`batch::allocate_seqs`] (each room's
-//! next `seq`) and [`insert`] the new rows; then build the `message` events
-//! in order. The settler publishes them, one
+//! [`judge::parse`] the envelopes; in one transaction [`batch::load_context`]
+//! (rooms, senders, memberships, and for a redelivered batch what is already
+//! stored), [`judge::judge`] each message (a pure function: store it, or a
+//! [`Reject`]), [`batch::allocate_seqs`] (each room's next `seq`), [`insert`]
+//! the new rows (a message met again there sends the batch round once more,
+//! with the look-up); then build the `message` events in order. The settler publishes them, one
 //! `room.events` message per room carrying that room's events in `seq` order
 //! ([`crate::event::room_batch`]), and only then acks. A message stored before (a redelivery, a client's retry)
 //! is not stored again, but its event is published again: sockets drop a
