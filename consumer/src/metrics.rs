@@ -16,6 +16,13 @@ pub const PARTITIONS_HELD: &str = "roomcast_store_partitions_held";
 pub const MESSAGES_DELIVERED: &str = "roomcast_messages_delivered_total";
 /// From ingest (`created_at`) to the hand-over to local sockets, in seconds.
 pub const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
+/// Messages in each batch the store stage took (up to `BATCH_MAX`).
+pub const STORE_BATCH_MESSAGES: &str = "roomcast_store_batch_messages";
+/// How long the store stage took to write a batch to the database.
+pub const STORE_BATCH_SECONDS: &str = "roomcast_store_batch_seconds";
+/// How long the store stage took to settle a batch: its dead letters, its
+/// room events confirmed, its acks sent.
+pub const STORE_SETTLE_SECONDS: &str = "roomcast_store_settle_seconds";
 /// Broker connections re-established after a loss.
 pub const BROKER_RECONNECTS: &str = "roomcast_broker_reconnects_total";
 /// Sockets closed with 1013 for falling behind.
@@ -49,6 +56,20 @@ pub fn register() {
         DELIVERY_LATENCY,
         metrics::Unit::Seconds,
         "From ingest to the hand-over to local sockets"
+    );
+    metrics::describe_histogram!(
+        STORE_BATCH_MESSAGES,
+        "Messages in each batch the store stage took"
+    );
+    metrics::describe_histogram!(
+        STORE_BATCH_SECONDS,
+        metrics::Unit::Seconds,
+        "How long the store stage took to write a batch to the database"
+    );
+    metrics::describe_histogram!(
+        STORE_SETTLE_SECONDS,
+        metrics::Unit::Seconds,
+        "How long the store stage took to publish a batch's events and ack it"
     );
     metrics::describe_counter!(
         BROKER_RECONNECTS,

@@ -203,7 +203,7 @@ async fn metrics_are_exported(backend: Backend) {
         return;
     };
     let documented = documented_metrics();
-    assert_eq!(documented.len(), 9, "README lists {documented:?}");
+    assert_eq!(documented.len(), 12, "README lists {documented:?}");
 
     // Counters and the gauge show from start-up, at zero.
     let text = app.api().metrics().await;

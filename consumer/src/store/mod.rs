@@ -74,7 +74,9 @@ pub async fn run(
         let broker = broker.clone();
         tokio::spawn(async move {
             while let Some((batch, outcome)) = settling.recv().await {
+                let started = std::time::Instant::now();
                 settle(broker.as_ref(), batch, outcome).await;
+                metrics::histogram!(crate::metrics::STORE_SETTLE_SECONDS).record(started.elapsed());
             }
         })
     };
@@ -100,9 +102,12 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
+        metrics::histogram!(crate::metrics::STORE_BATCH_MESSAGES).record(batch.len() as f64);
+        let started = std::time::Instant::now();
         let Some(outcome) = persist(&db, &batch, &settings, &stop).await else {
             break;
         };
+        metrics::histogram!(crate::metrics::STORE_BATCH_SECONDS).record(started.elapsed());
         if to_settle.send((batch, outcome)).await.is_err() {
             break;
         }
