@@ -259,9 +259,39 @@ fn is_transient(err: &DbErr) -> bool {
 }
 
 /// Dead-letters the rejects, publishes the events in order, then acks the
-/// whole batch. On a broker error nothing more is acked: the broker
-/// redelivers, and the store stage stores nothing twice.
+/// whole batch. On a broker error nothing is acked and the batch is handed
+/// back ([`requeue`]): the broker delivers it again, and the store stage
+/// stores nothing twice but publishes its events again.
 async fn settle(broker: &dyn Broker, batch: Vec<QueuedMessage>, outcome: Outcome) {
+    if let Err(err) = publish_outcome(broker, &batch, &outcome).await {
+        tracing::warn!(error = %err, messages = batch.len(), "store stage: cannot settle a batch; handing it back \
+            to be delivered again");
+        requeue(batch).await;
+        return;
+    }
+    // Acks are independent frames: send them together, not one round trip each.
+    let acks = futures_util::future::join_all(batch.into_iter().map(QueuedMessage::ack)).await;
+    if let Some(Err(err)) = acks.into_iter().find(Result::is_err) {
+        tracing::warn!(error = %err, "store stage: ack failed; the message will be redelivered and not stored twice");
+    }
+}
+
+/// Hands a batch back to the broker. A message whose requeue fails (its
+/// channel is gone) comes back anyway when the broker sees the channel close.
+async fn requeue(batch: Vec<QueuedMessage>) {
+    let handed =
+        futures_util::future::join_all(batch.into_iter().map(QueuedMessage::requeue)).await;
+    if let Some(Err(err)) = handed.into_iter().find(Result::is_err) {
+        tracing::warn!(error = %err, "store stage: requeue failed; the broker redelivers when the channel closes");
+    }
+}
+
+/// The dead letters and the room events of a stored batch, confirmed.
+async fn publish_outcome(
+    broker: &dyn Broker,
+    batch: &[QueuedMessage],
+    outcome: &Outcome,
+) -> Result<(), crate::BrokerError> {
     for (index, reason, detail) in &outcome.rejected {
         metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => reason.label())
             .increment(1);
@@ -269,20 +299,10 @@ async fn settle(broker: &dyn Broker, batch: Vec<QueuedMessage>, outcome: Outcome
             Some(detail) => format!("{}: {detail}", reason.label()),
             None => reason.label().to_owned(),
         };
-        if let Err(err) = broker.dead_letter(&batch[*index].payload, &header).await {
-            tracing::warn!(error = %err, "store stage: cannot dead-letter; the batch will be redelivered");
-            return;
-        }
+        broker.dead_letter(&batch[*index].payload, &header).await?;
     }
     let batches = room_batches(&outcome.events);
-    if let Err(err) = broker.publish_events(&batches).await {
-        tracing::warn!(error = %err, "store stage: cannot publish events; the batch will be redelivered");
-        return;
-    }
+    broker.publish_events(&batches).await?;
     metrics::counter!(crate::metrics::ROOM_EVENT_BATCHES).increment(batches.len() as u64);
-    // Acks are independent frames: send them together, not one round trip each.
-    let acks = futures_util::future::join_all(batch.into_iter().map(QueuedMessage::ack)).await;
-    if let Some(Err(err)) = acks.into_iter().find(Result::is_err) {
-        tracing::warn!(error = %err, "store stage: ack failed; the message will be redelivered and not stored twice");
-    }
+    Ok(())
 }
