@@ -184,12 +184,16 @@ impl Session {
             .hub
             .register_socket(crate::user_events::owner(&self.user), Some(sub.closer()));
         let _gauge = SocketGauge::open();
-        // The room's events come to this node before `welcome` says so.
-        sub.bound().await;
-
-        let end = match self.start(&mut sink, since, history).await {
-            Ok(last_seq) => self.serve(&mut sink, &mut stream, &mut sub, last_seq).await,
-            Err(end) => end,
+        // The room's events come to this node before `welcome` says so; a
+        // socket that would miss them is told to come back.
+        let end = if !sub.bound().await {
+            tracing::warn!(room = %self.room.id, "the room's events could not be bound; closing the socket 1013");
+            End::Close(1013, "try again later")
+        } else {
+            match self.start(&mut sink, since, history).await {
+                Ok(last_seq) => self.serve(&mut sink, &mut stream, &mut sub, last_seq).await,
+                Err(end) => end,
+            }
         };
         let end = match end {
             End::Stalled => {

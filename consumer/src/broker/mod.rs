@@ -70,13 +70,6 @@ pub enum BrokerStatus {
 pub trait Settle: Send + Sync {
     /// The message is handled; the broker may forget it.
     async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
-
-    /// The message could not be settled: the broker puts it back in its
-    /// queue and delivers it again (flagged redelivered). By default it is
-    /// let go: the in-process broker cannot fail a settle while it is open.
-    async fn requeue(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
 }
 
 /// One message taken from the `messages` queue, to be acked once handled.
@@ -117,11 +110,6 @@ impl QueuedMessage {
 
     pub async fn ack(self) -> Result<(), BrokerError> {
         self.settle.ack().await
-    }
-
-    /// Hands it back to the broker, to be delivered again ([`Settle::requeue`]).
-    pub async fn requeue(self) -> Result<(), BrokerError> {
-        self.settle.requeue().await
     }
 }
 

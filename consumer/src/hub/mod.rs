@@ -29,9 +29,10 @@ use crate::{
 
 /// Events a socket may fall behind by before it is closed as a slow consumer.
 pub const SOCKET_QUEUE: usize = 1024;
-/// Longest a new socket waits for its room's events to come to this node.
-/// Past it the socket goes on: the broker is then down, and the room is
-/// bound when it is back.
+/// Longest a new socket waits for its room's events to come to this node
+/// (while RabbitMQ is down, a join is answered at once: the room is bound
+/// when it is back). Past it the room could not be bound, and the socket is
+/// told to try again later.
 const BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the hub closes a socket: a WebSocket close code and reason.
@@ -85,11 +86,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Returns once the room's events come to this node (or after
-    /// [`BIND_WAIT`]): what is published after this reaches the socket.
-    pub async fn bound(&mut self) {
-        if let Some(bound) = self.bound.take() {
-            let _ = tokio::time::timeout(BIND_WAIT, bound).await;
+    /// Returns once the room's events come to this node: what is published
+    /// after this reaches the socket. `false` when they do not within
+    /// [`BIND_WAIT`] (the bind failed or is stuck), or the broker side has
+    /// gone: the socket would miss its room's events.
+    pub async fn bound(&mut self) -> bool {
+        match self.bound.take() {
+            Some(bound) => matches!(tokio::time::timeout(BIND_WAIT, bound).await, Ok(Ok(()))),
+            None => true,
         }
     }
 
@@ -310,7 +314,7 @@ mod tests {
         let mut second = hub.subscribe(a, Uuid::new_v4());
         let in_b = hub.subscribe(b, Uuid::new_v4());
         assert_eq!(next(), "join true", "every socket asks");
-        second.bound().await;
+        assert!(second.bound().await);
         assert_eq!(next(), "join false");
         drop(early);
         drop(in_b);

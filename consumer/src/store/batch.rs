@@ -23,9 +23,10 @@ use crate::event::{MessageView, Reject, RoomEvent, SenderView};
 ///
 /// Most batches hold only new messages, so the look-up of those stored
 /// before is left to the insert (`ON CONFLICT (id) DO NOTHING`), which
-/// finds them for nothing. A batch the broker delivered before, or whose
-/// insert meets a stored id (a client's retry), is stored again with the
-/// look-up, and nothing of the first try is kept.
+/// finds them for nothing. A batch the broker delivered before, one with a
+/// message refused, or one whose insert meets a stored id (a client's
+/// retry), is stored again with the look-up, and nothing of the first try
+/// is kept.
 pub(super) async fn store_batch(
     db: &DatabaseConnection,
     incoming: &[Incoming],
@@ -44,8 +45,8 @@ pub(super) async fn store_batch(
         .ok_or_else(|| DbErr::Custom("a message of the batch was stored meanwhile".into()))
 }
 
-/// One try of [`store_batch`]: `None` when the insert met a message stored
-/// before (then nothing is kept).
+/// One try of [`store_batch`]: `None` when, without the look-up, a message
+/// is refused or the insert meets one stored before (then nothing is kept).
 async fn try_store(
     db: &DatabaseConnection,
     incoming: &[Incoming],
@@ -58,6 +59,13 @@ async fn try_store(
     let txn = db.begin().await?;
     let ctx = load_context(&txn, incoming, look_up_stored).await?;
     let (slots, mut new_rows) = judge_all(&ctx, incoming, max_content, &mut outcome);
+    if !look_up_stored && !outcome.rejected.is_empty() {
+        // A message refused may be one stored before (a client's retry
+        // from a sender no longer a member): judged again with the look-up,
+        // it is found stored, not dead-lettered.
+        txn.rollback().await?;
+        return Ok(None);
+    }
 
     let mut per_room: HashMap<Uuid, i64> = HashMap::new();
     for (row, _) in &new_rows {

@@ -71,11 +71,11 @@ pub async fn run(
     let mut queued = broker.consume_messages(PREFETCH);
     let (to_settle, mut settling) = tokio::sync::mpsc::channel::<(Vec<QueuedMessage>, Outcome)>(2);
     let settler = {
-        let broker = broker.clone();
+        let (broker, stop) = (broker.clone(), stop.clone());
         tokio::spawn(async move {
             while let Some((batch, outcome)) = settling.recv().await {
                 let started = std::time::Instant::now();
-                settle(broker.as_ref(), batch, outcome).await;
+                settle(broker.as_ref(), batch, outcome, &stop).await;
                 metrics::histogram!(crate::metrics::STORE_SETTLE_SECONDS).record(started.elapsed());
             }
         })
@@ -259,15 +259,32 @@ fn is_transient(err: &DbErr) -> bool {
 }
 
 /// Dead-letters the rejects, publishes the events in order, then acks the
-/// whole batch. On a broker error nothing is acked and the batch is handed
-/// back ([`requeue`]): the broker delivers it again, and the store stage
-/// stores nothing twice but publishes its events again.
-async fn settle(broker: &dyn Broker, batch: Vec<QueuedMessage>, outcome: Outcome) {
-    if let Err(err) = publish_outcome(broker, &batch, &outcome).await {
-        tracing::warn!(error = %err, messages = batch.len(), "store stage: cannot settle a batch; handing it back \
-            to be delivered again");
-        requeue(batch).await;
-        return;
+/// whole batch. What the broker refuses (a nack, a confirm that does not
+/// come, a lost link) is tried again here, with backoff, from where it
+/// stopped: the next batches wait, so a room's events still go out in `seq`
+/// order (a batch handed back to the broker would come after later ones, and
+/// sockets drop a `seq` lower than one they have). On shutdown the batch is
+/// left unacked: the broker delivers it again, and the store stage stores
+/// nothing twice but publishes its events again.
+async fn settle(
+    broker: &dyn Broker,
+    batch: Vec<QueuedMessage>,
+    outcome: Outcome,
+    stop: &CancellationToken,
+) {
+    let mut dead_lettered = 0;
+    let mut backoff = Duration::from_millis(100);
+    while let Err(err) = publish_outcome(broker, &batch, &outcome, &mut dead_lettered).await {
+        if stop.is_cancelled() {
+            tracing::warn!(error = %err, "store stage: stopping with a batch unsettled; it will be redelivered");
+            return;
+        }
+        tracing::warn!(error = %err, "store stage: cannot settle a batch; retrying in {backoff:?}");
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     // Acks are independent frames: send them together, not one round trip each.
     let acks = futures_util::future::join_all(batch.into_iter().map(QueuedMessage::ack)).await;
@@ -276,30 +293,24 @@ async fn settle(broker: &dyn Broker, batch: Vec<QueuedMessage>, outcome: Outcome
     }
 }
 
-/// Hands a batch back to the broker. A message whose requeue fails (its
-/// channel is gone) comes back anyway when the broker sees the channel close.
-async fn requeue(batch: Vec<QueuedMessage>) {
-    let handed =
-        futures_util::future::join_all(batch.into_iter().map(QueuedMessage::requeue)).await;
-    if let Some(Err(err)) = handed.into_iter().find(Result::is_err) {
-        tracing::warn!(error = %err, "store stage: requeue failed; the broker redelivers when the channel closes");
-    }
-}
-
-/// The dead letters and the room events of a stored batch, confirmed.
+/// The dead letters and the room events of a stored batch, confirmed; the
+/// dead letters from `dead_lettered` on (those before went out on an earlier
+/// try).
 async fn publish_outcome(
     broker: &dyn Broker,
     batch: &[QueuedMessage],
     outcome: &Outcome,
+    dead_lettered: &mut usize,
 ) -> Result<(), crate::BrokerError> {
-    for (index, reason, detail) in &outcome.rejected {
-        metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => reason.label())
-            .increment(1);
+    for (index, reason, detail) in &outcome.rejected[*dead_lettered..] {
         let header = match detail {
             Some(detail) => format!("{}: {detail}", reason.label()),
             None => reason.label().to_owned(),
         };
         broker.dead_letter(&batch[*index].payload, &header).await?;
+        *dead_lettered += 1;
+        metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => reason.label())
+            .increment(1);
     }
     let batches = room_batches(&outcome.events);
     broker.publish_events(&batches).await?;

@@ -7,12 +7,16 @@
 //! events of the rooms it serves, and one more node adds no work to the
 //! others. The [`Hub`](crate::Hub) says which rooms as sockets come and go
 //! ([`Interest`]); the changes are applied in their order on the queue's own
-//! channel, and a socket's join is answered once its room is bound, before
-//! its `welcome`. On every new link the queue is declared again and bound to
+//! channel, those waiting together (their binds sent at once), and a
+//! socket's join is answered once its room is bound, before its `welcome`. On every new link the queue is declared again and bound to
 //! every room held; while there is no link, joins are answered at once (no
 //! event flows anywhere then) and bound when the link is back.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -21,7 +25,7 @@ use lapin::{
     options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
@@ -38,11 +42,17 @@ pub(super) fn subscribe(inner: Arc<Inner>, queue: String, rooms: Rooms) -> BoxSt
     ReceiverStream::new(rx).boxed()
 }
 
+/// Most changes applied together, their binds sent at once.
+const CHANGES_AT_ONCE: usize = 1024;
+
 /// What the queue is bound to: every room, or the rooms held.
 struct Bindings {
     all: bool,
     held: HashSet<Uuid>,
     interest: Option<mpsc::UnboundedReceiver<Interest>>,
+    /// Joins to answer once their rooms are bound (a bind failed: on the
+    /// next channel, which binds every room held).
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 impl Bindings {
@@ -52,6 +62,96 @@ impl Bindings {
         match &mut self.interest {
             Some(interest) => interest.recv().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// `first` and the changes waiting behind it, up to [`CHANGES_AT_ONCE`].
+    fn with_waiting(&mut self, first: Interest) -> Vec<Interest> {
+        let mut changes = vec![first];
+        if let Some(interest) = &mut self.interest {
+            while changes.len() < CHANGES_AT_ONCE {
+                match interest.try_recv() {
+                    Ok(change) => changes.push(change),
+                    Err(_) => break,
+                }
+            }
+        }
+        changes
+    }
+
+    /// Applies changes in their order: the rooms newly held are bound and
+    /// those left unbound, all at once (a room joined and left again within
+    /// the changes is neither); then the joins are answered. On an error the
+    /// joins wait for the next channel.
+    async fn apply(
+        &mut self,
+        channel: &Channel,
+        queue: &str,
+        changes: Vec<Interest>,
+    ) -> Result<(), lapin::Error> {
+        let mut was_held = HashMap::new();
+        for change in changes {
+            let (room_id, joined) = match change {
+                Interest::Join { room_id, bound } => {
+                    self.waiting.push(bound);
+                    (room_id, true)
+                }
+                Interest::Leave(room_id) => (room_id, false),
+            };
+            was_held
+                .entry(room_id)
+                .or_insert_with(|| self.held.contains(&room_id));
+            if joined {
+                self.held.insert(room_id);
+            } else {
+                self.held.remove(&room_id);
+            }
+        }
+        if !self.all {
+            let moves = was_held
+                .into_iter()
+                .filter(|(room_id, was)| *was != self.held.contains(room_id))
+                .map(|(room_id, was)| {
+                    let key = routing_key(room_id);
+                    async move {
+                        if was {
+                            let args = FieldTable::default();
+                            let unbind = channel.queue_unbind(
+                                queue.into(),
+                                EVENTS_EXCHANGE.into(),
+                                key.into(),
+                                args,
+                            );
+                            unbind.await
+                        } else {
+                            bind(channel, queue, &key).await
+                        }
+                    }
+                });
+            futures_util::future::try_join_all(moves).await?;
+        }
+        self.answer_waiting();
+        Ok(())
+    }
+
+    /// Notes a change while there is no link to bind on: a join is answered
+    /// at once (no event flows anywhere), and bound with the rest.
+    fn note(&mut self, change: Interest) {
+        match change {
+            Interest::Join { room_id, bound } => {
+                self.held.insert(room_id);
+                let _ = bound.send(());
+            }
+            Interest::Leave(room_id) => {
+                self.held.remove(&room_id);
+            }
+        }
+    }
+
+    /// Answers the joins waiting: their rooms are bound.
+    fn answer_waiting(&mut self) {
+        for bound in self.waiting.drain(..) {
+            let _ = bound.send(());
         }
     }
 
@@ -72,11 +172,13 @@ async fn run(inner: Arc<Inner>, queue: String, rooms: Rooms, tx: mpsc::Sender<By
             all: true,
             held: HashSet::new(),
             interest: None,
+            waiting: Vec::new(),
         },
         Rooms::Joined(interest) => Bindings {
             all: false,
             held: HashSet::new(),
             interest: Some(interest),
+            waiting: Vec::new(),
         },
     };
     let mut links = inner.link.subscribe();
@@ -88,7 +190,7 @@ async fn run(inner: Arc<Inner>, queue: String, rooms: Rooms, tx: mpsc::Sender<By
                 biased;
                 link = next_link(&mut links, &inner.stop) => break link,
                 change = bindings.next_change() => match change {
-                    Some(change) => note(&mut bindings.held, change),
+                    Some(change) => bindings.note(change),
                     None => return,
                 },
             }
@@ -97,6 +199,7 @@ async fn run(inner: Arc<Inner>, queue: String, rooms: Rooms, tx: mpsc::Sender<By
         let (channel, mut consumer) = match open(&link, &queue, &bindings).await {
             Ok(opened) => {
                 inner.rebinds.send_modify(|n| *n += 1);
+                bindings.answer_waiting();
                 opened
             }
             Err(err) => {
@@ -115,7 +218,8 @@ async fn run(inner: Arc<Inner>, queue: String, rooms: Rooms, tx: mpsc::Sender<By
                 }
                 change = bindings.next_change() => {
                     let Some(change) = change else { break true };
-                    if let Err(err) = apply(&channel, &queue, &mut bindings, change).await {
+                    let changes = bindings.with_waiting(change);
+                    if let Err(err) = bindings.apply(&channel, &queue, changes).await {
                         tracing::warn!(error = %err, "cannot change the rooms of the event queue; subscribing again");
                         break false;
                     }
@@ -130,59 +234,19 @@ async fn run(inner: Arc<Inner>, queue: String, rooms: Rooms, tx: mpsc::Sender<By
     }
 }
 
-/// Notes a change while there is no link to bind on.
-fn note(held: &mut HashSet<Uuid>, change: Interest) {
-    match change {
-        Interest::Join { room_id, bound } => {
-            held.insert(room_id);
-            let _ = bound.send(());
-        }
-        Interest::Leave(room_id) => {
-            held.remove(&room_id);
-        }
-    }
-}
-
-/// Binds a room newly held, or unbinds one left; answers a join once bound.
-async fn apply(
-    channel: &Channel,
-    queue: &str,
-    bindings: &mut Bindings,
-    change: Interest,
-) -> Result<(), lapin::Error> {
-    match change {
-        Interest::Join { room_id, bound } => {
-            if bindings.held.insert(room_id) && !bindings.all {
-                let bind = channel
-                    .queue_bind(
-                        queue.into(),
-                        EVENTS_EXCHANGE.into(),
-                        routing_key(room_id).into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await;
-                // Answered either way: on an error the channel is opened
-                // again at once, bound to every room held, this one too.
-                let _ = bound.send(());
-                return bind;
-            }
-            let _ = bound.send(());
-        }
-        Interest::Leave(room_id) => {
-            if bindings.held.remove(&room_id) && !bindings.all {
-                channel
-                    .queue_unbind(
-                        queue.into(),
-                        EVENTS_EXCHANGE.into(),
-                        routing_key(room_id).into(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-        }
-    }
-    Ok(())
+/// Binds the queue to one routing key on `room.events`.
+async fn bind(channel: &Channel, queue: &str, key: &str) -> Result<(), lapin::Error> {
+    let args = FieldTable::default();
+    let options = QueueBindOptions::default();
+    channel
+        .queue_bind(
+            queue.into(),
+            EVENTS_EXCHANGE.into(),
+            key.into(),
+            options,
+            args,
+        )
+        .await
 }
 
 /// Declares the queue on a new channel, binds it, and consumes it.
@@ -202,15 +266,9 @@ async fn open(
         .await?;
     // The binds are independent: sent together, not one round trip each.
     let patterns = bindings.patterns();
-    let binds = patterns.iter().map(|pattern| {
-        channel.queue_bind(
-            queue.into(),
-            EVENTS_EXCHANGE.into(),
-            pattern.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-    });
+    let binds = patterns
+        .iter()
+        .map(|pattern| bind(&channel, queue, pattern));
     futures_util::future::try_join_all(binds).await?;
     // Events are not acked one by one: a node that dies loses only what its
     // sockets will fetch again with `since`.

@@ -39,8 +39,8 @@ use lapin::{
     BasicProperties, Channel, Consumer,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
-        BasicQosOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
 };
@@ -157,18 +157,6 @@ impl Settle for AmqpSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
         self.acker
             .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
-    }
-
-    async fn requeue(self: Box<Self>) -> Result<(), BrokerError> {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        };
-        self.acker
-            .nack(requeue)
             .await
             .map(|_| ())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
