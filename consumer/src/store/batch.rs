@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     Outcome, StoredEvent,
-    insert::insert_rows,
+    insert::{insert_rows, write_at_once},
     judge::{Context, Incoming, Verdict, judge},
 };
 use crate::event::{MessageView, Reject, RoomEvent, SenderView};
@@ -67,11 +67,17 @@ async fn try_store(
         return Ok(None);
     }
 
-    let mut per_room: HashMap<Uuid, i64> = HashMap::new();
-    for (row, _) in &new_rows {
-        *per_room.entry(row.room_id).or_default() += 1;
-    }
-    let mut next_seq = allocate_seqs(&txn, &per_room).await?;
+    let models: Vec<&message::Model> = new_rows.iter().map(|(row, _)| row).collect();
+    let (mut next_seq, inserted) = match write_at_once(&txn, &models).await? {
+        Some((first_seqs, inserted)) => (first_seqs, Some(inserted)),
+        None => {
+            let mut per_room: HashMap<Uuid, i64> = HashMap::new();
+            for row in &models {
+                *per_room.entry(row.room_id).or_default() += 1;
+            }
+            (allocate_seqs(&txn, &per_room).await?, None)
+        }
+    };
     // A room deleted since it was read gets no block: its messages go as
     // to an unknown room.
     let mut kept = Vec::with_capacity(new_rows.len());
@@ -89,7 +95,11 @@ async fn try_store(
             }
         }
     }
-    if insert_rows(&txn, &kept).await? < kept.len() as u64 {
+    let inserted = match inserted {
+        Some(inserted) => inserted,
+        None => insert_rows(&txn, &kept).await?,
+    };
+    if inserted < kept.len() as u64 {
         txn.rollback().await?;
         return Ok(None);
     }

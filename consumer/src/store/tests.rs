@@ -259,6 +259,7 @@ on_both_databases!(
     a_refused_message_is_split_out,
     a_message_stored_before_is_not_stored_again,
     a_retry_from_a_sender_who_left_is_found_stored,
+    small_and_large_batches_number_each_room_in_order,
 );
 
 async fn add_room(
@@ -510,6 +511,55 @@ async fn a_message_stored_before_is_not_stored_again(db: &DatabaseConnection) {
         .unwrap()
         .last_seq;
     assert_eq!(last_seq, 4, "no seq was lost to the retried try");
+}
+
+/// A batch small enough for one statement (on PostgreSQL, seqs and rows in
+/// one round trip) and one too large for it (seqs, then the rows in several
+/// inserts) both number each room's messages in batch order, gap-free,
+/// following on from the room's last seq.
+async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnection) {
+    let (a, b) = (
+        add_room(db, "a", room::RoomKind::Public, 0).await,
+        add_room(db, "b", room::RoomKind::Public, 10).await,
+    );
+    let settings = super::Settings {
+        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
+        max_content_bytes: LIMIT,
+    };
+    let mut expected: HashMap<Uuid, i64> = HashMap::from([(a, 0), (b, 10)]);
+    // 6 short messages (one statement), then 60 of 400 bytes (24 KB: several).
+    for (count, size) in [(6, 10), (60, 400)] {
+        let batch: Vec<QueuedMessage> = (0..count)
+            .map(|i| {
+                let room = if i % 3 == 0 { b } else { a };
+                let content = format!("{i:0>size$}");
+                let body = serde_json::json!({"room_id": room, "content": content});
+                QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
+            })
+            .collect();
+        let outcome = super::persist(db, &batch, &settings, &CancellationToken::new())
+            .await
+            .expect("not stopped");
+        assert!(outcome.rejected.is_empty());
+        assert_eq!(outcome.events.len(), count);
+        for (i, stored) in outcome.events.iter().enumerate() {
+            let room = if i % 3 == 0 { b } else { a };
+            let next = expected.get_mut(&room).unwrap();
+            *next += 1;
+            assert_eq!(
+                (stored.room_id, stored.seq),
+                (room, *next),
+                "message {i} of {count}"
+            );
+        }
+    }
+    let last = |id| async move {
+        let room = room::Entity::find_by_id(id).one(db).await.unwrap().unwrap();
+        room.last_seq
+    };
+    assert_eq!((last(a).await, last(b).await), (expected[&a], expected[&b]));
+    let rows = message::Entity::find().all(db).await.unwrap();
+    assert_eq!(rows.len(), 66);
 }
 
 /// A retry (same id, not flagged redelivered) from a sender who has left
