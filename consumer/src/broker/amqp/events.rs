@@ -8,8 +8,9 @@
 //! others. The [`Hub`](crate::Hub) says which rooms as sockets come and go
 //! ([`Interest`]); the changes are applied in their order on the queue's own
 //! channel, those waiting together (their binds sent at once), and a
-//! socket's join is answered once its room is bound, before its `welcome`. On every new link the queue is declared again and bound to
-//! every room held; while there is no link, joins are answered at once (no
+//! socket's join is answered once its room is bound, before its `welcome`.
+//! On every new link the queue is declared again and bound to every room
+//! held; while there is no link, joins are answered at once (no
 //! event flows anywhere then) and bound when the link is back.
 
 use std::{
