@@ -31,16 +31,17 @@ pub(super) async fn store_batch(
     db: &DatabaseConnection,
     incoming: &[Incoming],
     max_content: usize,
+    rooms: &RoomCache,
 ) -> Result<Outcome, DbErr> {
     if incoming.is_empty() {
         return Ok(Outcome::default());
     }
     if !incoming.iter().any(|m| m.redelivered)
-        && let Some(outcome) = try_store(db, incoming, max_content, false).await?
+        && let Some(outcome) = try_store(db, incoming, max_content, rooms, false).await?
     {
         return Ok(outcome);
     }
-    try_store(db, incoming, max_content, true)
+    try_store(db, incoming, max_content, rooms, true)
         .await?
         .ok_or_else(|| DbErr::Custom("a message of the batch was stored meanwhile".into()))
 }
@@ -51,13 +52,14 @@ async fn try_store(
     db: &DatabaseConnection,
     incoming: &[Incoming],
     max_content: usize,
+    rooms: &RoomCache,
     look_up_stored: bool,
 ) -> Result<Option<Outcome>, DbErr> {
     let mut outcome = Outcome::default();
     // One connection for the whole batch: each statement outside the
     // transaction would take one from the pool, and that costs a round trip.
     let txn = db.begin().await?;
-    let ctx = load_context(&txn, incoming, look_up_stored).await?;
+    let ctx = load_context(&txn, incoming, rooms, look_up_stored).await?;
     let (slots, mut new_rows) = judge_all(&ctx, incoming, max_content, &mut outcome);
     if !look_up_stored && !outcome.rejected.is_empty() {
         // A message refused may be one stored before (a client's retry
@@ -90,6 +92,7 @@ async fn try_store(
                 kept.push(row);
             }
             None => {
+                rooms.forget(row.room_id);
                 gone.insert(index);
                 outcome.rejected.push((index, Reject::UnknownRoom, None));
             }
@@ -174,13 +177,14 @@ fn event(ctx: &Context, model: &message::Model) -> StoredEvent {
 pub(super) async fn load_context(
     conn: &impl ConnectionTrait,
     incoming: &[Incoming],
+    cache: &RoomCache,
     look_up_stored: bool,
 ) -> Result<Context, DbErr> {
     let keys: HashSet<&str> = incoming
         .iter()
         .map(|m| m.envelope.room_id.as_str())
         .collect();
-    let mut rooms = rooms_by_id(conn, &keys).await?;
+    let mut rooms = rooms_by_id(conn, &keys, cache).await?;
     // Rooms named by name (by hand, from the console): rare, one by one.
     rooms.extend(rooms_by_name(conn, &keys).await?);
     let existing = if look_up_stored {
@@ -271,10 +275,47 @@ pub(super) async fn allocate_seqs(
         .collect())
 }
 
-/// The batch's rooms named by UUID, by the key each message gave.
+/// The rooms the store stage has read, by id, so that a batch to rooms it
+/// knows reads none: a room's id and kind, all that judging asks of it,
+/// never change (its other fields here may be old). A room deleted since is
+/// found out when its seqs are taken (no block: `unknown_room`), and
+/// forgotten. Emptied when it holds [`RoomCache::MAX`] rooms.
+#[derive(Default)]
+pub struct RoomCache(std::sync::Mutex<HashMap<Uuid, room::Model>>);
+
+impl RoomCache {
+    const MAX: usize = 10_000;
+
+    fn get(&self, id: &Uuid) -> Option<room::Model> {
+        self.0.lock().expect("room cache").get(id).cloned()
+    }
+
+    fn keep(&self, rooms: impl IntoIterator<Item = room::Model>) {
+        let mut cache = self.0.lock().expect("room cache");
+        for room in rooms {
+            if cache.len() >= Self::MAX {
+                cache.clear();
+            }
+            cache.insert(room.id, room);
+        }
+    }
+
+    fn forget(&self, id: Uuid) {
+        self.0.lock().expect("room cache").remove(&id);
+    }
+
+    #[cfg(test)]
+    pub(super) fn contains(&self, id: Uuid) -> bool {
+        self.0.lock().expect("room cache").contains_key(&id)
+    }
+}
+
+/// The batch's rooms named by UUID, by the key each message gave: from the
+/// cache, and the rest read (and kept).
 async fn rooms_by_id(
     conn: &impl ConnectionTrait,
     keys: &HashSet<&str>,
+    cache: &RoomCache,
 ) -> Result<HashMap<String, room::Model>, DbErr> {
     // One room may be given in two spellings (upper and lower case).
     let mut ids: HashMap<Uuid, Vec<&str>> = HashMap::new();
@@ -283,13 +324,20 @@ async fn rooms_by_id(
             ids.entry(id).or_default().push(key);
         }
     }
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+    let mut found: Vec<room::Model> = ids.keys().filter_map(|id| cache.get(id)).collect();
+    let missing: Vec<Uuid> = ids
+        .keys()
+        .filter(|id| !found.iter().any(|room| room.id == **id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let read = room::Entity::find()
+            .filter(room::Column::Id.is_in(missing))
+            .all(conn)
+            .await?;
+        cache.keep(read.iter().cloned());
+        found.extend(read);
     }
-    let found = room::Entity::find()
-        .filter(room::Column::Id.is_in(ids.keys().copied()))
-        .all(conn)
-        .await?;
     let mut by_key = HashMap::new();
     for room in found {
         for key in &ids[&room.id] {

@@ -69,6 +69,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut queued = broker.consume_messages(PREFETCH);
+    let rooms = batch::RoomCache::default();
     let (to_settle, mut settling) = tokio::sync::mpsc::channel::<(Vec<QueuedMessage>, Outcome)>(2);
     let settler = {
         let (broker, stop) = (broker.clone(), stop.clone());
@@ -104,7 +105,7 @@ pub async fn run(
         }
         metrics::histogram!(crate::metrics::STORE_BATCH_MESSAGES).record(batch.len() as f64);
         let started = std::time::Instant::now();
-        let Some(outcome) = persist(&db, &batch, &settings, &stop).await else {
+        let Some(outcome) = persist(&db, &batch, &settings, &rooms, &stop).await else {
             break;
         };
         metrics::histogram!(crate::metrics::STORE_BATCH_SECONDS).record(started.elapsed());
@@ -165,6 +166,7 @@ async fn persist(
     db: &DatabaseConnection,
     batch: &[QueuedMessage],
     settings: &Settings,
+    rooms: &batch::RoomCache,
     stop: &CancellationToken,
 ) -> Option<Outcome> {
     let (incoming, rejected) = judge::parse(batch, &settings.key);
@@ -175,7 +177,7 @@ async fn persist(
     // The parts still to store, the next on top: halves keep batch order.
     let mut parts: Vec<&[judge::Incoming]> = vec![&incoming];
     while let Some(part) = parts.pop() {
-        match store_retrying(db, part, settings.max_content_bytes, stop).await? {
+        match store_retrying(db, part, settings.max_content_bytes, rooms, stop).await? {
             Ok(stored) => {
                 outcome.events.extend(stored.events);
                 outcome.rejected.extend(stored.rejected);
@@ -206,11 +208,12 @@ async fn store_retrying(
     db: &DatabaseConnection,
     part: &[judge::Incoming],
     max_content: usize,
+    rooms: &batch::RoomCache,
     stop: &CancellationToken,
 ) -> Option<Result<Outcome, DbErr>> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match batch::store_batch(db, part, max_content).await {
+        match batch::store_batch(db, part, max_content, rooms).await {
             Ok(outcome) => return Some(Ok(outcome)),
             Err(err) if !is_transient(&err) => return Some(Err(err)),
             Err(err) => {

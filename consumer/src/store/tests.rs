@@ -13,7 +13,7 @@ use sea_orm::{ActiveModelTrait, ConnectionTrait, Database, DatabaseConnection, E
 use uuid::Uuid;
 
 use super::{
-    batch::{allocate_seqs, load_context},
+    batch::{RoomCache, allocate_seqs, load_context},
     judge::{Context, Incoming, Verdict, judge},
 };
 use crate::{
@@ -260,6 +260,7 @@ on_both_databases!(
     a_message_stored_before_is_not_stored_again,
     a_retry_from_a_sender_who_left_is_found_stored,
     small_and_large_batches_number_each_room_in_order,
+    a_cached_room_deleted_since_is_unknown,
 );
 
 async fn add_room(
@@ -368,7 +369,9 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
         incoming(&crew.to_string(), Some(Uuid::now_v7()), "nobody"),
         incoming("nowhere", None, "lost"),
     ];
-    let ctx = load_context(db, &batch, true).await.unwrap();
+    let ctx = load_context(db, &batch, &RoomCache::default(), true)
+        .await
+        .unwrap();
     let verdicts: Vec<Result<&str, Reject>> = batch
         .iter()
         .map(|m| {
@@ -428,9 +431,15 @@ async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
         key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
         max_content_bytes: LIMIT,
     };
-    let outcome = super::persist(db, &batch, &settings, &CancellationToken::new())
-        .await
-        .expect("not stopped");
+    let outcome = super::persist(
+        db,
+        &batch,
+        &settings,
+        &Default::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("not stopped");
     let refused: Vec<(usize, Reject)> = outcome.rejected.iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(refused, [(2, Reject::Refused), (6, Reject::Refused)]);
     assert!(outcome.rejected[0].2.as_deref().unwrap().contains("poison"));
@@ -476,9 +485,15 @@ async fn a_message_stored_before_is_not_stored_again(db: &DatabaseConnection) {
     };
     let settings = &settings;
     let stored = |batch: Vec<QueuedMessage>| async move {
-        let outcome = super::persist(db, &batch, settings, &CancellationToken::new())
-            .await
-            .expect("not stopped");
+        let outcome = super::persist(
+            db,
+            &batch,
+            settings,
+            &Default::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("not stopped");
         assert!(outcome.rejected.is_empty(), "nothing is rejected");
         outcome
             .events
@@ -537,9 +552,15 @@ async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnecti
                 QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
             })
             .collect();
-        let outcome = super::persist(db, &batch, &settings, &CancellationToken::new())
-            .await
-            .expect("not stopped");
+        let outcome = super::persist(
+            db,
+            &batch,
+            &settings,
+            &Default::default(),
+            &CancellationToken::new(),
+        )
+        .await
+        .expect("not stopped");
         assert!(outcome.rejected.is_empty());
         assert_eq!(outcome.events.len(), count);
         for (i, stored) in outcome.events.iter().enumerate() {
@@ -560,6 +581,47 @@ async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnecti
     assert_eq!((last(a).await, last(b).await), (expected[&a], expected[&b]));
     let rows = message::Entity::find().all(db).await.unwrap();
     assert_eq!(rows.len(), 66);
+}
+
+/// The store stage keeps the rooms it has read; a room deleted since is
+/// found out when its seqs are taken: its message is rejected
+/// `unknown_room` (not refused by the database, nor a panic), and the room
+/// is forgotten.
+async fn a_cached_room_deleted_since_is_unknown(db: &DatabaseConnection) {
+    let hall = add_room(db, "hall", room::RoomKind::Public, 0).await;
+    let settings = super::Settings {
+        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
+        max_content_bytes: LIMIT,
+    };
+    let rooms = RoomCache::default();
+    let stop = CancellationToken::new();
+    let to_hall = || {
+        let body = serde_json::json!({"room_id": hall, "content": "hi"});
+        vec![QueuedMessage::new(
+            body.to_string().into(),
+            None,
+            false,
+            Box::new(NoSettle),
+        )]
+    };
+    let first = super::persist(db, &to_hall(), &settings, &rooms, &stop)
+        .await
+        .unwrap();
+    assert_eq!(first.events.len(), 1);
+    assert!(rooms.contains(hall), "kept after the first read");
+    room::Entity::delete_by_id(hall)
+        .exec(db)
+        .await
+        .expect("deleted");
+    for _ in 0..2 {
+        let again = super::persist(db, &to_hall(), &settings, &rooms, &stop)
+            .await
+            .unwrap();
+        let refused: Vec<Reject> = again.rejected.iter().map(|r| r.1).collect();
+        assert_eq!(refused, [Reject::UnknownRoom]);
+        assert!(again.events.is_empty());
+        assert!(!rooms.contains(hall), "forgotten");
+    }
 }
 
 /// A retry (same id, not flagged redelivered) from a sender who has left
@@ -590,9 +652,15 @@ async fn a_retry_from_a_sender_who_left_is_found_stored(db: &DatabaseConnection)
             Box::new(NoSettle),
         )
     };
-    let first = super::persist(db, &[signed()], settings, &CancellationToken::new())
-        .await
-        .unwrap();
+    let first = super::persist(
+        db,
+        &[signed()],
+        settings,
+        &Default::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         first.events.len(),
         1,
@@ -603,9 +671,15 @@ async fn a_retry_from_a_sender_who_left_is_found_stored(db: &DatabaseConnection)
         .exec(db)
         .await
         .expect("bob leaves");
-    let again = super::persist(db, &[signed()], settings, &CancellationToken::new())
-        .await
-        .unwrap();
+    let again = super::persist(
+        db,
+        &[signed()],
+        settings,
+        &Default::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert!(
         again.rejected.is_empty(),
         "{:?}",
@@ -736,7 +810,7 @@ async fn a_batch_is_one_event_message_per_room(db: &DatabaseConnection, amqp: bo
         key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
         max_content_bytes: LIMIT,
     };
-    let outcome = super::persist(db, &batch, &settings, &stop)
+    let outcome = super::persist(db, &batch, &settings, &Default::default(), &stop)
         .await
         .expect("stored");
     let counting = Counting {
