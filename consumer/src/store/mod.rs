@@ -2,11 +2,12 @@
 //!
 //! It takes what is waiting (up to [`BATCH_MAX`]), and stores it in steps:
 //! [`judge::parse`] the envelopes; in one transaction [`batch::load_context`]
-//! (rooms, senders, memberships, and for a redelivered batch what is already
-//! stored), [`judge::judge`] each message (a pure function: store it, or a
-//! [`Reject`]), [`batch::allocate_seqs`] (each room's next `seq`), [`insert`]
-//! the new rows (a message met again there sends the batch round once more,
-//! with the look-up); then build the `message` events in order. The settler publishes them, one
+//! (rooms, kept once read; senders, memberships, and for a redelivered batch
+//! what is already stored), [`judge::judge`] each message (a pure function:
+//! store it, or a [`Reject`]), [`batch::allocate_seqs`] (each room's next
+//! `seq`), [`insert`] the new rows (on PostgreSQL both in one statement when
+//! the batch fits one; a message met again there sends the batch round once
+//! more, with the look-up); then build the `message` events in order. The settler publishes them, one
 //! `room.events` message per room carrying that room's events in `seq` order
 //! ([`crate::event::room_batch`]), and only then acks. A message stored before (a redelivery, a client's retry)
 //! is not stored again, but its event is published again: sockets drop a
