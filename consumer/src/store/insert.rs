@@ -88,8 +88,6 @@ pub(super) async fn write_at_once(
             *n
         })
         .collect();
-    let array = |ty: ArrayType, values: Vec<Value>| Value::Array(ty, Some(Box::new(values)));
-    let column = |f: fn(&message::Model) -> Value| rows.iter().map(|m| f(m)).collect::<Vec<_>>();
     let (room_ids, room_counts): (Vec<Value>, Vec<Value>) = counts
         .iter()
         .map(|(id, n)| (Value::Uuid(Some(*id)), Value::BigInt(Some(*n))))
@@ -108,29 +106,18 @@ pub(super) async fn write_at_once(
            JOIN blocks ON blocks.id = x.r \
            ON CONFLICT (id) DO NOTHING RETURNING 1) \
          SELECT blocks.id, blocks.base + 1 AS first, (SELECT count(*) FROM inserted) AS inserted FROM blocks",
-        [
-            array(ArrayType::Uuid, room_ids),
-            array(ArrayType::BigInt, room_counts),
-            array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.id)))),
-            array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.room_id)))),
-            array(
-                ArrayType::BigInt,
-                ordinals
-                    .into_iter()
-                    .map(|o| Value::BigInt(Some(o)))
-                    .collect(),
-            ),
-            array(
-                ArrayType::String,
-                column(|m| text(m.sender_id.map(|u| u.to_string()))),
-            ),
-            array(ArrayType::String, column(|m| text(Some(m.content.clone())))),
-            array(ArrayType::String, column(|m| text(m.client_id.clone()))),
-            array(
-                ArrayType::ChronoDateTimeUtc,
-                column(|m| Value::ChronoDateTimeUtc(Some(m.created_at))),
-            ),
-        ],
+        {
+            let ordinals = ordinals
+                .into_iter()
+                .map(|o| Value::BigInt(Some(o)))
+                .collect();
+            let mut values = vec![
+                array(ArrayType::Uuid, room_ids),
+                array(ArrayType::BigInt, room_counts),
+            ];
+            values.extend(row_arrays(rows, ordinals));
+            values
+        },
     );
     let mut first_seqs = HashMap::new();
     let mut inserted = 0;
@@ -142,6 +129,33 @@ pub(super) async fn write_at_once(
         inserted = u64::try_from(row.try_get::<i64>("", "inserted")?).unwrap_or_default();
     }
     Ok(Some((first_seqs, inserted)))
+}
+
+/// The rows as the seven arrays both statements take: id, room, `third`
+/// (seqs, or numbers within the room), sender, content, client id, time.
+fn row_arrays<M: std::borrow::Borrow<message::Model>>(rows: &[M], third: Vec<Value>) -> Vec<Value> {
+    let column = |f: fn(&message::Model) -> Value| -> Vec<Value> {
+        rows.iter().map(|m| f(m.borrow())).collect()
+    };
+    vec![
+        array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.id)))),
+        array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.room_id)))),
+        array(ArrayType::BigInt, third),
+        array(
+            ArrayType::String,
+            column(|m| text(m.sender_id.map(|u| u.to_string()))),
+        ),
+        array(ArrayType::String, column(|m| text(Some(m.content.clone())))),
+        array(ArrayType::String, column(|m| text(m.client_id.clone()))),
+        array(
+            ArrayType::ChronoDateTimeUtc,
+            column(|m| Value::ChronoDateTimeUtc(Some(m.created_at))),
+        ),
+    ]
+}
+
+fn array(ty: ArrayType, values: Vec<Value>) -> Value {
+    Value::Array(ty, Some(Box::new(values)))
 }
 
 /// Array elements cannot be NULL through the driver: the optional columns
@@ -159,8 +173,6 @@ fn size(m: &message::Model) -> usize {
 /// One `INSERT … SELECT FROM UNNEST(…)` of `rows` (PostgreSQL); how many
 /// it inserted.
 async fn insert_unnest(txn: &DatabaseTransaction, rows: &[message::Model]) -> Result<u64, DbErr> {
-    let array = |ty: ArrayType, values: Vec<Value>| Value::Array(ty, Some(Box::new(values)));
-    let column = |f: fn(&message::Model) -> Value| rows.iter().map(f).collect::<Vec<_>>();
     let statement = Statement::from_sql_and_values(
         DbBackend::Postgres,
         // Array elements cannot be NULL through the driver: the optional
@@ -170,21 +182,10 @@ async fn insert_unnest(txn: &DatabaseTransaction, rows: &[message::Model]) -> Re
          FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
          $6::text[], $7::timestamptz[]) AS x(i, r, s, u, c, k, t) \
          ON CONFLICT (id) DO NOTHING",
-        [
-            array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.id)))),
-            array(ArrayType::Uuid, column(|m| Value::Uuid(Some(m.room_id)))),
-            array(ArrayType::BigInt, column(|m| Value::BigInt(Some(m.seq)))),
-            array(
-                ArrayType::String,
-                column(|m| text(m.sender_id.map(|u| u.to_string()))),
-            ),
-            array(ArrayType::String, column(|m| text(Some(m.content.clone())))),
-            array(ArrayType::String, column(|m| text(m.client_id.clone()))),
-            array(
-                ArrayType::ChronoDateTimeUtc,
-                column(|m| Value::ChronoDateTimeUtc(Some(m.created_at))),
-            ),
-        ],
+        row_arrays(
+            rows,
+            rows.iter().map(|m| Value::BigInt(Some(m.seq))).collect(),
+        ),
     );
     Ok(txn.execute_raw(statement).await?.rows_affected())
 }

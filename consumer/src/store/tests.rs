@@ -39,6 +39,27 @@ fn incoming(room: &str, sender: Option<Uuid>, content: &str) -> Incoming {
     }
 }
 
+/// The store stage's settings in these tests: a fixed key, the content limit.
+fn settings() -> super::Settings {
+    super::Settings {
+        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
+        max_content_bytes: LIMIT,
+    }
+}
+
+/// Stores `batch` as the store stage would, with a cache of its own.
+async fn persist(db: &DatabaseConnection, batch: &[QueuedMessage]) -> super::Outcome {
+    super::persist(
+        db,
+        batch,
+        &settings(),
+        &RoomCache::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("not stopped")
+}
+
 fn with(mut m: Incoming, change: impl FnOnce(&mut Incoming)) -> Incoming {
     change(&mut m);
     m
@@ -427,19 +448,7 @@ async fn a_refused_message_is_split_out(db: &DatabaseConnection) {
             QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
         })
         .collect();
-    let settings = super::Settings {
-        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
-        max_content_bytes: LIMIT,
-    };
-    let outcome = super::persist(
-        db,
-        &batch,
-        &settings,
-        &Default::default(),
-        &CancellationToken::new(),
-    )
-    .await
-    .expect("not stopped");
+    let outcome = persist(db, &batch).await;
     let refused: Vec<(usize, Reject)> = outcome.rejected.iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(refused, [(2, Reject::Refused), (6, Reject::Refused)]);
     assert!(outcome.rejected[0].2.as_deref().unwrap().contains("poison"));
@@ -479,10 +488,7 @@ async fn a_message_stored_before_is_not_stored_again(db: &DatabaseConnection) {
             Box::new(NoSettle),
         )
     };
-    let settings = super::Settings {
-        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
-        max_content_bytes: LIMIT,
-    };
+    let settings = settings();
     let settings = &settings;
     let stored = |batch: Vec<QueuedMessage>| async move {
         let outcome = super::persist(
@@ -537,10 +543,7 @@ async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnecti
         add_room(db, "a", room::RoomKind::Public, 0).await,
         add_room(db, "b", room::RoomKind::Public, 10).await,
     );
-    let settings = super::Settings {
-        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
-        max_content_bytes: LIMIT,
-    };
+    let settings = settings();
     let mut expected: HashMap<Uuid, i64> = HashMap::from([(a, 0), (b, 10)]);
     // 6 short messages (one statement), then 60 of 400 bytes (24 KB: several).
     for (count, size) in [(6, 10), (60, 400)] {
@@ -589,10 +592,7 @@ async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnecti
 /// is forgotten.
 async fn a_cached_room_deleted_since_is_unknown(db: &DatabaseConnection) {
     let hall = add_room(db, "hall", room::RoomKind::Public, 0).await;
-    let settings = super::Settings {
-        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
-        max_content_bytes: LIMIT,
-    };
+    let settings = settings();
     let rooms = RoomCache::default();
     let stop = CancellationToken::new();
     let to_hall = || {
@@ -628,10 +628,7 @@ async fn a_cached_room_deleted_since_is_unknown(db: &DatabaseConnection) {
 /// the group room since it was stored is found stored and its event sent
 /// again, not dead-lettered `not_a_member`.
 async fn a_retry_from_a_sender_who_left_is_found_stored(db: &DatabaseConnection) {
-    let settings = &super::Settings {
-        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
-        max_content_bytes: LIMIT,
-    };
+    let settings = &settings();
     let crew = add_room(db, "crew", room::RoomKind::Group, 0).await;
     let bob = add_user(db, "bob").await;
     let member = room_member::ActiveModel {
@@ -652,40 +649,23 @@ async fn a_retry_from_a_sender_who_left_is_found_stored(db: &DatabaseConnection)
             Box::new(NoSettle),
         )
     };
-    let first = super::persist(
-        db,
-        &[signed()],
-        settings,
-        &Default::default(),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        first.events.len(),
-        1,
-        "stored: {:?}",
-        first.rejected.first().map(|r| r.1)
-    );
+    let (rooms, stop) = (RoomCache::default(), CancellationToken::new());
+    let store = async || {
+        let outcome = super::persist(db, &[signed()], settings, &rooms, &stop).await;
+        let outcome = outcome.expect("not stopped");
+        let refused: Vec<Reject> = outcome.rejected.iter().map(|r| r.1).collect();
+        (
+            outcome.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            refused,
+        )
+    };
+    assert_eq!(store().await, (vec![1], vec![]), "stored");
     room_member::Entity::delete_many()
         .exec(db)
         .await
         .expect("bob leaves");
-    let again = super::persist(
-        db,
-        &[signed()],
-        settings,
-        &Default::default(),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    assert!(
-        again.rejected.is_empty(),
-        "{:?}",
-        again.rejected.first().map(|r| r.1)
-    );
-    assert_eq!(again.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    let again = store().await;
+    assert_eq!(again, (vec![1], vec![]), "found stored, not refused");
 }
 
 /// A broker that counts the `room.events` messages published through it,
@@ -806,10 +786,7 @@ async fn a_batch_is_one_event_message_per_room(db: &DatabaseConnection, amqp: bo
             QueuedMessage::new(body.to_string().into(), None, false, Box::new(NoSettle))
         })
         .collect();
-    let settings = super::Settings {
-        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
-        max_content_bytes: LIMIT,
-    };
+    let settings = settings();
     let outcome = super::persist(db, &batch, &settings, &Default::default(), &stop)
         .await
         .expect("stored");
@@ -889,10 +866,7 @@ async fn a_refused_settle_is_tried_again() {
         .publish(body.to_string().as_bytes())
         .await
         .expect("published");
-    let settings = super::Settings {
-        key: crate::signing::EnvelopeKey::derive(b"a secret of at least thirty-two bytes"),
-        max_content_bytes: LIMIT,
-    };
+    let settings = settings();
     let stop = CancellationToken::new();
     let stage = tokio::spawn(super::run(
         db.clone(),
