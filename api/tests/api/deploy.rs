@@ -506,6 +506,10 @@ async fn dashboard_reads_exported_metrics(backend: Backend) {
     .await;
     assert_eq!(status, 202, "{body}");
     ws.next_of(&["message"]).await;
+    // The store stage times a batch's settle once its acks are sent, after
+    // the socket may already have the message.
+    api.wait_for_metric("roomcast_store_settle_seconds_count", 1.0)
+        .await;
 
     let text = api.metrics().await;
     let missing: Vec<&String> = names
