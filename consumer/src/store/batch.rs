@@ -184,7 +184,9 @@ pub(super) async fn load_context(
         .iter()
         .map(|m| m.envelope.room_id.as_str())
         .collect();
-    let mut rooms = rooms_by_id(conn, &keys, cache).await?;
+    // The look-up pass reads its rooms afresh: a cached room deleted since
+    // (its members gone with it) is then `unknown_room`, not `not_a_member`.
+    let mut rooms = rooms_by_id(conn, &keys, cache, look_up_stored).await?;
     // Rooms named by name (by hand, from the console): rare, one by one.
     rooms.extend(rooms_by_name(conn, &keys).await?);
     let existing = if look_up_stored {
@@ -311,11 +313,13 @@ impl RoomCache {
 }
 
 /// The batch's rooms named by UUID, by the key each message gave: from the
-/// cache, and the rest read (and kept).
+/// cache, and the rest read (and kept); all read when `fresh` (and those
+/// gone forgotten).
 async fn rooms_by_id(
     conn: &impl ConnectionTrait,
     keys: &HashSet<&str>,
     cache: &RoomCache,
+    fresh: bool,
 ) -> Result<HashMap<String, room::Model>, DbErr> {
     // One room may be given in two spellings (upper and lower case).
     let mut ids: HashMap<Uuid, Vec<&str>> = HashMap::new();
@@ -324,7 +328,11 @@ async fn rooms_by_id(
             ids.entry(id).or_default().push(key);
         }
     }
-    let mut found: Vec<room::Model> = ids.keys().filter_map(|id| cache.get(id)).collect();
+    let mut found: Vec<room::Model> = if fresh {
+        Vec::new()
+    } else {
+        ids.keys().filter_map(|id| cache.get(id)).collect()
+    };
     let missing: Vec<Uuid> = ids
         .keys()
         .filter(|id| !found.iter().any(|room| room.id == **id))
@@ -332,9 +340,15 @@ async fn rooms_by_id(
         .collect();
     if !missing.is_empty() {
         let read = room::Entity::find()
-            .filter(room::Column::Id.is_in(missing))
+            .filter(room::Column::Id.is_in(missing.iter().copied()))
             .all(conn)
             .await?;
+        for id in missing
+            .iter()
+            .filter(|id| !read.iter().any(|room| room.id == **id))
+        {
+            cache.forget(*id);
+        }
         cache.keep(read.iter().cloned());
         found.extend(read);
     }

@@ -282,6 +282,7 @@ on_both_databases!(
     a_retry_from_a_sender_who_left_is_found_stored,
     small_and_large_batches_number_each_room_in_order,
     a_cached_room_deleted_since_is_unknown,
+    a_cached_group_room_deleted_since_is_unknown,
 );
 
 async fn add_room(
@@ -622,6 +623,47 @@ async fn a_cached_room_deleted_since_is_unknown(db: &DatabaseConnection) {
         assert!(again.events.is_empty());
         assert!(!rooms.contains(hall), "forgotten");
     }
+}
+
+/// A cached group room deleted since: its members went with it, so the
+/// cached room would make the sender a non-member; the pass that follows a
+/// refusal reads its rooms afresh, finds it gone: `unknown_room`, forgotten.
+async fn a_cached_group_room_deleted_since_is_unknown(db: &DatabaseConnection) {
+    let crew = add_room(db, "crew", room::RoomKind::Group, 0).await;
+    let bob = add_user(db, "bob").await;
+    let member = room_member::ActiveModel {
+        room_id: Set(crew),
+        user_id: Set(bob),
+        joined_at: Set(Utc::now()),
+    };
+    member.insert(db).await.expect("member");
+    let (settings, rooms, stop) = (settings(), RoomCache::default(), CancellationToken::new());
+    let by_bob = || {
+        let body = serde_json::json!({"room_id": crew, "sender_id": bob, "content": "hi"});
+        let body = body.to_string();
+        let signature = settings.key.sign(body.as_bytes());
+        vec![QueuedMessage::new(
+            body.into(),
+            Some(signature),
+            false,
+            Box::new(NoSettle),
+        )]
+    };
+    let stored = super::persist(db, &by_bob(), &settings, &rooms, &stop)
+        .await
+        .unwrap();
+    assert_eq!(stored.events.len(), 1);
+    assert!(rooms.contains(crew), "kept after the first read");
+    room::Entity::delete_by_id(crew)
+        .exec(db)
+        .await
+        .expect("deleted");
+    let again = super::persist(db, &by_bob(), &settings, &rooms, &stop)
+        .await
+        .unwrap();
+    let refused: Vec<Reject> = again.rejected.iter().map(|r| r.1).collect();
+    assert_eq!(refused, [Reject::UnknownRoom]);
+    assert!(!rooms.contains(crew), "forgotten");
 }
 
 /// A retry (same id, not flagged redelivered) from a sender who has left
