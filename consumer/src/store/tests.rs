@@ -301,6 +301,15 @@ async fn add_room(
     id
 }
 
+async fn add_member(db: &DatabaseConnection, room_id: Uuid, user_id: Uuid) {
+    let member = room_member::ActiveModel {
+        room_id: Set(room_id),
+        user_id: Set(user_id),
+        joined_at: Set(Utc::now()),
+    };
+    member.insert(db).await.expect("member");
+}
+
 async fn add_user(db: &DatabaseConnection, name: &str) -> Uuid {
     let id = Uuid::now_v7();
     user::ActiveModel {
@@ -359,14 +368,7 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
     let hall = add_room(db, "Hall", room::RoomKind::Public, 0).await;
     let crew = add_room(db, "crew", room::RoomKind::Group, 0).await;
     let (alice, bob) = (add_user(db, "alice").await, add_user(db, "bob").await);
-    room_member::ActiveModel {
-        room_id: Set(crew),
-        user_id: Set(alice),
-        joined_at: Set(Utc::now()),
-    }
-    .insert(db)
-    .await
-    .expect("member");
+    add_member(db, crew, alice).await;
     let old = incoming(&hall.to_string(), Some(bob), "old");
     message::ActiveModel {
         id: Set(old.id),
@@ -593,36 +595,8 @@ async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnecti
 /// is forgotten.
 async fn a_cached_room_deleted_since_is_unknown(db: &DatabaseConnection) {
     let hall = add_room(db, "hall", room::RoomKind::Public, 0).await;
-    let settings = settings();
-    let rooms = RoomCache::default();
-    let stop = CancellationToken::new();
-    let to_hall = || {
-        let body = serde_json::json!({"room_id": hall, "content": "hi"});
-        vec![QueuedMessage::new(
-            body.to_string().into(),
-            None,
-            false,
-            Box::new(NoSettle),
-        )]
-    };
-    let first = super::persist(db, &to_hall(), &settings, &rooms, &stop)
-        .await
-        .unwrap();
-    assert_eq!(first.events.len(), 1);
-    assert!(rooms.contains(hall), "kept after the first read");
-    room::Entity::delete_by_id(hall)
-        .exec(db)
-        .await
-        .expect("deleted");
-    for _ in 0..2 {
-        let again = super::persist(db, &to_hall(), &settings, &rooms, &stop)
-            .await
-            .unwrap();
-        let refused: Vec<Reject> = again.rejected.iter().map(|r| r.1).collect();
-        assert_eq!(refused, [Reject::UnknownRoom]);
-        assert!(again.events.is_empty());
-        assert!(!rooms.contains(hall), "forgotten");
-    }
+    let body = serde_json::json!({"room_id": hall, "content": "hi"}).to_string();
+    refused_once_deleted(db, hall, &body, None).await;
 }
 
 /// A cached group room deleted since: its members went with it, so the
@@ -631,39 +605,46 @@ async fn a_cached_room_deleted_since_is_unknown(db: &DatabaseConnection) {
 async fn a_cached_group_room_deleted_since_is_unknown(db: &DatabaseConnection) {
     let crew = add_room(db, "crew", room::RoomKind::Group, 0).await;
     let bob = add_user(db, "bob").await;
-    let member = room_member::ActiveModel {
-        room_id: Set(crew),
-        user_id: Set(bob),
-        joined_at: Set(Utc::now()),
-    };
-    member.insert(db).await.expect("member");
+    add_member(db, crew, bob).await;
+    let body = serde_json::json!({"room_id": crew, "sender_id": bob, "content": "hi"});
+    let body = body.to_string();
+    let signature = settings().key.sign(body.as_bytes());
+    refused_once_deleted(db, crew, &body, Some(signature)).await;
+}
+
+/// Stores `body` in `room` (kept in the cache), deletes the room, then
+/// stores it twice more with the same cache: each time `unknown_room`,
+/// nothing stored, the room forgotten.
+async fn refused_once_deleted(
+    db: &DatabaseConnection,
+    room_id: Uuid,
+    body: &str,
+    signature: Option<String>,
+) {
     let (settings, rooms, stop) = (settings(), RoomCache::default(), CancellationToken::new());
-    let by_bob = || {
-        let body = serde_json::json!({"room_id": crew, "sender_id": bob, "content": "hi"});
-        let body = body.to_string();
-        let signature = settings.key.sign(body.as_bytes());
-        vec![QueuedMessage::new(
-            body.into(),
-            Some(signature),
-            false,
-            Box::new(NoSettle),
-        )]
+    let batch = || {
+        let payload = body.to_owned().into();
+        let message = QueuedMessage::new(payload, signature.clone(), false, Box::new(NoSettle));
+        vec![message]
     };
-    let stored = super::persist(db, &by_bob(), &settings, &rooms, &stop)
+    let first = super::persist(db, &batch(), &settings, &rooms, &stop)
         .await
         .unwrap();
-    assert_eq!(stored.events.len(), 1);
-    assert!(rooms.contains(crew), "kept after the first read");
-    room::Entity::delete_by_id(crew)
+    assert_eq!(first.events.len(), 1);
+    assert!(rooms.contains(room_id), "kept after the first read");
+    room::Entity::delete_by_id(room_id)
         .exec(db)
         .await
         .expect("deleted");
-    let again = super::persist(db, &by_bob(), &settings, &rooms, &stop)
-        .await
-        .unwrap();
-    let refused: Vec<Reject> = again.rejected.iter().map(|r| r.1).collect();
-    assert_eq!(refused, [Reject::UnknownRoom]);
-    assert!(!rooms.contains(crew), "forgotten");
+    for _ in 0..2 {
+        let again = super::persist(db, &batch(), &settings, &rooms, &stop)
+            .await
+            .unwrap();
+        let refused: Vec<Reject> = again.rejected.iter().map(|r| r.1).collect();
+        assert_eq!(refused, [Reject::UnknownRoom]);
+        assert!(again.events.is_empty());
+        assert!(!rooms.contains(room_id), "forgotten");
+    }
 }
 
 /// A retry (same id, not flagged redelivered) from a sender who has left
@@ -673,12 +654,7 @@ async fn a_retry_from_a_sender_who_left_is_found_stored(db: &DatabaseConnection)
     let settings = &settings();
     let crew = add_room(db, "crew", room::RoomKind::Group, 0).await;
     let bob = add_user(db, "bob").await;
-    let member = room_member::ActiveModel {
-        room_id: Set(crew),
-        user_id: Set(bob),
-        joined_at: Set(Utc::now()),
-    };
-    member.insert(db).await.expect("member");
+    add_member(db, crew, bob).await;
     let by_bob =
         serde_json::json!({"id": Uuid::now_v7(), "room_id": crew, "sender_id": bob, "content": "bob's"})
             .to_string();
