@@ -156,6 +156,7 @@ impl Application {
                 }
             }
         });
+        let checkpoints = db::checkpoint_sqlite(state.db.clone());
         let user_events = tokio::spawn(crate::user_events::run(state.clone()));
         let app = routes::router(state.clone());
         let stop = state.stop.clone();
@@ -173,6 +174,9 @@ impl Application {
         stages.stopped().await;
         shrink.abort();
         prune.abort();
+        if let Some(checkpoints) = checkpoints {
+            checkpoints.abort();
+        }
         user_events.abort();
         state.broker.close().await;
         state.db.clone().close().await.ok();
