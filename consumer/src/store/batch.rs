@@ -5,9 +5,9 @@ use std::collections::{HashMap, HashSet};
 
 use entity::{message, room, room_member, user};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    TransactionTrait,
-    sea_query::{Expr, ExprTrait, Func},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, JoinType, QueryFilter,
+    QuerySelect, RelationTrait, TransactionTrait,
+    sea_query::{Expr, ExprTrait, Func, IntoCondition},
 };
 use uuid::Uuid;
 
@@ -203,15 +203,14 @@ pub(super) async fn load_context(
         .iter()
         .filter_map(|m| m.envelope.sender_id)
         .collect();
-    let found = load_senders(conn, senders.iter().copied()).await?;
     // Only rooms that are not public ask for membership: a batch of public
-    // messages makes no query for it.
-    let closed_rooms: HashSet<Uuid> = rooms
+    // messages reads its senders alone.
+    let closed_rooms: Vec<Uuid> = rooms
         .values()
         .filter(|r| r.kind != room::RoomKind::Public)
         .map(|r| r.id)
         .collect();
-    let memberships = load_memberships(conn, &senders, closed_rooms.into_iter()).await?;
+    let (found, memberships) = load_senders_and_memberships(conn, &senders, closed_rooms).await?;
     let avatars = found.iter().map(|(id, _, v)| (*id, *v)).collect();
     let names = found.into_iter().map(|(id, name, _)| (id, name)).collect();
     Ok(Context {
@@ -223,23 +222,49 @@ pub(super) async fn load_context(
     })
 }
 
-/// The `(room, user)` memberships of these senders in these rooms; no query
-/// when there are none.
-async fn load_memberships(
+/// These senders, as [`load_senders`] reads them, and their `(room, user)`
+/// memberships in these rooms: one query (a sender joined to their
+/// memberships in `rooms`, a row each, or one row without a room).
+async fn load_senders_and_memberships(
     conn: &impl ConnectionTrait,
     senders: &HashSet<Uuid>,
-    rooms: impl Iterator<Item = Uuid>,
-) -> Result<HashSet<(Uuid, Uuid)>, DbErr> {
-    let rooms: Vec<Uuid> = rooms.collect();
-    if senders.is_empty() || rooms.is_empty() {
-        return Ok(HashSet::new());
+    rooms: Vec<Uuid>,
+) -> Result<(Vec<(Uuid, String, i32)>, HashSet<(Uuid, Uuid)>), DbErr> {
+    if rooms.is_empty() || senders.is_empty() {
+        let found = load_senders(conn, senders.iter().copied()).await?;
+        return Ok((found, HashSet::new()));
     }
-    let found = room_member::Entity::find()
-        .filter(room_member::Column::UserId.is_in(senders.iter().copied()))
-        .filter(room_member::Column::RoomId.is_in(rooms))
+    let in_rooms = user::Relation::RoomMember
+        .def()
+        .on_condition(move |_, member| {
+            Expr::col((member, room_member::Column::RoomId))
+                .is_in(rooms.clone())
+                .into_condition()
+        });
+    let rows = user::Entity::find()
+        .select_only()
+        .column(user::Column::Id)
+        .column(user::Column::Username)
+        .column(user::Column::AvatarVersion)
+        .column(room_member::Column::RoomId)
+        .join(JoinType::LeftJoin, in_rooms)
+        .filter(user::Column::Id.is_in(senders.iter().copied()))
+        .into_tuple::<(Uuid, String, i32, Option<Uuid>)>()
         .all(conn)
         .await?;
-    Ok(found.into_iter().map(|m| (m.room_id, m.user_id)).collect())
+    let mut found = HashMap::new();
+    let mut memberships = HashSet::new();
+    for (id, name, avatar, room_id) in rows {
+        if let Some(room_id) = room_id {
+            memberships.insert((room_id, id));
+        }
+        found.entry(id).or_insert((name, avatar));
+    }
+    let found = found
+        .into_iter()
+        .map(|(id, (name, avatar))| (id, name, avatar))
+        .collect();
+    Ok((found, memberships))
 }
 
 /// Takes a block of `count` seqs for each room in one UPDATE (which
