@@ -4,7 +4,7 @@
 //! `postgres://postgres@127.0.0.1:5432`; absent: fails under `CI=true`,
 //! skips loudly otherwise).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use entity::{message, room, room_member, user};
@@ -363,12 +363,19 @@ async fn seq_blocks_follow_last_seq(db: &DatabaseConnection) {
 }
 
 /// The context read from the database is what judge needs: rooms by id and
-/// by name, senders, memberships of closed rooms, stored messages.
+/// by name, senders, memberships of closed rooms, stored messages. A sender
+/// in several rooms has each membership, and only those of the batch's rooms.
 async fn context_feeds_judge(db: &DatabaseConnection) {
     let hall = add_room(db, "Hall", room::RoomKind::Public, 0).await;
     let crew = add_room(db, "crew", room::RoomKind::Group, 0).await;
+    let band = add_room(db, "band", room::RoomKind::Private, 0).await;
+    let elsewhere = add_room(db, "elsewhere", room::RoomKind::Group, 0).await;
     let (alice, bob) = (add_user(db, "alice").await, add_user(db, "bob").await);
-    add_member(db, crew, alice).await;
+    let carol = add_user(db, "carol").await;
+    for room in [crew, band, elsewhere] {
+        add_member(db, room, alice).await;
+    }
+    add_member(db, elsewhere, carol).await;
     let old = incoming(&hall.to_string(), Some(bob), "old");
     message::ActiveModel {
         id: Set(old.id),
@@ -392,6 +399,8 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
         incoming(&crew.to_string(), Some(bob), "outsider"),
         incoming(&crew.to_string(), Some(Uuid::now_v7()), "nobody"),
         incoming("nowhere", None, "lost"),
+        incoming(&band.to_string(), Some(alice), "member of two"),
+        incoming(&band.to_string(), Some(carol), "member elsewhere"),
     ];
     let ctx = load_context(db, &batch, &RoomCache::default(), true)
         .await
@@ -414,9 +423,16 @@ async fn context_feeds_judge(db: &DatabaseConnection) {
             Err(Reject::NotAMember),
             Err(Reject::UnknownSender),
             Err(Reject::UnknownRoom),
+            Ok("store"),
+            Err(Reject::NotAMember),
         ]
     );
     assert_eq!(ctx.names.get(&bob).map(String::as_str), Some("bob"));
+    assert_eq!(ctx.names.get(&alice).map(String::as_str), Some("alice"));
+    assert_eq!(
+        ctx.memberships,
+        HashSet::from([(crew, alice), (band, alice)])
+    );
 }
 
 struct NoSettle;
