@@ -37,9 +37,12 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         // WAL lets readers run beside the one writer: without a few
         // connections, the store stage's transaction queues behind every
         // request's reads. Writes still take turns (busy_timeout).
+        // A connection to a file cannot be cut: no ping before each use
+        // (a hand-off to the connection's thread and back).
         options
             .max_connections(SQLITE_CONNECTIONS)
-            .min_connections(1);
+            .min_connections(1)
+            .test_before_acquire(false);
         options.map_sqlx_sqlite_opts(|o| {
             o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
