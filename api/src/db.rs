@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
-};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 /// Pooled SQLite connections (sea-orm's default is one).
 const SQLITE_CONNECTIONS: u32 = 4;
@@ -86,24 +84,14 @@ pub fn checkpoint_sqlite(db: DatabaseConnection) -> Option<tokio::task::JoinHand
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            if let Err(err) = checkpoint(&db).await {
+            if let Err(err) = db
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+            {
                 tracing::warn!(error = %err, "SQLite checkpoint failed");
             }
         }
     }))
-}
-
-/// One passive checkpoint: the log's pages, and how many of them are now in
-/// the database file.
-async fn checkpoint(db: &DatabaseConnection) -> Result<(i64, i64), DbErr> {
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Sqlite,
-            "PRAGMA wal_checkpoint(PASSIVE)",
-        ))
-        .await?
-        .ok_or_else(|| DbErr::Custom("wal_checkpoint returned no row".into()))?;
-    Ok((row.try_get_by_index(1)?, row.try_get_by_index(2)?))
 }
 
 /// A short name of the backend for logs: `postgres` or `sqlite`.
@@ -118,6 +106,7 @@ pub fn backend_name(url: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::Statement;
 
     async fn pragma(db: &DatabaseConnection, name: &str) -> i64 {
         db.query_one_raw(Statement::from_string(

@@ -353,26 +353,25 @@ async fn rooms_by_id(
             ids.entry(id).or_default().push(key);
         }
     }
-    let mut found: Vec<room::Model> = if fresh {
-        Vec::new()
-    } else {
-        ids.keys().filter_map(|id| cache.get(id)).collect()
-    };
-    let missing: Vec<Uuid> = ids
-        .keys()
-        .filter(|id| !found.iter().any(|room| room.id == **id))
-        .copied()
-        .collect();
+    let (mut found, mut missing) = (Vec::new(), HashSet::new());
+    for id in ids.keys() {
+        match cache.get(id).filter(|_| !fresh) {
+            Some(room) => found.push(room),
+            None => {
+                missing.insert(*id);
+            }
+        }
+    }
     if !missing.is_empty() {
         let read = room::Entity::find()
             .filter(room::Column::Id.is_in(missing.iter().copied()))
             .all(conn)
             .await?;
-        for id in missing
-            .iter()
-            .filter(|id| !read.iter().any(|room| room.id == **id))
-        {
-            cache.forget(*id);
+        for room in &read {
+            missing.remove(&room.id);
+        }
+        for gone in missing {
+            cache.forget(gone);
         }
         cache.keep(read.iter().cloned());
         found.extend(read);

@@ -72,10 +72,9 @@ pub(super) async fn write_at_once(
     txn: &DatabaseTransaction,
     rows: &[&message::Model],
 ) -> Result<Option<(HashMap<Uuid, i64>, u64)>, DbErr> {
-    let bytes: usize = rows.iter().map(|m| size(m)).sum();
     if txn.get_database_backend() != DbBackend::Postgres
-        || bytes > STATEMENT_BYTES
         || rows.is_empty()
+        || rows.iter().map(|m| size(m)).sum::<usize>() > STATEMENT_BYTES
     {
         return Ok(None);
     }
