@@ -27,7 +27,7 @@ use futures_util::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -293,22 +293,25 @@ impl Session {
         // count (and so the room's `left`) goes with this function's end.
         let settle = tokio::time::sleep(self.state.config.presence_delay);
         tokio::pin!(settle);
+        // Made once, not on each turn of the loop: a socket of a busy room
+        // turns it for every event, and each new wait on the shutdown token
+        // takes a lock that every socket of the node shares.
+        let stopping = self.state.stop.cancelled();
+        tokio::pin!(stopping);
+        let closing = close_reason(&mut sub.close);
+        tokio::pin!(closing);
         let mut present = None;
         loop {
             // Biased: a close (shutdown, expiry, removal, full queue) wins
             // over sending what is still queued.
             tokio::select! {
                 biased;
-                () = self.state.stop.cancelled() => return End::Close(1012, "server shutting down"),
+                () = &mut stopping => return End::Close(1012, "server shutting down"),
                 () = &mut expiry => return End::Close(4001, "token expired"),
                 () = &mut settle, if present.is_none() => {
                     present = Some(self.state.presence.arrive(self.room.id, self.me()));
                 }
-                _ = sub.close.changed() => {
-                    if let Some(reason) = *sub.close.borrow() {
-                        return End::Close(reason.code, reason.reason);
-                    }
-                }
+                reason = &mut closing => return End::Close(reason.code, reason.reason),
                 outbound = sub.events.recv() => {
                     let Some(outbound) = outbound else { return End::Gone };
                     if let Err(end) = write_events(sink, outbound, &mut sub.events, &mut last_seq).await {
@@ -580,6 +583,19 @@ fn fresh(outbound: Outbound, last_seq: &mut i64) -> Option<Utf8Bytes> {
         *last_seq = seq;
     }
     Utf8Bytes::try_from(outbound.frame).ok()
+}
+
+/// The reason the hub gives once it wants the socket closed.
+async fn close_reason(close: &mut watch::Receiver<Option<CloseReason>>) -> CloseReason {
+    loop {
+        if let Some(reason) = *close.borrow_and_update() {
+            return reason;
+        }
+        if close.changed().await.is_err() {
+            // The hub keeps the sender while the socket is subscribed.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Counts an open socket in `roomcast_sockets` for as long as it lives.

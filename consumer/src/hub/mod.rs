@@ -238,6 +238,7 @@ impl Hub {
         let Some(members) = rooms.get(&header.room_id) else {
             return;
         };
+        let mut delivered = 0;
         for member in members.values() {
             if let Some(reason) = close_all {
                 member.close.send_replace(Some(reason));
@@ -252,7 +253,7 @@ impl Hub {
                 frame: frame.clone(),
             });
             if sent.is_ok() && seq.is_some() {
-                metrics::counter!(crate::metrics::MESSAGES_DELIVERED).increment(1);
+                delivered += 1;
             }
             if let Err(mpsc::error::TrySendError::Full(_)) = sent {
                 if member.close.borrow().is_none() {
@@ -261,6 +262,11 @@ impl Hub {
                 }
                 member.close.send_replace(Some(CloseReason::SLOW_CONSUMER));
             }
+        }
+        // Counted once per event, not per socket: each count looks the
+        // counter up in the registry.
+        if delivered > 0 {
+            metrics::counter!(crate::metrics::MESSAGES_DELIVERED).increment(delivered);
         }
     }
 }
