@@ -454,27 +454,27 @@ impl Broker for AmqpBroker {
     }
 
     async fn publish_events(&self, events: &[(Uuid, Vec<u8>)]) -> Result<(), BrokerError> {
-        // Send all in order, then wait for the confirms together: one round
-        // trip for the batch instead of one per event.
+        // Each publish waits until the connection's I/O thread has written
+        // it: awaited one by one, a batch to n rooms made n hand-offs to that
+        // thread and back. Joined, they are polled first in order, and each
+        // queues its frames before it waits, so they still go out in order,
+        // written together; then the confirms are waited for together.
         let link = self.link()?;
         let unavailable = |e: lapin::Error| BrokerError::Unavailable(e.to_string());
         let properties =
             BasicProperties::default().with_content_type(ShortString::from("application/json"));
-        let mut confirms = Vec::with_capacity(events.len());
-        for (room_id, event) in events {
-            let confirm = link
-                .publisher
-                .basic_publish(
-                    EVENTS_EXCHANGE.into(),
-                    routing_key(*room_id).into(),
-                    BasicPublishOptions::default(),
-                    event,
-                    properties.clone(),
-                )
-                .await
-                .map_err(unavailable)?;
-            confirms.push(confirm);
-        }
+        let publishes = events.iter().map(|(room_id, event)| {
+            link.publisher.basic_publish(
+                EVENTS_EXCHANGE.into(),
+                routing_key(*room_id).into(),
+                BasicPublishOptions::default(),
+                event,
+                properties.clone(),
+            )
+        });
+        let confirms = futures_util::future::try_join_all(publishes)
+            .await
+            .map_err(unavailable)?;
         let all = async {
             for confirm in confirms {
                 if !confirm.await.map_err(unavailable)?.is_ack() {
