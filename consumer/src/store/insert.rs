@@ -11,14 +11,14 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-/// Largest estimated payload of one insert statement sent to PostgreSQL.
-///
-/// The database driver leaves Nagle's algorithm on for its TCP connections:
-/// a statement too big for one write goes out in two, the second waits for
-/// the server's ACK of the first, and the server delays that ACK by 40 ms
-/// (measured: a 127-message insert took 45 ms over TCP, 1.4 ms over a Unix
-/// socket). Statements under this size go out in one write.
-const STATEMENT_BYTES: usize = 6 * 1024;
+/// Largest estimated payload of one insert statement sent to PostgreSQL: a
+/// batch under it is written in one round trip ([`write_at_once`]), a larger
+/// one in statements of about this size. Only a bound on one statement's
+/// size: the database driver turns Nagle's algorithm off on its TCP
+/// connections (from 0.9.1 on). Before that, a statement too big for one
+/// write waited for the server's delayed ACK of the first part, 40 ms, and
+/// this was 6 KiB.
+pub(super) const STATEMENT_BYTES: usize = 1024 * 1024;
 
 /// Inserts a batch's new messages but those whose id is stored already;
 /// returns how many it inserted.

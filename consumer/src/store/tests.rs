@@ -564,8 +564,10 @@ async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnecti
     );
     let settings = settings();
     let mut expected: HashMap<Uuid, i64> = HashMap::from([(a, 0), (b, 10)]);
-    // 6 short messages (one statement), then 60 of 400 bytes (24 KB: several).
-    for (count, size) in [(6, 10), (60, 400)] {
+    // 6 short messages (one statement), then enough of 4 000 bytes to pass
+    // the size of one statement (several).
+    let large = super::insert::STATEMENT_BYTES / 4000 + 20;
+    for (count, size) in [(6, 10), (large, 4000)] {
         let batch: Vec<QueuedMessage> = (0..count)
             .map(|i| {
                 let room = if i % 3 == 0 { b } else { a };
@@ -602,7 +604,7 @@ async fn small_and_large_batches_number_each_room_in_order(db: &DatabaseConnecti
     };
     assert_eq!((last(a).await, last(b).await), (expected[&a], expected[&b]));
     let rows = message::Entity::find().all(db).await.unwrap();
-    assert_eq!(rows.len(), 66);
+    assert_eq!(rows.len(), 6 + large);
 }
 
 /// The store stage keeps the rooms it has read; a room deleted since is
