@@ -12,9 +12,17 @@ use api::{
 use clap::Parser;
 use migration::{Migrator, MigratorTrait};
 
+/// mimalloc rather than the C library's allocator, whose `malloc` and `free`
+/// took about a seventh of the server's CPU flat out (BENCHMARKS.md,
+/// 2026-12-07). It also keeps argon2's 19 MiB blocks bounded: freed pages go
+/// back to the system after a delay, where the C library's per-thread arenas
+/// kept one block per thread that ever hashed
+/// (`hostile::password_hashing_returns_its_memory`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    return_large_blocks_to_the_system();
     // A missing .env is normal; a broken one is reported by the values it sets.
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
@@ -100,22 +108,3 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
-
-/// Every password hash and check (argon2id) takes a 19 MiB block. glibc
-/// serves a block that size from a thread's heap arena once it has freed
-/// one (its mmap threshold grows with what is freed), and an arena keeps
-/// what it had: each blocking thread that ever hashed held on to its 19 MiB,
-/// so 20 sign-ups and 20 logins left the server at ~490 MiB. A fixed
-/// threshold keeps blocks of 1 MiB and more in mappings of their own,
-/// returned to the system when freed.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn return_large_blocks_to_the_system() {
-    // SAFETY: mallopt changes a setting of the allocator, under its own
-    // locks; no memory is touched.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn return_large_blocks_to_the_system() {}
