@@ -7,7 +7,10 @@
 pub mod amqp;
 pub mod memory;
 
-use std::pin::Pin;
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    pin::Pin,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,6 +73,21 @@ pub enum BrokerStatus {
 pub trait Settle: Send + Sync {
     /// The message is handled; the broker may forget it.
     async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+
+    /// Where the broker can ack a delivery together with every earlier one
+    /// of the same channel (AMQP's `multiple`): the channel's key and the
+    /// delivery's tag, tags rising in delivery order. `None` (the default):
+    /// each delivery is acked alone.
+    fn channel_position(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// Acks this delivery and every earlier one of its channel not acked
+    /// yet ([`channel_position`](Self::channel_position)); by default, this
+    /// one alone.
+    async fn ack_with_earlier(self: Box<Self>) -> Result<(), BrokerError> {
+        self.ack().await
+    }
 }
 
 /// One message taken from the `messages` queue, to be acked once handled.
@@ -110,6 +128,44 @@ impl QueuedMessage {
 
     pub async fn ack(self) -> Result<(), BrokerError> {
         self.settle.ack().await
+    }
+
+    /// Acks a batch: one ack per channel, through the batch's latest
+    /// delivery there, where the broker can ([`Settle::ack_with_earlier`]);
+    /// else one ack per message. So every delivery taken from those channels
+    /// before the batch must be settled already: the store stage settles its
+    /// batches one after the other, in the order it took them.
+    pub async fn ack_batch(batch: Vec<Self>) -> Result<(), BrokerError> {
+        let mut last_of_channel: HashMap<u64, Self> = HashMap::new();
+        let mut alone = Vec::new();
+        for message in batch {
+            match message.settle.channel_position() {
+                Some((channel, tag)) => match last_of_channel.entry(channel) {
+                    Entry::Occupied(mut last) => {
+                        // The earlier of the two is dropped here: the
+                        // later one's ack covers it, and the later one
+                        // counts as in flight until that ack is sent.
+                        if last
+                            .get()
+                            .settle
+                            .channel_position()
+                            .is_some_and(|(_, t)| t < tag)
+                        {
+                            last.insert(message);
+                        }
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(message);
+                    }
+                },
+                None => alone.push(message.settle.ack()),
+            }
+        }
+        let through = last_of_channel
+            .into_values()
+            .map(|last| last.settle.ack_with_earlier());
+        let acks = futures_util::future::join_all(through.chain(alone)).await;
+        acks.into_iter().collect()
     }
 }
 

@@ -77,7 +77,11 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some((batch, outcome)) = settling.recv().await {
                 let started = std::time::Instant::now();
-                settle(broker.as_ref(), batch, outcome, &stop).await;
+                if !settle(broker.as_ref(), batch, outcome, &stop).await {
+                    // Stopping: what follows stays unacked too, and is
+                    // delivered again after the batch left unsettled.
+                    break;
+                }
                 metrics::histogram!(crate::metrics::STORE_SETTLE_SECONDS).record(started.elapsed());
             }
         })
@@ -268,20 +272,24 @@ fn is_transient(err: &DbErr) -> bool {
 /// stopped: the next batches wait, so a room's events still go out in `seq`
 /// order (a batch handed back to the broker would come after later ones, and
 /// sockets drop a `seq` lower than one they have). On shutdown the batch is
-/// left unacked: the broker delivers it again, and the store stage stores
-/// nothing twice but publishes its events again.
+/// left unacked (`false`), and so are the batches after it: the broker
+/// delivers them again, and the store stage stores nothing twice but
+/// publishes their events again.
+///
+/// The batch is acked in one go per channel ([`QueuedMessage::ack_batch`]):
+/// everything taken before it is settled, since batches settle in order.
 async fn settle(
     broker: &dyn Broker,
     batch: Vec<QueuedMessage>,
     outcome: Outcome,
     stop: &CancellationToken,
-) {
+) -> bool {
     let mut dead_lettered = 0;
     let mut backoff = Duration::from_millis(100);
     while let Err(err) = publish_outcome(broker, &batch, &outcome, &mut dead_lettered).await {
         if stop.is_cancelled() {
             tracing::warn!(error = %err, "store stage: stopping with a batch unsettled; it will be redelivered");
-            return;
+            return false;
         }
         tracing::warn!(error = %err, "store stage: cannot settle a batch; retrying in {backoff:?}");
         tokio::select! {
@@ -290,11 +298,10 @@ async fn settle(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    // Acks are independent frames: send them together, not one round trip each.
-    let acks = futures_util::future::join_all(batch.into_iter().map(QueuedMessage::ack)).await;
-    if let Some(Err(err)) = acks.into_iter().find(Result::is_err) {
-        tracing::warn!(error = %err, "store stage: ack failed; the message will be redelivered and not stored twice");
+    if let Err(err) = QueuedMessage::ack_batch(batch).await {
+        tracing::warn!(error = %err, "store stage: ack failed; the batch will be redelivered and not stored twice");
     }
+    true
 }
 
 /// The dead letters and the room events of a stored batch, confirmed; the

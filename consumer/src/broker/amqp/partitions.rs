@@ -27,7 +27,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -98,7 +98,7 @@ impl Queue {
     }
 
     /// A delivery as the store stage takes it, counted until it is settled.
-    fn message(&self, d: Delivery) -> QueuedMessage {
+    fn message(&self, d: Delivery, channel: u64) -> QueuedMessage {
         let signature = d
             .properties
             .headers()
@@ -111,6 +111,8 @@ impl Queue {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let settle = AmqpSettle {
             acker: d.acker,
+            channel,
+            tag: d.delivery_tag,
             in_flight: self.in_flight.clone(),
         };
         let message = QueuedMessage::new(
@@ -143,8 +145,16 @@ impl Queue {
 /// message dropped unacked comes back when its channel closes).
 struct AmqpSettle {
     acker: lapin::Acker,
+    /// The channel it came on ([`CHANNELS`]) and its delivery tag there.
+    channel: u64,
+    tag: u64,
     in_flight: Arc<AtomicUsize>,
 }
+
+/// Numbers each channel the store stage consumes on, process-wide, so that
+/// deliveries of different channels (or of one channel and its successor
+/// after a reconnect, which starts its tags again) are never acked together.
+static CHANNELS: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for AmqpSettle {
     fn drop(&mut self) {
@@ -157,6 +167,18 @@ impl Settle for AmqpSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
         self.acker
             .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+    }
+
+    fn channel_position(&self) -> Option<(u64, u64)> {
+        Some((self.channel, self.tag))
+    }
+
+    async fn ack_with_earlier(self: Box<Self>) -> Result<(), BrokerError> {
+        self.acker
+            .ack(BasicAckOptions { multiple: true })
             .await
             .map(|_| ())
             .map_err(|e| BrokerError::Unavailable(e.to_string()))
@@ -191,6 +213,7 @@ pub(super) async fn consume(
             .is_some_and(|t| t.elapsed() >= super::REDECLARE_AFTER)
             .then_some(inner.partitions);
         let opened = open(&link, &inner.node_id, &queue.name, prefetch, redeclare).await;
+        let channel_key = CHANNELS.fetch_add(1, Ordering::Relaxed);
         let (channel, mut consumer) = match opened {
             Ok(opened) => {
                 failing_since = None;
@@ -211,7 +234,7 @@ pub(super) async fn consume(
                     queue.delivered();
                     if is_probe(&d) {
                         let _ = d.acker.ack(BasicAckOptions::default()).await;
-                    } else if tx.send(queue.message(d)).await.is_err() {
+                    } else if tx.send(queue.message(d, channel_key)).await.is_err() {
                         return; // the store stage stopped
                     }
                 }
