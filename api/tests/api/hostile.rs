@@ -252,7 +252,8 @@ crate::on_both_backends!(idle_sockets_are_cheap);
 /// after 20 sign-ups and 20 logins (a few at a time, as the hashing gate
 /// lets them) is not 19 MiB per thread that ever hashed. Measured with the C
 /// library's allocator untuned: 22 → 494 MiB, and it stayed there; with
-/// mimalloc (`main.rs`), 21–43 MiB more, given back within seconds.
+/// mimalloc (`main.rs`), 21–43 MiB more, bounded and partly given back
+/// within seconds.
 async fn password_hashing_returns_its_memory(backend: Backend) {
     let Some(env) = TestEnv::new(backend).await else {
         return;
