@@ -1,5 +1,6 @@
-//! Who may read, post in, enter, join or manage a room: the one room-access
-//! policy, used by the HTTP routes, the sockets and guest tokens alike.
+//! Who may read, post in, enter, join or manage a room, and edit or delete
+//! a message in it: the one access policy, used by the HTTP routes, the
+//! sockets and guest tokens alike.
 //!
 //! The rules are a pure function ([`rule`]) of the caller, the room and the
 //! action, tested as a table below; membership is read only when the answer
@@ -194,6 +195,20 @@ async fn decide(
         Verdict::Refuse(refusal) => Err(refusal.into()),
         verdict => Ok(verdict),
     }
+}
+
+/// May `caller` delete a message that `author` sent in `room`? Its author,
+/// a moderator, an admin, or the room's owner. (It stays in history as a
+/// tombstone.)
+pub fn may_delete_message(caller: Caller, author: Option<Uuid>, room: &room::Model) -> bool {
+    author == Some(caller.id)
+        || matches!(caller.role, Role::Moderator | Role::Admin)
+        || room.owner_id == Some(caller.id)
+}
+
+/// May `caller` edit a message that `author` sent? Only its author.
+pub fn may_edit_message(caller: Caller, author: Option<Uuid>) -> bool {
+    author == Some(caller.id)
 }
 
 /// May `user` read `room` (its details, members, history)?
@@ -483,6 +498,43 @@ mod tests {
             }
         }
         assert_eq!(checked, 29 * 3 * 2);
+    }
+
+    /// A message's author edits it; its author, a moderator, an admin or
+    /// the room's owner deletes it, in every kind of room.
+    #[test]
+    fn who_edits_and_deletes_a_message() {
+        const SOMEONE: Uuid = Uuid::from_u128(12);
+        for kind in [RoomKind::Public, RoomKind::Group, RoomKind::Private] {
+            let room = room(kind);
+            // (caller, author, may edit, may delete)
+            let cases = [
+                ("user", SOMEONE, false, false),
+                ("user", ME, true, true),
+                ("guest", ME, true, true),
+                ("guest", SOMEONE, false, false),
+                ("owner", SOMEONE, false, true),
+                ("mod", SOMEONE, false, true),
+                ("admin", SOMEONE, false, true),
+            ];
+            for (name, author, edit, delete) in cases {
+                let who = caller(name);
+                assert_eq!(
+                    may_edit_message(who, Some(author)),
+                    edit,
+                    "{name} edits in {kind:?}"
+                );
+                assert_eq!(
+                    may_delete_message(who, Some(author), &room),
+                    delete,
+                    "{name} deletes in {kind:?}"
+                );
+            }
+            // A message whose sender is gone (a console message, a deleted
+            // account) is no one's to edit.
+            assert!(!may_edit_message(caller("user"), None));
+            assert!(may_delete_message(caller("admin"), None, &room));
+        }
     }
 
     /// Admins manage every room; owners their own, whatever their token.

@@ -8,7 +8,6 @@ use axum::{
     response::IntoResponse,
 };
 use consumer::event::{MessageView, RoomEvent};
-use entity::user::Role;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -204,7 +203,7 @@ async fn edit(
     let message = messages::find(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
-    if message.sender_id != Some(user.id) {
+    if !access::may_edit_message((&user).into(), message.sender_id) {
         return Err(ApiError::forbidden(
             "not_author",
             "only the author can edit a message",
@@ -246,13 +245,8 @@ async fn remove(
     let message = messages::find(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
-    let may = message.sender_id == Some(user.id)
-        || matches!(user.role, Role::Moderator | Role::Admin)
-        || rooms::get(&state.db, &message.room_id.to_string())
-            .await?
-            .owner_id
-            == Some(user.id);
-    if !may {
+    let room = rooms::get(&state.db, &message.room_id.to_string()).await?;
+    if !access::may_delete_message((&user).into(), message.sender_id, &room) {
         return Err(ApiError::forbidden(
             "not_allowed",
             "only the author, a moderator, an admin or the room owner can delete",
