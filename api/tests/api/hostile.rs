@@ -437,6 +437,31 @@ async fn publish(
     (i, sent)
 }
 
+/// Every method a client makes up is one `other` label in the request
+/// histogram: a stranger sending many cannot make the metrics grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_add_no_metric_series() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    for i in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        let res = app
+            .client
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405);
+    }
+    let text = app.api().metrics().await;
+    assert!(!text.contains("INVENTED"), "{text}");
+    assert!(
+        text.contains(r#"method="other",route="/healthz",status="405""#),
+        "{text}"
+    );
+}
+
 /// Two quiet users talk while, in the second phase, every kind of hostile
 /// client goes at the same node. The quiet users lose nothing, are never
 /// disconnected, and their latency is reported for both phases (measured,
