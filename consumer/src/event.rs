@@ -294,8 +294,9 @@ impl RoomEvent {
 
 /// One `room.events` message carrying several events of one room: a JSON
 /// array of the events as each serialises alone (`[{"type":"message",…},…]`),
-/// in `seq` order. The store stage publishes one per room and batch; a
-/// single event (an object) stays valid on the wire, and the hub takes both.
+/// in `seq` order. The store stage publishes one per room and batch (more
+/// when they pass 512 KiB); a single event (an object) stays valid on the
+/// wire, and the hub takes both.
 pub fn room_batch<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut out = vec![b'['];
     for event in events {

@@ -9,7 +9,8 @@
 //! the batch fits one; a message met again there sends the batch round once
 //! more, with the look-up); then build the `message` events in order. The settler publishes them, one
 //! `room.events` message per room carrying that room's events in `seq` order
-//! ([`crate::event::room_batch`]), and only then acks. A message stored before (a redelivery, a client's retry)
+//! ([`crate::event::room_batch`]; more than one when they pass
+//! [`ROOM_BATCH_BYTES`]), and only then acks. A message stored before (a redelivery, a client's retry)
 //! is not stored again, but its event is published again: sockets drop a
 //! `seq` they already have, so nothing is lost or doubled. A message that
 //! breaks a rule goes to `messages.dlq` with the reason. Every field is
@@ -140,10 +141,19 @@ struct Outcome {
     rejected: Vec<Rejected>,
 }
 
-/// One `room.events` message per room: the room's events of the batch, in
-/// `seq` order, as a [`room_batch`](crate::event::room_batch); rooms in the
-/// order the batch first names them.
-fn room_batches(events: &[StoredEvent]) -> Vec<(uuid::Uuid, Vec<u8>)> {
+/// Most bytes of one `room.events` message, but for a single event larger
+/// than this (which goes alone). A room's events of one batch are split
+/// over as many messages as this asks: the broker refuses a message over its
+/// limit (4 MiB in the shipped `rabbitmq.conf`) and the settler would try it
+/// again for ever, holding up every batch behind it. 256 messages of 4 KiB
+/// of content that JSON escapes six-fold come to about 6 MiB.
+const ROOM_BATCH_BYTES: usize = 512 * 1024;
+
+/// `room.events` messages: each room's events of the batch, in `seq` order,
+/// as [`room_batch`](crate::event::room_batch)es of at most `max_bytes`
+/// (one per room unless the room's events are larger); rooms in the order
+/// the batch first names them.
+fn room_batches(events: &[StoredEvent], max_bytes: usize) -> Vec<(uuid::Uuid, Vec<u8>)> {
     let mut rooms: Vec<(uuid::Uuid, Vec<&StoredEvent>)> = Vec::new();
     let mut place = std::collections::HashMap::new();
     for event in events {
@@ -153,14 +163,25 @@ fn room_batches(events: &[StoredEvent]) -> Vec<(uuid::Uuid, Vec<u8>)> {
         });
         rooms[i].1.push(event);
     }
-    rooms
-        .into_iter()
-        .map(|(room_id, mut events)| {
-            events.sort_by_key(|e| e.seq);
-            let batch = crate::event::room_batch(events.iter().map(|e| e.event.as_slice()));
-            (room_id, batch)
-        })
-        .collect()
+    let mut batches = Vec::new();
+    for (room_id, mut events) in rooms {
+        events.sort_by_key(|e| e.seq);
+        let mut rest = events.as_slice();
+        while !rest.is_empty() {
+            // `[`, `]` and a comma between each two.
+            let mut bytes = 2 + rest[0].event.len();
+            let mut n = 1;
+            while n < rest.len() && bytes + 1 + rest[n].event.len() <= max_bytes {
+                bytes += 1 + rest[n].event.len();
+                n += 1;
+            }
+            let (part, after) = rest.split_at(n);
+            let batch = crate::event::room_batch(part.iter().map(|e| e.event.as_slice()));
+            batches.push((room_id, batch));
+            rest = after;
+        }
+    }
+    batches
 }
 
 /// Parses and stores a batch. A part of it the database refuses is split in
@@ -323,7 +344,7 @@ async fn publish_outcome(
         metrics::counter!(crate::metrics::MESSAGES_DEAD_LETTERED, "reason" => reason.label())
             .increment(1);
     }
-    let batches = room_batches(&outcome.events);
+    let batches = room_batches(&outcome.events, ROOM_BATCH_BYTES);
     broker.publish_events(&batches).await?;
     metrics::counter!(crate::metrics::ROOM_EVENT_BATCHES).increment(batches.len() as u64);
     Ok(())

@@ -105,6 +105,50 @@ fn judge_takes_the_configured_limit() {
 }
 
 /// Every rule of `judge`, one row each: (message, expected verdict).
+/// A room's events of one batch go in as many `room.events` messages as the
+/// byte bound asks, each a valid batch, in `seq` order; an event larger than
+/// the bound goes alone.
+#[test]
+fn room_batches_keep_under_the_byte_bound() {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let event = |room_id, seq: i64, size: usize| super::StoredEvent {
+        room_id,
+        seq,
+        event: format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(size)).into_bytes(),
+    };
+    // Room a: ten events of about 100 bytes, out of order; b: one of 1 000.
+    let mut events: Vec<_> = (1..=10).rev().map(|seq| event(a, seq, 90)).collect();
+    events.insert(3, event(b, 1, 1_000));
+    let bound = 350;
+    let batches = super::room_batches(&events, bound);
+    let mut seqs: HashMap<Uuid, Vec<i64>> = HashMap::new();
+    for (room_id, bytes) in &batches {
+        let frames = crate::event::room_frames(&bytes::Bytes::from(bytes.clone())).unwrap();
+        assert!(
+            bytes.len() <= bound || frames.len() == 1,
+            "{} bytes in {} events",
+            bytes.len(),
+            frames.len()
+        );
+        for frame in frames {
+            let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+            seqs.entry(*room_id)
+                .or_default()
+                .push(v["seq"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seqs[&a], (1..=10).collect::<Vec<_>>());
+    assert_eq!(seqs[&b], vec![1]);
+    assert_eq!(batches[0].0, a, "rooms in the order the batch names them");
+    assert_eq!(
+        batches.iter().filter(|(r, _)| *r == a).count(),
+        4,
+        "three events a message"
+    );
+    // Unbounded, one message a room.
+    assert_eq!(super::room_batches(&events, usize::MAX).len(), 2);
+}
+
 #[test]
 fn judge_table() {
     let public = room_model("hall", room::RoomKind::Public);
