@@ -206,7 +206,8 @@ pub fn may_delete_message(caller: Caller, author: Option<Uuid>, room: &room::Mod
         || room.owner_id == Some(caller.id)
 }
 
-/// May `caller` edit a message that `author` sent? Only its author.
+/// May `caller` edit a message that `author` sent? Only its author (and
+/// only while [`can_post`] lets them post in its room, which the route asks).
 pub fn may_edit_message(caller: Caller, author: Option<Uuid>) -> bool {
     author == Some(caller.id)
 }

@@ -193,7 +193,8 @@ struct Edit {
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
-/// The author changes their message's content; every node's sockets get `message_edited`.
+/// The author, while they may still post in the room, changes their
+/// message's content; every node's sockets get `message_edited`.
 async fn edit(
     State(state): State<AppState>,
     user: AuthUser,
@@ -209,6 +210,10 @@ async fn edit(
             "only the author can edit a message",
         ));
     }
+    // And only while they may post there: not once removed from the room,
+    // nor with a guest token for another room.
+    let room = rooms::get(&state.db, &message.room_id.to_string()).await?;
+    access::can_post(&state, &user, &room).await?;
     if message.deleted_at.is_some() {
         return Err(ApiError::conflict(
             "message_deleted",

@@ -148,3 +148,52 @@ async fn edit_and_delete_rules_and_events(backend: Backend) {
 }
 
 crate::on_both_backends!(edit_and_delete_rules_and_events);
+
+/// An author edits only while they may still post in the room: a member
+/// removed from a group room can no longer rewrite what the others read.
+async fn a_removed_member_edits_no_more(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |_| {}).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    let (bob_id, bob) = api.user("bob").await;
+    api.create_room(&alice, "crew", "group").await;
+    let res = api
+        .client
+        .post(api.url("/rooms/crew/members"))
+        .bearer_auth(&alice)
+        .json(&json!({"user_id": bob_id}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let (_, by_bob) = post(&api, &bob, json!({"room_id": "crew", "content": "v1"})).await;
+    wait_for_history(&api, &alice, "crew", 1).await;
+    let url = api.url(&format!("/messages/{}", by_bob["id"].as_str().unwrap()));
+    let edit = |content: &str| {
+        api.client
+            .patch(url.clone())
+            .bearer_auth(bob.clone())
+            .json(&json!({"content": content}))
+            .send()
+    };
+    assert_eq!(edit("v2").await.unwrap().status(), 200, "a member edits");
+
+    let res = api
+        .client
+        .delete(api.url(&format!("/rooms/crew/members/{bob_id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = edit("v3 after removal").await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "not_a_member", "{body}");
+    let history = wait_for_history(&api, &alice, "crew", 1).await;
+    assert_eq!(history[0]["content"], "v2");
+}
+
+crate::on_both_backends!(a_removed_member_edits_no_more);
