@@ -33,6 +33,7 @@ use crate::{
     auth::{AuthUser, extractor::socket_user},
     error::Result,
     extract::QueryParams,
+    routes::ws::SEND_TIMEOUT,
     state::AppState,
 };
 
@@ -285,11 +286,11 @@ async fn echo_locally(
     loop {
         let message = tokio::select! {
             () = state.stop.cancelled() => {
-                socket.send(close_frame(1012, "server shutting down")).await?;
+                within(socket.send(close_frame(1012, "server shutting down"))).await?;
                 return Ok(());
             }
             close = &mut ended => {
-                socket.send(close).await?;
+                within(socket.send(close)).await?;
                 return Ok(());
             }
             message = socket.recv() => message,
@@ -298,20 +299,33 @@ async fn echo_locally(
             None => return Ok(()),
             // Flushing sends the close the protocol layer queued in answer.
             Some(Ok(Message::Close(_))) => {
-                let _ = socket.close().await;
+                let _ = within(socket.close()).await;
                 return Ok(());
             }
             Some(Err(err)) => {
-                let _ = socket.send(close_for(&err)).await;
+                let _ = within(socket.send(close_for(&err))).await;
                 return Err(err.into());
             }
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                 transcript.record("in", &message);
                 transcript.record("out", &message);
-                socket.send(message).await?;
+                within(socket.send(message)).await?;
             }
             Some(Ok(_)) => {} // pings are answered by the protocol layer
         }
+    }
+}
+
+/// A write that must end within [`SEND_TIMEOUT`]: a client (or upstream)
+/// that stops reading must not hold the socket, and its slot, past its
+/// token's end, a logout or a shutdown, which are only seen between writes.
+async fn within<E>(write: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(SEND_TIMEOUT, write).await {
+        Ok(written) => Ok(written?),
+        Err(_) => anyhow::bail!("the peer stopped reading for {SEND_TIMEOUT:?}"),
     }
 }
 
@@ -330,32 +344,30 @@ async fn relay(
     )
     .await;
     let Ok(Ok((upstream, _))) = upstream else {
-        let _ = client_tx
-            .send(close_frame(1011, "echo upstream unavailable"))
-            .await;
+        let _ = within(client_tx.send(close_frame(1011, "echo upstream unavailable"))).await;
         anyhow::bail!("echo upstream {url} unavailable");
     };
     let (mut up_tx, mut up_rx) = upstream.split();
     loop {
         tokio::select! {
             () = state.stop.cancelled() => {
-                let _ = up_tx.close().await;
-                client_tx.send(close_frame(1012, "server shutting down")).await?;
+                let _ = within(up_tx.close()).await;
+                within(client_tx.send(close_frame(1012, "server shutting down"))).await?;
                 return Ok(());
             }
             close = &mut ended => {
-                let _ = up_tx.close().await;
-                client_tx.send(close).await?;
+                let _ = within(up_tx.close()).await;
+                within(client_tx.send(close)).await?;
                 return Ok(());
             }
             from_client = client_rx.next() => match from_client {
                 None | Some(Ok(Message::Close(_))) => {
-                    let _ = up_tx.close().await;
-                    let _ = client_tx.close().await;
+                    let _ = within(up_tx.close()).await;
+                    let _ = within(client_tx.close()).await;
                     return Ok(());
                 }
                 Some(Err(err)) => {
-                    let _ = client_tx.send(close_for(&err)).await;
+                    let _ = within(client_tx.send(close_for(&err))).await;
                     return Err(err.into());
                 }
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
@@ -365,24 +377,24 @@ async fn relay(
                         Message::Binary(data) => tungstenite::Message::Binary(data),
                         _ => unreachable!("matched above"),
                     };
-                    up_tx.send(forwarded).await?;
+                    within(up_tx.send(forwarded)).await?;
                 }
                 Some(Ok(_)) => {}
             },
             from_upstream = up_rx.next() => match from_upstream {
                 None | Some(Ok(tungstenite::Message::Close(_))) | Some(Err(_)) => {
-                    client_tx.send(close_frame(1011, "echo upstream closed")).await?;
+                    within(client_tx.send(close_frame(1011, "echo upstream closed"))).await?;
                     return Ok(());
                 }
                 Some(Ok(tungstenite::Message::Text(text))) => {
                     let message = Message::Text(text.as_str().into());
                     transcript.record("out", &message);
-                    client_tx.send(message).await?;
+                    within(client_tx.send(message)).await?;
                 }
                 Some(Ok(tungstenite::Message::Binary(data))) => {
                     let message = Message::Binary(data);
                     transcript.record("out", &message);
-                    client_tx.send(message).await?;
+                    within(client_tx.send(message)).await?;
                 }
                 Some(Ok(_)) => {}
             },

@@ -49,7 +49,7 @@ const ENVELOPE_ALLOWANCE: usize = 512;
 /// room sockets mostly write, and a larger frame still arrives whole.
 pub(super) const READ_BUFFER: usize = 4 * 1024;
 /// A socket whose writes stall this long is dropped.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket we close waits for the client's answering close.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const REPLAY_PAGE: u64 = 200;

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 use crate::{
     helpers::{Backend, spawn_app, spawn_app_with},
@@ -162,4 +162,62 @@ async fn relays_through_the_upstream(backend: Backend) {
     assert_eq!(list[0]["frames"][1]["text"], r#"{"SAY":"QUIET"}"#);
 }
 
-crate::on_both_backends!(echoes_and_keeps_a_transcript, relays_through_the_upstream);
+/// A client that sends and never reads blocks the echo's writes; the socket
+/// is dropped once a write has waited the send timeout (10 s), and its slot
+/// is free again: it cannot outlive its token, a logout or a shutdown.
+async fn an_echo_client_that_never_reads_is_dropped(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| c.sockets_per_user = 1).await else {
+        return;
+    };
+    let api = app.api();
+    let (_, token) = api.user("mute").await;
+    // A tiny receive window, so the server's writes back up at once.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(app.addr).await.unwrap();
+    let mut request = format!("ws://{}/echo", app.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    let (mut tx, _rx) = ws.split();
+    let frame = "e".repeat(4000);
+    let mut sent = 0;
+    while sent < 20_000 {
+        let send = tx.send(Message::Text(frame.clone().into()));
+        if tokio::time::timeout(Duration::from_millis(500), send)
+            .await
+            .is_err()
+        {
+            break; // the server stopped reading: it is stuck writing to us
+        }
+        sent += 1;
+    }
+    assert!(sent < 20_000, "the server never pushed back");
+    assert!(
+        Ws::connect(app.addr, "/echo", Some(&token)).await.is_err(),
+        "one socket per user, and it is held"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match Ws::connect(app.addr, "/echo", Some(&token)).await {
+            Ok(ws) => {
+                ws.close().await;
+                break;
+            }
+            Err(refused) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stuck socket still holds its slot: {refused:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+crate::on_both_backends!(
+    echoes_and_keeps_a_transcript,
+    relays_through_the_upstream,
+    an_echo_client_that_never_reads_is_dropped
+);
