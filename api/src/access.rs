@@ -320,6 +320,9 @@ async fn take_seat(
     user_id: Uuid,
     full: ApiError,
 ) -> Result<()> {
+    if !pair_seat_open(state, room, user_id).await? {
+        return Err(full);
+    }
     match rooms::add_member(&state.db, room.id, user_id).await {
         Ok(rooms::Added::Added) => {
             crate::user_events::room_added(state, user_id, room.id).await;
@@ -329,6 +332,21 @@ async fn take_seat(
         Err(QueryError::RoomFull) => Err(full),
         Err(err) => Err(err.into()),
     }
+}
+
+/// May `user_id` have a seat in `room` as far as its pair goes? A pair's
+/// private room (named by [`crate::domain::pair_room_name`]) seats only that
+/// pair: a seat one of them leaves, or frees by deleting their account, is
+/// not a stranger's to take, nor is the history that comes with it. To
+/// anyone else the room is full. Every other room: yes.
+pub async fn pair_seat_open(state: &AppState, room: &room::Model, user_id: Uuid) -> Result<bool> {
+    if room.kind != RoomKind::Private || !crate::domain::is_pair_room(&room.name) {
+        return Ok(true);
+    }
+    let members = rooms::members(&state.db, room.id).await?;
+    Ok(members.iter().any(|m| {
+        m.user_id == user_id || crate::domain::is_pair_room_of(&room.name, m.user_id, user_id)
+    }))
 }
 
 /// A socket's way in: resolves `key` (creating the room when allowed; never

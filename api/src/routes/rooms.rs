@@ -267,6 +267,9 @@ async fn add_member(
         }
     }
     .ok_or_else(|| ApiError::not_found("user"))?;
+    if !access::pair_seat_open(&state, &room, target.id).await? {
+        return Err(QueryError::RoomFull.into());
+    }
     match rooms::add_member(&state.db, room.id, target.id).await? {
         Added::Added => user_events::room_added(&state, target.id, room.id).await,
         Added::AlreadyMember => {
@@ -398,7 +401,7 @@ async fn private_room(
         return Ok((StatusCode::OK, Json(view(&state, user.id, room).await?)));
     }
     state.quotas.check_room_create(user.id)?;
-    let name = private_room_name(user.id, peer.id);
+    let name = crate::domain::pair_room_name(user.id, peer.id);
     let created = match rooms::create_private(&state.db, &name, user.id, peer.id).await {
         Ok(room) => room,
         Err(QueryError::RoomNameTaken) => {
@@ -421,33 +424,4 @@ async fn private_room(
         StatusCode::CREATED,
         Json(view(&state, user.id, created).await?),
     ))
-}
-
-/// The name a pair's private room gets: the same whichever of the two opens
-/// it, so two opening it at once collide on the unique name and share one room.
-fn private_room_name(a: Uuid, b: Uuid) -> String {
-    let (first, second) = if a < b { (a, b) } else { (b, a) };
-    let mut pair = first.as_bytes().to_vec();
-    pair.extend_from_slice(second.as_bytes());
-    let digest = Uuid::new_v5(&PRIVATE_ROOM_NAMESPACE, &pair)
-        .simple()
-        .to_string();
-    format!("dm.{}", &digest[..16])
-}
-
-/// Namespace of private room names.
-const PRIVATE_ROOM_NAMESPACE: Uuid = Uuid::from_u128(0x1c3e_5a7b_9d0f_4e21_8a6c_b3d5_f7e9_0a42);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pair_names_its_private_room_alike_either_way() {
-        let (a, b) = (Uuid::now_v7(), Uuid::new_v4());
-        let name = private_room_name(a, b);
-        assert_eq!(name, private_room_name(b, a));
-        assert_ne!(name, private_room_name(a, Uuid::new_v4()));
-        assert!(crate::domain::validate_room_name(&name).is_ok(), "{name}");
-    }
 }

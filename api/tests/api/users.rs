@@ -197,24 +197,66 @@ async fn message_a_person_opens_one_private_room(backend: Backend) {
     statuses.sort();
     assert_eq!(statuses, [200, 201]);
 
-    // A name someone else holds for another room does not stop the pair.
+    // The pair's room seats the pair alone: a seat one of them leaves is
+    // not a stranger's, nor its history; opening again makes a new room.
     let (frank_id, frank) = api.user("frank").await;
     let (status, first) = post(&api, &alice, &format!("/users/{frank_id}/private-room")).await;
     assert_eq!(status, 201);
     let name = first["name"].as_str().unwrap().to_owned();
+    let said =
+        crate::messages::post(&api, &frank, json!({"room_id": name, "content": "psst"})).await;
+    assert_eq!(said.0, 202);
+    crate::messages::wait_for_history(&api, &alice, &name, 1).await;
     let res = api
         .client
-        .delete(api.url(&format!("/rooms/{name}")))
-        .bearer_auth(&alice)
+        .delete(api.url(&format!("/rooms/{name}/members/{frank_id}")))
+        .bearer_auth(&frank)
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 204);
-    api.create_room(&frank, &name, "group").await;
+    assert_eq!(res.status(), 204, "frank leaves");
+    let carol_id = get(&api, &carol, "/users/me").await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = post(&api, &carol, &format!("/rooms/{name}/join")).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("room_full")),
+        "{body}"
+    );
+    let (status, _) = get(&api, &carol, &format!("/rooms/{name}/messages")).await;
+    assert_eq!(status, 403, "no history for a stranger");
+    let refused = crate::ws_client::Ws::connect(app.addr, &format!("/ws/{name}"), Some(&carol))
+        .await
+        .err()
+        .expect("no seat on a socket either");
+    assert_eq!(refused.body["code"], "room_full", "{:?}", refused.body);
+    let res = api
+        .client
+        .post(api.url(&format!("/rooms/{name}/members")))
+        .bearer_auth(&alice)
+        .json(&json!({"user_id": carol_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409, "not even its owner seats a third");
     let (status, second) = post(&api, &alice, &format!("/users/{frank_id}/private-room")).await;
     assert_eq!(status, 201, "{second}");
     assert_eq!(second["peer"]["username"], "frank");
     assert_ne!(second["name"], name);
+    let (status, _) = post(&api, &frank, &format!("/rooms/{name}/join")).await;
+    assert_eq!(status, 200, "frank's seat is his to take again");
+    // Nobody names a room like a pair's by hand.
+    let res = api
+        .client
+        .post(api.url("/rooms"))
+        .bearer_auth(&carol)
+        .json(&json!({"name": "dm.mine", "kind": "private"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
 
     // Refusals: yourself, nobody, not a UUID.
     let (status, body) = post(&api, &alice, &format!("/users/{alice_id}/private-room")).await;
