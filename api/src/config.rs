@@ -91,7 +91,8 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pub presence_delay: Duration,
 
-    /// Largest message content, in bytes (HTTP 413, WebSocket close 1009).
+    /// Largest message content, in bytes (HTTP 413, WebSocket `error
+    /// message_too_large`).
     #[arg(
         long,
         env = "MAX_MESSAGE_BYTES",

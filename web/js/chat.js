@@ -18,7 +18,7 @@ const BACKOFF_MAX_MS = 30000;
 const PING_EVERY_MS = 25000;
 const ACK_TIMEOUT_MS = 15000;
 // Content bigger than this goes over HTTP, which answers a clear 413, rather
-// than over the socket, which the server closes (1009) for oversized frames.
+// than over the socket, where it would only get an error frame.
 const SOCKET_CONTENT_BYTES = 4000;
 
 export class RoomSession {

@@ -158,8 +158,28 @@ async fn frames_in_and_out(backend: Backend) {
     ws.send_binary(vec![1, 2, 3]).await;
     assert_eq!(ws.expect_close().await, 1003);
 
+    // Content within the limit, sent as JSON that escapes every character
+    // (as Python's default does): six bytes on the wire for each.
     let (mut ws, _) = Ws::join(app.addr, "/ws/public", &alice).await;
+    let escaped: String = std::iter::repeat_n("\\u0436", 2000).collect();
+    ws.send_text(&format!(
+        r#"{{"type":"message","content":"{escaped}","client_id":"k9"}}"#
+    ))
+    .await;
+    assert_eq!(ws.next_of(&["ack"]).await["client_id"], "k9");
+    assert_eq!(
+        ws.next_of(&["message"]).await["content"]
+            .as_str()
+            .map(|c| c.chars().count()),
+        Some(2000)
+    );
+    // Plain text over the limit is refused as content, the socket open.
     ws.send_text(&"z".repeat(4096 + 600)).await;
+    assert_eq!(ws.next_of(&["error"]).await["code"], "message_too_large");
+
+    // A frame past what any content within the limit needs: closed.
+    let (mut ws, _) = Ws::join(app.addr, "/ws/public", &alice).await;
+    ws.send_text(&"z".repeat(6 * 4096 + 600)).await;
     assert_eq!(ws.expect_close().await, 1009);
 }
 
