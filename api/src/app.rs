@@ -267,7 +267,7 @@ pub enum AdminCreated {
 /// Creates an admin account, checking the same rules as registration. An
 /// existing account of that name is an error, unless `promote`: then it
 /// becomes an admin and its password is reset to `password` (its other
-/// tokens stop working, as after any password change).
+/// tokens and refresh cookies stop working, as after any password change).
 pub async fn create_admin(
     db: &DatabaseConnection,
     username: &str,
@@ -294,6 +294,11 @@ pub async fn create_admin(
             anyhow::bail!("user {username} is a guest account and cannot become an admin");
         }
         let user = users::update_account(db, user, None, Some(hash), None).await?;
+        // The new password ends every sign-in, refresh cookies too: whoever
+        // held the account before must not refresh into an admin's token.
+        crate::auth::refresh::revoke_user(db, user.id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
         users::set_role(db, user, Role::Admin).await?;
         return Ok(AdminCreated::Promoted);
     }

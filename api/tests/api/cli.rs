@@ -590,6 +590,16 @@ async fn admin_create_on_an_existing_user(backend: Backend) {
         }
     };
     assert_eq!(login("boss-password").await.status(), 401);
+    // The squatter's own sign-in, with its refresh cookie.
+    let res = login("password123").await;
+    assert_eq!(res.status(), 200);
+    let squatters_refresh = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("roomcast_refresh="))
+        .expect("a refresh cookie");
 
     let out = create(&["--promote"]);
     assert!(
@@ -615,6 +625,15 @@ async fn admin_create_on_an_existing_user(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(me["role"], "admin", "{me}");
+    // The sign-in from before the reset cannot refresh into the admin.
+    let res = api
+        .client
+        .post(api.url("/auth/refresh"))
+        .header("cookie", &squatters_refresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "{}", res.text().await.unwrap());
 }
 
 crate::on_both_backends!(admin_create_on_an_existing_user);
