@@ -62,6 +62,7 @@ pub struct RegisterRequest {
     responses(
         (status = 201, description = "Created", body = UserView), (status = 409), (status = 422),
         (status = 400, description = "Malformed request"),
+        (status = 403, description = "A cross-site request (`origin_not_allowed`)"),
         (status = 429, description = "Rate limited (see Retry-After)"),
         (status = 503, description = "Busy hashing passwords (see Retry-After)")
     )
@@ -69,8 +70,10 @@ pub struct RegisterRequest {
 async fn register(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
     Valid(req): Valid<RegisterRequest>,
 ) -> Result<impl IntoResponse> {
+    same_site(&headers, &state)?;
     state.quotas.check_register(client)?;
     let password_hash = {
         let _turn = state.quotas.hashing.enter().await?;
@@ -156,6 +159,7 @@ struct TokenResponse {
     request_body(content((LoginRequest = "application/json"), (LoginRequest = "application/x-www-form-urlencoded"))),
     responses(
         (status = 200, description = "A bearer token", body = TokenResponse), (status = 401),
+        (status = 403, description = "A cross-site request (`origin_not_allowed`)"),
         (status = 429, description = "Rate limited (see Retry-After)"), (status = 422),
         (status = 503, description = "Busy hashing passwords (see Retry-After)")
     )
@@ -166,6 +170,10 @@ async fn login(
     jar: CookieJar,
     req: Request,
 ) -> Result<impl IntoResponse> {
+    // A page elsewhere must not sign its visitor in as someone else (their
+    // cookies would then be the attacker's account): a form post from
+    // another site is refused.
+    same_site(req.headers(), &state)?;
     let form = is_form(req.headers());
     if !form && !is_json(req.headers()) {
         return Err(ApiError::new(
@@ -274,12 +282,7 @@ async fn refresh(
     headers: HeaderMap,
     jar: CookieJar,
 ) -> Result<impl IntoResponse> {
-    if !crate::auth::extractor::origin_allowed(&headers, &state.config) {
-        return Err(ApiError::forbidden(
-            "origin_not_allowed",
-            "cross-site requests cannot use the cookie",
-        ));
-    }
+    same_site(&headers, &state)?;
     let token = jar
         .get(cookies::REFRESH_COOKIE)
         .map(|c| c.value().to_owned())
@@ -322,19 +325,59 @@ fn invalid_credentials() -> ApiError {
     ApiError::unauthorized("invalid_credentials", "wrong username or password")
 }
 
+/// Refuses a browser's request from a site that is neither this one nor in
+/// `ALLOWED_ORIGINS` (403 `origin_not_allowed`): what signs in, or spends or
+/// ends the refresh cookie, is for this site's pages and for clients that
+/// send no `Origin` (curl, Postman, backends).
+fn same_site(headers: &HeaderMap, state: &AppState) -> Result<()> {
+    if crate::auth::extractor::origin_allowed(headers, &state.config) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "origin_not_allowed",
+            "cross-site requests cannot sign in or use the cookie",
+        ))
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/auth/logout",
     tag = "auth",
     summary = "Revoke this token and this sign-in's refresh tokens; clear both cookies",
-    responses((status = 204, description = "Logged out"), (status = 401)),
-    security(("bearer" = []), ("cookie" = []))
+    description = "With an access token that no longer works (expired), the refresh cookie alone \
+        is enough: its sign-in is ended all the same, so a tab left open past its token's life \
+        still signs out.",
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, description = "Neither a working access token nor a refresh cookie"),
+        (status = 403, description = "A cross-site request with only the refresh cookie (`origin_not_allowed`)")
+    ),
+    security(("bearer" = []), ("cookie" = []), ("refresh_cookie" = []))
 )]
 async fn logout(
     State(state): State<AppState>,
-    user: AuthUser,
+    headers: HeaderMap,
+    user: std::result::Result<AuthUser, ApiError>,
     jar: CookieJar,
 ) -> Result<impl IntoResponse> {
+    let user = match user {
+        Ok(user) => user,
+        // No working access token: the refresh cookie still names a sign-in
+        // to end (a token expires while its tab stays open; that sign-in
+        // would otherwise outlive the logout by its 14 days).
+        Err(refused) => {
+            let Some(refresh) = jar
+                .get(cookies::REFRESH_COOKIE)
+                .filter(|c| !c.value().is_empty())
+            else {
+                return Err(refused);
+            };
+            same_site(&headers, &state)?;
+            refresh::revoke_family_of(&state.db, refresh.value()).await?;
+            return Ok(signed_out(jar).into_response());
+        }
+    };
     let expires_at = Utc
         .timestamp_opt(user.claims.exp, 0)
         .single()
@@ -361,7 +404,7 @@ async fn logout(
     if let Some(refresh) = jar.get(cookies::REFRESH_COOKIE) {
         refresh::revoke_family_of(&state.db, refresh.value()).await?;
     }
-    Ok(signed_out(jar))
+    Ok(signed_out(jar).into_response())
 }
 
 #[utoipa::path(

@@ -638,7 +638,96 @@ async fn logout_everywhere_and_password_change_end_refresh_cookies(backend: Back
     }
 }
 
+const EVIL: &str = "https://evil.example";
+
+/// A tab whose access token has expired (its cookie gone with it) still
+/// signs out: the refresh cookie alone ends its sign-in. A page on another
+/// site can neither do that nor sign anyone in (login CSRF) or up.
+async fn logout_with_only_the_refresh_cookie_and_cross_site_refusals(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let api = app.api();
+    api.register("alice").await;
+    let login = |origin: Option<String>| {
+        let api = &api;
+        async move {
+            let mut req = api
+                .client
+                .post(api.url("/auth/login"))
+                .form(&[("username", "alice"), ("password", "password123")]);
+            if let Some(origin) = origin {
+                req = req.header("origin", origin);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let logout = |cookie: String, origin: Option<String>| {
+        let api = &api;
+        async move {
+            let mut req = api
+                .client
+                .post(api.url("/auth/logout"))
+                .header("cookie", cookie);
+            if let Some(origin) = origin {
+                req = req.header("origin", origin);
+            }
+            req.send().await.unwrap()
+        }
+    };
+
+    // Another site's form: refused, and no cookie is set.
+    let res = login(Some(EVIL.into())).await;
+    assert_eq!(res.status(), 403);
+    assert!(res.headers().get("set-cookie").is_none());
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["code"],
+        "origin_not_allowed"
+    );
+    let res = api
+        .client
+        .post(api.url("/auth/register"))
+        .header("origin", EVIL)
+        .json(&json!({"username": "mallory", "email": "m@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // This site's own page, and clients that send no Origin, sign in.
+    let own = format!("http://{}", app.addr);
+    assert_eq!(login(Some(own.clone())).await.status(), 200);
+    let res = login(None).await;
+    assert_eq!(res.status(), 200);
+    let (cookie, _) = set_cookie(&res, "roomcast_refresh").expect("a refresh cookie");
+
+    // Neither token nor cookie: 401 as before.
+    let res = api
+        .client
+        .post(api.url("/auth/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    // The refresh cookie alone, from another site: refused, and it still works.
+    assert_eq!(
+        logout(cookie.clone(), Some(EVIL.into())).await.status(),
+        403
+    );
+    let res = refresh(&api, &cookie).await;
+    assert_eq!(res.status(), 200);
+    let (cookie, _) = set_cookie(&res, "roomcast_refresh").expect("rotated");
+    // From this site: the sign-in ends, both cookies are cleared.
+    let res = logout(cookie.clone(), Some(own)).await;
+    assert_eq!(res.status(), 204);
+    let (cleared, _) = set_cookie(&res, "roomcast_refresh").expect("the cookie is cleared");
+    assert_eq!(cleared, "roomcast_refresh=");
+    let res = refresh(&api, &cookie).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "token_revoked");
+}
+
 crate::on_both_backends!(
+    logout_with_only_the_refresh_cookie_and_cross_site_refusals,
     logout_everywhere_and_password_change_end_refresh_cookies,
     expired_revoked_tokens_are_pruned,
     bootstrap_admin_promotes_only_with_its_password,
