@@ -551,6 +551,19 @@ async function main() {
     await expectText(messageItem(a, 'Hello from a guest').locator('.author'), 'visitor', 'the guest as alice sees them');
     await checkNarrowLayout(g, "the guest's room", { composer: true });
     if (await g.locator('#rooms-pane').isVisible()) throw new Error('a guest sees the room list');
+    // Someone who knows only the guest's name cannot step into their seat:
+    // the address the page made up is this browser's own.
+    const guestMe = await api(g, 'GET', '/users/me');
+    const other = await a.request.post(`${NODE1}/generate-token`, {
+      data: { username: 'visitor', email: 'visitor@guests.invalid', room_id: 'lobby' },
+    });
+    if (other.status() === 200) {
+      const { token } = await other.json();
+      const otherMe = await a.request.get(`${NODE1}/users/me`, { headers: { Authorization: `Bearer ${token}` } });
+      if ((await otherMe.json()).id === guestMe.body.id) throw new Error("a stranger got the guest's account by its name");
+    } else if (other.status() !== 409) {
+      throw new Error(`a second guest named visitor: ${other.status()}`);
+    }
     await guestCtx.close();
     delete run.pages.guest;
   });

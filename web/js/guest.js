@@ -20,14 +20,29 @@ export function showGuest(room) {
   $('guest-name').focus();
 }
 
+// The server gives a guest's account to whoever names it with the same
+// address, so without one given the address is this browser's own secret:
+// the same name here comes back as the same guest, and nobody who only
+// knows the name can step into their seat. Nobody writes to it.
+function browserGuestEmail(username) {
+  const KEY = 'roomcast.guestKey';
+  let key = null;
+  try { key = localStorage.getItem(KEY); } catch { /* storage off: a key for this page only */ }
+  if (!key) {
+    const bytes = crypto.getRandomValues(new Uint8Array(12));
+    key = Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+    try { localStorage.setItem(KEY, key); } catch { /* as above */ }
+  }
+  return `${username.toLowerCase()}.${key}@guests.invalid`;
+}
+
 async function join(event) {
   event.preventDefault();
   const form = event.currentTarget;
   clearFormErrors(form);
   const room = guestRoomFromHash();
   const username = form.elements.username.value.trim();
-  // The address only tells the same guest apart on the next visit; nobody writes to it.
-  const email = form.elements.email.value.trim() || `${username.toLowerCase()}@guests.invalid`;
+  const email = form.elements.email.value.trim() || browserGuestEmail(username);
   if (!room || !username) {
     showFormError(form, new ApiError('Choose a name to join as a guest.', 0));
     return;
