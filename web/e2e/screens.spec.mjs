@@ -568,6 +568,24 @@ async function main() {
     delete run.pages.guest;
   });
 
+  await step('1. public rooms made and deleted in a burst elsewhere reload alice\'s list a few times, not once each', async () => {
+    let lists = 0;
+    const count = (req) => {
+      if (req.method() === 'GET' && new URL(req.url()).pathname === '/rooms') lists += 1;
+    };
+    a.on('request', count);
+    for (let i = 0; i < 8; i += 1) {
+      const made = await api(b, 'POST', '/rooms', { name: `burst-${i}`, kind: 'public' });
+      if (made.status !== 201) throw new Error(`burst-${i}: ${made.status}`);
+      const gone = await api(b, 'DELETE', `/rooms/burst-${i}`);
+      if (gone.status !== 204) throw new Error(`burst-${i} deleted: ${gone.status}`);
+    }
+    await sleep(2500);
+    a.off('request', count);
+    if (lists < 1 || lists > 5) throw new Error(`alice's list was loaded ${lists} times for 16 changes`);
+    if (await roomLink(a, 'burst-0').count()) throw new Error('a deleted room is still listed');
+  });
+
   // ------------------------------------------------------------ 4. deleting an account
   await step('4. carol deletes her account: a wrong password is refused, the right one deletes it', async () => {
     await goTo(c, 'Account', 'Your account');

@@ -27,6 +27,18 @@ export async function refreshRooms() {
   renderRooms(search);
 }
 
+// A public room made or deleted anywhere reaches every signed-in user at
+// once: each page waits a moment, a different one for each, and reloads
+// its list once for all the changes meanwhile, rather than once per change.
+let refreshSoon = null;
+export function refreshRoomsSoon() {
+  if (refreshSoon) return;
+  refreshSoon = setTimeout(() => {
+    refreshSoon = null;
+    refreshRooms();
+  }, 250 + Math.random() * 1000);
+}
+
 const peers = new Map(); // private room id -> the other member {id, username, avatar_url}
 
 /** A private room is shown as the other person: ask its members once (unless the server said). */
@@ -296,8 +308,10 @@ class UserChannel {
           : `the room ${room.name || ''}`;
         announce(`You were added to ${what}.`);
       }
-    } else if (['room_removed', 'room_listed', 'room_unlisted'].includes(frame.type)) {
+    } else if (frame.type === 'room_removed') {
       refreshRooms();
+    } else if (['room_listed', 'room_unlisted'].includes(frame.type)) {
+      refreshRoomsSoon();
     } else if (frame.type === 'pong') {
       this.awaitingPong = false;
     }
