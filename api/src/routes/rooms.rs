@@ -405,8 +405,10 @@ async fn private_room(
     let created = match rooms::create_private(&state.db, &name, user.id, peer.id).await {
         Ok(room) => room,
         Err(QueryError::RoomNameTaken) => {
-            // Either the other one opened it a moment ago, or someone took
-            // the name for another room: then a name of its own.
+            // Either the other one opened it a moment ago, or it is the
+            // pair's earlier room, which one of them has left (or a room
+            // named so by hand before such names were kept): then a name
+            // of its own.
             if let Some(room) = rooms::find_private(&state.db, user.id, peer.id).await? {
                 return Ok((StatusCode::OK, Json(view(&state, user.id, room).await?)));
             }
