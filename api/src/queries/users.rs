@@ -197,15 +197,21 @@ pub async fn delete(
     Ok(())
 }
 
-/// Users whose name or email contains `search`, by name.
+/// Users whose name or email contains `search`, by name, without their
+/// avatar images (`avatar` is `None`; the URL needs only its version).
 pub async fn search(
     db: &impl ConnectionTrait,
     search: Option<&str>,
     limit: u64,
     offset: u64,
 ) -> Result<Vec<user::Model>, QueryError> {
-    use sea_orm::{Condition, QueryOrder, QuerySelect, sea_query::LikeExpr};
-    let mut query = user::Entity::find();
+    use sea_orm::{Condition, Iterable, QueryOrder, QuerySelect, sea_query::LikeExpr};
+    // Every column but the avatar image (a listing shows its URL): a page
+    // of 50 users would otherwise read up to 50 images.
+    let mut query = user::Entity::find()
+        .select_only()
+        .columns(user::Column::iter().filter(|c| !matches!(c, user::Column::Avatar)))
+        .column_as(Expr::cust("NULL"), "avatar");
     if let Some(search) = search.filter(|s| !s.is_empty()) {
         let pattern = super::like_pattern(search);
         query = query.filter(

@@ -6,7 +6,7 @@ use image::{ImageFormat, Rgba, RgbaImage};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, spawn_app_with};
 
 fn image(width: u32, height: u32, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
@@ -32,7 +32,12 @@ fn form(bytes: Vec<u8>, mime: &str) -> Form {
 }
 
 async fn upload_and_serve_avatars(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.admin_username = Some("root".into());
+        c.admin_password = Some("root-password".to_owned().into());
+    })
+    .await
+    else {
         return;
     };
     let api = app.api();
@@ -162,6 +167,34 @@ async fn upload_and_serve_avatars(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+
+    // The admin's user list (which leaves the images in the database) links
+    // the current one.
+    let res = api
+        .client
+        .post(api.url("/auth/login"))
+        .json(&serde_json::json!({"username": "root", "password": "root-password"}))
+        .send()
+        .await
+        .unwrap();
+    let root = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = api
+        .client
+        .get(api.url("/admin/users?search=alice"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let listed: Value = res.json().await.unwrap();
+    assert_eq!(
+        listed[0]["avatar_url"],
+        format!("{avatar_url}?v=3"),
+        "{listed}"
+    );
 }
 
 crate::on_both_backends!(upload_and_serve_avatars);
