@@ -58,6 +58,11 @@ fn hostile_table(room: &str) -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("created_at a number", obj(json!({"created_at": 1e308}))),
         ("id not a uuid", obj(json!({"id": "xyz"}))),
+        // The parser's error quotes it whole: the reason header must not.
+        (
+            "a long JSON string",
+            format!("\"{}\"", "A".repeat(200_000)).into_bytes(),
+        ),
         (
             "id a huge number",
             br#"{"room_id":"R","content":"x","id":1e400}"#.to_vec(),

@@ -210,10 +210,9 @@ async fn persist(
             }
             Err(err) if part.len() == 1 => {
                 tracing::warn!(error = %err, "store stage: the database refuses a message; dead-lettering it");
-                let detail: String = err.to_string().chars().take(500).collect();
                 outcome
                     .rejected
-                    .push((part[0].index, Reject::Refused, Some(detail)));
+                    .push((part[0].index, Reject::Refused, Some(err.to_string())));
             }
             Err(err) => {
                 tracing::warn!(error = %err, messages = part.len(), "store stage: the database refuses a batch; \
@@ -325,6 +324,21 @@ async fn settle(
     true
 }
 
+/// Most characters of a detail in a dead letter's reason header. The detail
+/// may quote what the message held (the JSON parser's error quotes a string
+/// it did not expect, whole), and a header travels in one frame: a header
+/// over the broker's frame size (128 KiB) closes the whole connection, and
+/// the dead letter would be tried again, on every node, for ever.
+const DETAIL_CHARS: usize = 500;
+
+/// `detail` cut to [`DETAIL_CHARS`], with `…` where it was cut.
+fn shorten(detail: &str) -> std::borrow::Cow<'_, str> {
+    match detail.char_indices().nth(DETAIL_CHARS) {
+        Some((end, _)) => format!("{}…", &detail[..end]).into(),
+        None => detail.into(),
+    }
+}
+
 /// The dead letters and the room events of a stored batch, confirmed; the
 /// dead letters from `dead_lettered` on (those before went out on an earlier
 /// try).
@@ -336,7 +350,7 @@ async fn publish_outcome(
 ) -> Result<(), crate::BrokerError> {
     for (index, reason, detail) in &outcome.rejected[*dead_lettered..] {
         let header = match detail {
-            Some(detail) => format!("{}: {detail}", reason.label()),
+            Some(detail) => format!("{}: {}", reason.label(), shorten(detail)),
             None => reason.label().to_owned(),
         };
         broker.dead_letter(&batch[*index].payload, &header).await?;

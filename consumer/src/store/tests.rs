@@ -149,6 +149,16 @@ fn room_batches_keep_under_the_byte_bound() {
     assert_eq!(super::room_batches(&events, usize::MAX).len(), 2);
 }
 
+/// A dead letter's detail is cut to a header's worth, on a character.
+#[test]
+fn reason_details_are_cut_short() {
+    let long = "é".repeat(200_000);
+    let cut = super::shorten(&long);
+    assert_eq!(cut.chars().count(), super::DETAIL_CHARS + 1);
+    assert!(cut.ends_with('…'));
+    assert_eq!(super::shorten("short"), "short");
+}
+
 #[test]
 fn judge_table() {
     let public = room_model("hall", room::RoomKind::Public);
