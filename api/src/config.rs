@@ -91,13 +91,13 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pub presence_delay: Duration,
 
-    /// Largest message content, in bytes (HTTP 413, WebSocket `error
+    /// Largest message content, in bytes, up to 512 KiB (HTTP 413, WebSocket `error
     /// message_too_large`).
     #[arg(
         long,
         env = "MAX_MESSAGE_BYTES",
         default_value_t = 4096,
-        value_parser = clap::value_parser!(u32).range(1..=1_048_576)
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(consumer::event::MAX_MESSAGE_BYTES_LIMIT))
     )]
     pub max_message_bytes: u32,
 

@@ -105,6 +105,15 @@ pub struct Envelope {
     pub created_at: Option<DateTime<Utc>>,
 }
 
+/// The largest `MAX_MESSAGE_BYTES` a node may be given. JSON may write a
+/// character of content as six bytes (`\u0001`), so a message of this much
+/// content is at most about 3 MiB on the broker, as an envelope and as its
+/// event: under the 4 MiB `max_message_size` of the shipped
+/// `rabbitmq/rabbitmq.conf`. More, and a message ingest accepted could be
+/// refused by the broker (a lost link for every publish in flight) or, as
+/// an event, stop the store stage.
+pub const MAX_MESSAGE_BYTES_LIMIT: u32 = 512 * 1024;
+
 /// The id a message gets: stable for a (sender, room, client_id) triple so
 /// that a retried publish is stored and delivered once; time-ordered
 /// otherwise. The room is part of it so that a client reusing a `client_id`
@@ -546,6 +555,57 @@ const USER_FRAME_PREFIX: &[u8] = br#"{"scope":"user","#;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The largest message, content JSON escapes six-fold from the longest
+    /// sender name, fits the broker's limit in the shipped configuration, as
+    /// an envelope and as its event.
+    #[test]
+    fn the_largest_message_fits_the_shipped_broker_limit() {
+        let conf = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rabbitmq/rabbitmq.conf"
+        ))
+        .unwrap();
+        let broker_max: usize = conf
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("max_message_size"))
+            .and_then(|v| v.trim().trim_start_matches('=').trim().parse().ok())
+            .expect("max_message_size in rabbitmq.conf");
+        let content = "\u{1}".repeat(MAX_MESSAGE_BYTES_LIMIT as usize);
+        let client_id = "\u{1}".repeat(64);
+        let envelope = Envelope {
+            id: Some(Uuid::now_v7()),
+            room_id: Uuid::new_v4().to_string(),
+            sender_id: Some(Uuid::new_v4()),
+            content: content.clone(),
+            client_id: Some(client_id.clone()),
+            created_at: Some(Utc::now()),
+        };
+        let envelope = serde_json::to_vec(&envelope).unwrap();
+        let event = RoomEvent::Message(MessageView {
+            id: Uuid::now_v7(),
+            room_id: Uuid::new_v4(),
+            seq: i64::MAX,
+            sender: Some(SenderView::new(Uuid::new_v4(), "u".repeat(32), i32::MAX)),
+            sender_deleted: false,
+            content: Some(content),
+            client_id: Some(client_id),
+            created_at: Utc::now(),
+            edited_at: Some(Utc::now()),
+            deleted: false,
+        })
+        .to_bytes();
+        assert!(
+            envelope.len() > 6 * MAX_MESSAGE_BYTES_LIMIT as usize,
+            "escaped six-fold"
+        );
+        for (what, bytes) in [("envelope", envelope.len()), ("event", event.len())] {
+            assert!(
+                bytes < broker_max,
+                "{what}: {bytes} bytes, the broker takes {broker_max}"
+            );
+        }
+    }
 
     #[test]
     fn user_events_round_trip_and_are_told_from_room_events() {

@@ -43,6 +43,8 @@ fn a_bad_value_stops_start_up_with_one_line_naming_it() {
         ("BIND", "not-an-address"),
         ("MAX_MESSAGE_BYTES", "abc"),
         ("MAX_MESSAGE_BYTES", "0"),
+        // JSON escaped six-fold, more would not fit the broker's 4 MiB.
+        ("MAX_MESSAGE_BYTES", "524289"),
         ("ACCESS_TOKEN_TTL", "forever"),
         ("ROOMS_AUTO_CREATE", "maybe"),
         ("LOG_FORMAT", "xml"),
