@@ -409,6 +409,58 @@ async fn a_missing_dead_letter_queue_loses_nothing() {
     assert!(reason.starts_with("unknown_room"), "{got}");
 }
 
+/// An operator deletes the `room.events` exchange (in this test's own
+/// vhost). The next event publish is refused, which fails the publishing
+/// channel: the node closes its connection and opens a new one, which
+/// declares the exchange again and binds this node's queue to its rooms
+/// again, so the room's socket hears the message; no old connection is
+/// left open beside the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_event_exchange_comes_back_with_its_bindings() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let vhost = app.vhost().expect("RabbitMQ");
+    let api = app.api();
+    let (_, alice) = api.user("alice").await;
+    api.create_room(&alice, "hall", "public").await;
+    let (mut ws, _) = Ws::join(app.addr, "/ws/hall?history=0", &alice).await;
+    let say = |content: &'static str| {
+        crate::messages::post(&api, &alice, json!({"room_id": "hall", "content": content}))
+    };
+    assert_eq!(say("before").await.0, 202);
+    assert_eq!(ws.next_of(&["message"]).await["content"], "before");
+    vhost.wait_for_connections(1).await;
+    let before = vhost.connections().await;
+
+    let res = crate::helpers::client()
+        .delete(format!(
+            "{}/api/exchanges/{}/room.events",
+            vhost.api,
+            testsupport::enc(&vhost.name)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "delete: {}", res.status());
+    assert_eq!(say("after").await.0, 202);
+    assert_eq!(ws.next_of(&["message"]).await["content"], "after");
+
+    // The management API lists connections a few seconds late.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = vhost.connections().await;
+        if now.len() == before.len() && now != before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections before {before:?}, now {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Deletes `queue` in the test's own vhost, as an operator would by hand.
 async fn delete_queue(app: &TestApp, queue: &str) {
     let vhost = app.vhost().expect("RabbitMQ");

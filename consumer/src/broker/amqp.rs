@@ -269,6 +269,16 @@ async fn supervise(inner: Arc<Inner>) {
                     // Shutting down: `close()` closes the connection.
                     None => return,
                     Some(reason) => {
+                        // The publishing channel may have failed alone (a
+                        // publish the broker refused, an exchange deleted):
+                        // the connection is closed all the same, so that the
+                        // consumers on it move to the new one with everyone
+                        // else, binding again what they hold, rather than
+                        // stay on an old connection no one else uses.
+                        if link.connection.status().connected() {
+                            let close = link.connection.close(200, "reconnecting".into());
+                            let _ = tokio::time::timeout(CONNECT_TIMEOUT, close).await;
+                        }
                         tracing::warn!(node = %inner.node_id, %reason, "broker connection lost; reconnecting");
                         *inner.last_error.lock().expect("error slot") = reason;
                     }
