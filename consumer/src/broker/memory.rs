@@ -4,8 +4,8 @@
 //! A publish is "confirmed" once it is in the queue's channel; like any
 //! in-memory queue it does not survive the process. The queue is bounded: a
 //! publish to a full one fails with [`BrokerError::Full`] (ingest's 503),
-//! never dropped and never waited for. Dead letters are kept in memory (and
-//! logged) so tests and operators can see them.
+//! never dropped and never waited for. Dead letters are logged, and the last
+//! [`KEPT_DEAD_LETTERS`] kept in memory so tests and operators can see them.
 //! One process has one store stage: `MESSAGE_PARTITIONS` means nothing here
 //! (every value is taken as 1, and [`Broker::publish_routed`] is a plain
 //! publish).
@@ -21,12 +21,17 @@ use uuid::Uuid;
 
 use super::{BoxStream, Broker, BrokerError, BrokerStatus, Interest, QueuedMessage, Rooms, Settle};
 
+/// Dead letters kept in memory: the process's memory is not a queue, and
+/// users can add to them (a room deleted with its messages still queued).
+pub const KEPT_DEAD_LETTERS: usize = 1000;
+
 #[derive(Default)]
 struct State {
     /// The single consumer's receiver, until it is taken.
     queue_rx: Option<mpsc::Receiver<(Bytes, Option<String>)>>,
     subscribers: Vec<mpsc::UnboundedSender<Bytes>>,
-    dead_letters: Vec<(Bytes, String)>,
+    /// The latest, up to [`KEPT_DEAD_LETTERS`].
+    dead_letters: std::collections::VecDeque<(Bytes, String)>,
     closed: bool,
 }
 
@@ -63,13 +68,11 @@ impl MemoryBroker {
         }
     }
 
-    /// The dead letters so far, with their reasons.
+    /// The latest dead letters (up to [`KEPT_DEAD_LETTERS`]), oldest first,
+    /// with their reasons.
     pub fn dead_letters(&self) -> Vec<(Bytes, String)> {
-        self.state
-            .lock()
-            .expect("broker state")
-            .dead_letters
-            .clone()
+        let state = self.state.lock().expect("broker state");
+        state.dead_letters.iter().cloned().collect()
     }
 
     fn check_open(&self) -> Result<(), BrokerError> {
@@ -112,11 +115,13 @@ impl Broker for MemoryBroker {
     async fn dead_letter(&self, message: &[u8], reason: &str) -> Result<(), BrokerError> {
         self.check_open()?;
         tracing::warn!(%reason, "message dead-lettered");
-        self.state
-            .lock()
-            .expect("broker state")
+        let mut state = self.state.lock().expect("broker state");
+        if state.dead_letters.len() == KEPT_DEAD_LETTERS {
+            state.dead_letters.pop_front();
+        }
+        state
             .dead_letters
-            .push((Bytes::copy_from_slice(message), reason.to_owned()));
+            .push_back((Bytes::copy_from_slice(message), reason.to_owned()));
         Ok(())
     }
 
@@ -201,5 +206,23 @@ mod tests {
         broker.publish(b"four").await.unwrap();
         assert_eq!(queued.next().await.unwrap().payload, "two");
         assert_eq!(queued.next().await.unwrap().payload, "four");
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_dead_letters_are_kept() {
+        let broker = MemoryBroker::default();
+        for i in 0..KEPT_DEAD_LETTERS + 5 {
+            broker
+                .dead_letter(format!("m{i}").as_bytes(), "unknown_room")
+                .await
+                .unwrap();
+        }
+        let kept = broker.dead_letters();
+        assert_eq!(kept.len(), KEPT_DEAD_LETTERS);
+        assert_eq!(kept[0].0, "m5".as_bytes());
+        assert_eq!(
+            kept.last().unwrap().0,
+            format!("m{}", KEPT_DEAD_LETTERS + 4).as_bytes()
+        );
     }
 }
