@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
 use super::{BoxStream, Broker, BrokerError, BrokerStatus, Interest, QueuedMessage, Rooms, Settle};
@@ -83,6 +83,36 @@ impl MemoryBroker {
     }
 }
 
+/// The queue's single consumer. Dropped (its store stage stopped, or
+/// panicked and is about to be started again), it hands the queue back to
+/// the broker, so that the next consumer takes what is still queued.
+struct Consumer {
+    rx: Option<mpsc::Receiver<(Bytes, Option<String>)>>,
+    state: Arc<Mutex<State>>,
+}
+
+impl futures_util::Stream for Consumer {
+    type Item = (Bytes, Option<String>);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let (Some(rx), Ok(mut state)) = (self.rx.take(), self.state.lock()) {
+            state.queue_rx = Some(rx);
+        }
+    }
+}
+
 struct NoopSettle;
 
 #[async_trait]
@@ -143,11 +173,14 @@ impl Broker for MemoryBroker {
         // One active consumer, as with RabbitMQ's single-active-consumer queue:
         // a second one waits forever.
         match self.state.lock().expect("broker state").queue_rx.take() {
-            Some(rx) => ReceiverStream::new(rx)
-                .map(|(payload, signature)| {
-                    QueuedMessage::new(payload, signature, false, Box::new(NoopSettle))
-                })
-                .boxed(),
+            Some(rx) => Consumer {
+                rx: Some(rx),
+                state: self.state.clone(),
+            }
+            .map(|(payload, signature)| {
+                QueuedMessage::new(payload, signature, false, Box::new(NoopSettle))
+            })
+            .boxed(),
             None => futures_util::stream::pending().boxed(),
         }
     }
@@ -206,6 +239,22 @@ mod tests {
         broker.publish(b"four").await.unwrap();
         assert_eq!(queued.next().await.unwrap().payload, "two");
         assert_eq!(queued.next().await.unwrap().payload, "four");
+    }
+
+    /// A store stage started again (after a panic) takes the queue anew,
+    /// with what was still in it.
+    #[tokio::test]
+    async fn a_dropped_consumer_hands_the_queue_back() {
+        let broker = MemoryBroker::default();
+        let mut first = broker.consume_messages(16);
+        broker.publish(b"one").await.unwrap();
+        assert_eq!(first.next().await.unwrap().payload, "one");
+        broker.publish(b"two").await.unwrap();
+        drop(first);
+        let mut second = broker.consume_messages(16);
+        assert_eq!(second.next().await.unwrap().payload, "two");
+        broker.publish(b"three").await.unwrap();
+        assert_eq!(second.next().await.unwrap().payload, "three");
     }
 
     #[tokio::test]

@@ -120,7 +120,13 @@ pub async fn run(
         }
     }
     drop(to_settle);
-    let _ = settler.await;
+    // A settler that panicked takes the stage with it, so that the node's
+    // supervisor starts it again rather than think it stopped.
+    if let Err(err) = settler.await
+        && err.is_panic()
+    {
+        std::panic::resume_unwind(err.into_panic());
+    }
 }
 
 /// A message refused: its index in the batch, why, and a detail for the header.
