@@ -84,30 +84,19 @@ impl Limits {
     /// order, and a refusal stops the count: an attempt the narrower limits
     /// refuse never uses up the wider ones.
     pub fn check_login(&self, username: &str, address: IpAddr) -> Result<(), ApiError> {
-        self.check_login_address(address)?;
-        self.check_login_account(username, address)
-    }
-
-    /// The first half of [`Limits::check_login`]: this address, whatever
-    /// the account. Login asks it before looking the account up.
-    pub fn check_login_address(&self, address: IpAddr) -> Result<(), ApiError> {
+        let clock = &*CLOCK;
+        let refused = |wait: Duration| too_many("too many login attempts; wait and retry", wait);
+        let address = address_key(address);
+        let account = username.to_lowercase();
         self.login_by_address
-            .check_key(&address_key(address))
-            .map_err(|n| refused_login(n.wait_time_from(CLOCK.now())))
-    }
-
-    /// The second half of [`Limits::check_login`]: this account from this
-    /// address, then from anywhere. `account` is the account's username once
-    /// it is found, so that its name and its email count as one; else what
-    /// was typed.
-    pub fn check_login_account(&self, account: &str, address: IpAddr) -> Result<(), ApiError> {
-        let account = account.to_lowercase();
+            .check_key(&address)
+            .map_err(|n| refused(n.wait_time_from(clock.now())))?;
         self.login_by_account_and_address
-            .check_key(&(account.clone(), address_key(address)))
-            .map_err(|n| refused_login(n.wait_time_from(CLOCK.now())))?;
+            .check_key(&(account.clone(), address))
+            .map_err(|n| refused(n.wait_time_from(clock.now())))?;
         self.login_by_account
             .check_key(&account)
-            .map_err(|n| refused_login(n.wait_time_from(CLOCK.now())))
+            .map_err(|n| refused(n.wait_time_from(clock.now())))
     }
 
     /// 429 with `Retry-After` when this user opened sockets too often.
@@ -139,10 +128,6 @@ fn address_key(address: IpAddr) -> IpAddr {
             None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         },
     }
-}
-
-fn refused_login(wait: Duration) -> ApiError {
-    too_many("too many login attempts; wait and retry", wait)
 }
 
 /// 429 `rate_limited`, with `Retry-After` rounded up: a client that waits

@@ -199,17 +199,13 @@ async fn login(
     if login.username.len() > 254 || login.password.len() > 128 {
         return Err(invalid_credentials());
     }
-    state.limits.check_login_address(client)?;
+    state.limits.check_login(&login.username, client)?;
+
     let user = if login.username.contains('@') {
         users::find_by_email(&state.db, &login.username).await?
     } else {
         users::find_by_username(&state.db, &login.username).await?
     };
-    // An account's name and its email are one account to the limits.
-    let account = user
-        .as_ref()
-        .map_or(login.username.as_str(), |u| u.username.as_str());
-    state.limits.check_login_account(account, client)?;
     let turn = state.quotas.hashing.enter().await?;
     let Some((user, phc)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
         password::dummy_verify(login.password).await;

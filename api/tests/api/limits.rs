@@ -73,9 +73,6 @@ async fn login_is_throttled_per_account(backend: Backend) {
     let retry = retry_after(&res);
     assert!((1..=6).contains(&retry), "retry after {retry}");
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "rate_limited");
-    // Its email is the same account to the limit.
-    let res = login("victim@example.com", "guessing-wrong").await.unwrap();
-    assert_eq!(res.status(), 429, "the email counts with the name");
     // Another account from the same address is not locked out.
     assert_eq!(login("other", "password123").await.unwrap().status(), 200);
     // The lock is short: one slot frees every 6 s.
