@@ -91,8 +91,8 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pub presence_delay: Duration,
 
-    /// Largest message content, in bytes, up to 512 KiB (HTTP 413, WebSocket `error
-    /// message_too_large`).
+    /// Largest message content, in bytes, up to 512 KiB (HTTP 413; WebSocket
+    /// `error message_too_large`, or close 1009 for a plain-text frame).
     #[arg(
         long,
         env = "MAX_MESSAGE_BYTES",

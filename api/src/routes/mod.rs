@@ -41,11 +41,14 @@ use crate::{auth::cookies::REFRESH_COOKIE, error::ApiError, state::AppState};
 /// Largest JSON body any route reads, unless `MAX_MESSAGE_BYTES` asks for more.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// The most bytes JSON may write for one byte of content (`\u0001`).
+const JSON_ESCAPE_FACTOR: usize = 6;
+
 /// The body limit: [`BODY_LIMIT`], or room for a message of
-/// `MAX_MESSAGE_BYTES` however its JSON escapes it (`\u0001` is six bytes
-/// for one), so that every message ingest would accept can be sent.
+/// `MAX_MESSAGE_BYTES` however its JSON escapes it, so that every message
+/// ingest would accept can be sent.
 fn body_limit(max_message_bytes: u32) -> usize {
-    BODY_LIMIT.max(max_message_bytes as usize * 6 + 4096)
+    BODY_LIMIT.max(max_message_bytes as usize * JSON_ESCAPE_FACTOR + 4096)
 }
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -42,7 +42,11 @@ use crate::{
     state::AppState,
 };
 
-/// Room a text frame has for its JSON envelope beyond `MAX_MESSAGE_BYTES` of content.
+/// Room a text frame has for its JSON envelope beyond `MAX_MESSAGE_BYTES` of
+/// content: a plain-text frame over `MAX_MESSAGE_BYTES` and this is closed
+/// with 1009. A JSON frame may be [`super::JSON_ESCAPE_FACTOR`] times
+/// `MAX_MESSAGE_BYTES` and this (its content escaped), and its content is
+/// what is checked.
 const ENVELOPE_ALLOWANCE: usize = 512;
 /// Bytes a socket reads from the network at a time. The library's default
 /// (128 KiB, for sockets that read a lot) was most of an idle socket's cost;
@@ -103,7 +107,8 @@ async fn connect(
     // Content of `MAX_MESSAGE_BYTES` however the client's JSON escapes it
     // (`\u0001` is six bytes for one; Python's default escapes every
     // character past ASCII): the size ingest checks is the content's.
-    let limit = state.config.max_message_bytes as usize * 6 + ENVELOPE_ALLOWANCE;
+    let limit =
+        state.config.max_message_bytes as usize * super::JSON_ESCAPE_FACTOR + ENVELOPE_ALLOWANCE;
     let history = q
         .history
         .unwrap_or(state.config.history_on_connect)
@@ -330,6 +335,16 @@ impl Session {
                     let reply = match inbound {
                         None => return End::Gone,
                         Some(Err(err)) => return closing_error(&err),
+                        // Plain text escapes nothing: over the limit, the
+                        // frame is too big, as the contract has it.
+                        Some(Ok(Message::Text(text)))
+                            if !is_json(&text)
+                                && text.len()
+                                    > self.state.config.max_message_bytes as usize
+                                        + ENVELOPE_ALLOWANCE =>
+                        {
+                            return End::Close(1009, "message too big");
+                        }
                         Some(Ok(Message::Text(text))) => match limiter.check() {
                             Err(wait) => {
                                 refused_in_a_row += 1;
@@ -359,7 +374,7 @@ impl Session {
 
     /// One client text frame; returns the reply frame, if any.
     async fn handle_text(&self, text: &str) -> Option<String> {
-        let frame = if text.trim_start().starts_with('{') {
+        let frame = if is_json(text) {
             match serde_json::from_str::<Value>(text) {
                 Err(err) => {
                     let detail = format!("not valid JSON: {err}");
@@ -492,9 +507,7 @@ fn rate_limited(text: &str, wait: Duration) -> String {
         #[serde(borrow, default)]
         client_id: Option<std::borrow::Cow<'a, str>>,
     }
-    let named = text
-        .trim_start()
-        .starts_with('{')
+    let named = is_json(text)
         .then(|| serde_json::from_str::<Named>(text).ok())
         .flatten();
     let client_id = named.as_ref().and_then(|n| n.client_id.as_deref());
@@ -505,6 +518,12 @@ fn rate_limited(text: &str, wait: Duration) -> String {
         retry_after_ms: Some(wait.as_millis().max(1) as u64),
     }
     .to_text()
+}
+
+/// A client frame that starts with `{` is JSON; any other is content as it
+/// stands.
+fn is_json(text: &str) -> bool {
+    text.trim_start().starts_with('{')
 }
 
 /// A read error's close.

@@ -25,8 +25,10 @@ use crate::helpers::{Backend, spawn_app_with};
 
 /// Large enough for 64-bit lengths (over 65535 bytes).
 const MAX_MESSAGE_BYTES: u32 = 65536;
-/// What both sockets allow beyond `MAX_MESSAGE_BYTES` for a frame (the
-/// room socket six times that, for content its JSON escapes).
+/// What both sockets allow beyond `MAX_MESSAGE_BYTES` for a frame. The room
+/// socket reads a frame six times that (its JSON may escape its content;
+/// the cases' text frames are JSON pings): a plain-text frame over the
+/// smaller bound is closed by the session instead, which `ws.rs` tests.
 const ALLOWANCE: usize = 512;
 /// A case that takes longer than this has hung.
 const CASE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -173,13 +173,15 @@ async fn frames_in_and_out(backend: Backend) {
             .map(|c| c.chars().count()),
         Some(2000)
     );
-    // Plain text over the limit is refused as content, the socket open.
-    ws.send_text(&"z".repeat(4096 + 600)).await;
-    assert_eq!(ws.next_of(&["error"]).await["code"], "message_too_large");
+    // A JSON frame past what any content within the limit needs: closed.
+    let content = "z".repeat(6 * 4096 + 600);
+    ws.send_text(&format!(r#"{{"type":"message","content":"{content}"}}"#))
+        .await;
+    assert_eq!(ws.expect_close().await, 1009);
 
-    // A frame past what any content within the limit needs: closed.
+    // Plain text escapes nothing: over the limit and the envelope's room, closed.
     let (mut ws, _) = Ws::join(app.addr, "/ws/public", &alice).await;
-    ws.send_text(&"z".repeat(6 * 4096 + 600)).await;
+    ws.send_text(&"z".repeat(4096 + 600)).await;
     assert_eq!(ws.expect_close().await, 1009);
 }
 
