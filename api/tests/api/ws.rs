@@ -427,6 +427,27 @@ async fn guest_flow(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
+    // The same name and address is the same guest again; an address made
+    // from the name is no key, and its guest is not given out again.
+    let ask = |username: &'static str, email: &'static str| {
+        api.client
+            .post(api.url("/generate-token"))
+            .json(&json!({"username": username, "email": email, "room_id": "support"}))
+            .send()
+    };
+    assert_eq!(ask("visitor", "v@example.com").await.unwrap().status(), 200);
+    assert_eq!(
+        ask("visitor", "other@example.com").await.unwrap().status(),
+        409
+    );
+    assert_eq!(
+        ask("kim", "kim@guests.invalid").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        ask("kim", "kim@guests.invalid").await.unwrap().status(),
+        409
+    );
     // A registered user's name cannot be taken by a guest.
     api.register("alice").await;
     let res = api
