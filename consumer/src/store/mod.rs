@@ -73,7 +73,7 @@ pub async fn run(
     let mut queued = broker.consume_messages(PREFETCH);
     let rooms = batch::RoomCache::default();
     let (to_settle, mut settling) = tokio::sync::mpsc::channel::<(Vec<QueuedMessage>, Outcome)>(2);
-    let settler = {
+    let mut settler = {
         let (broker, stop) = (broker.clone(), stop.clone());
         tokio::spawn(async move {
             while let Some((batch, outcome)) = settling.recv().await {
@@ -87,9 +87,16 @@ pub async fn run(
             }
         })
     };
+    // The settler's end, if it came first (it stops only on shutdown, or
+    // by panicking).
+    let mut settled = None;
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => break,
+            done = &mut settler => {
+                settled = Some(done);
+                break;
+            }
             next = queued.next() => match next {
                 Some(message) => message,
                 None => break,
@@ -120,9 +127,13 @@ pub async fn run(
         }
     }
     drop(to_settle);
-    // A settler that panicked takes the stage with it, so that the node's
-    // supervisor starts it again rather than think it stopped.
-    if let Err(err) = settler.await
+    // A settler that panicked takes the stage with it, at once, so that the
+    // node's supervisor starts it again rather than think it stopped.
+    let settled = match settled {
+        Some(done) => done,
+        None => settler.await,
+    };
+    if let Err(err) = settled
         && err.is_panic()
     {
         std::panic::resume_unwind(err.into_panic());

@@ -104,7 +104,6 @@ fn judge_takes_the_configured_limit() {
     );
 }
 
-/// Every rule of `judge`, one row each: (message, expected verdict).
 /// A room's events of one batch go in as many `room.events` messages as the
 /// byte bound asks, each a valid batch, in `seq` order; an event larger than
 /// the bound goes alone.
@@ -159,6 +158,7 @@ fn reason_details_are_cut_short() {
     assert_eq!(super::shorten("short"), "short");
 }
 
+/// Every rule of `judge`, one row each: (message, expected verdict).
 #[test]
 fn judge_table() {
     let public = room_model("hall", room::RoomKind::Public);
