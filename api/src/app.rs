@@ -10,7 +10,7 @@ use consumer::{
 };
 use entity::user::Role;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -293,13 +293,17 @@ pub async fn create_admin(
         if user.role == Role::Guest {
             anyhow::bail!("user {username} is a guest account and cannot become an admin");
         }
-        let user = users::update_account(db, user, None, Some(hash), None).await?;
         // The new password ends every sign-in, refresh cookies too: whoever
         // held the account before must not refresh into an admin's token.
-        crate::auth::refresh::revoke_user(db, user.id)
+        // Revoked first and all in one transaction, so that no refresh
+        // lands between the new token generation and the revocation.
+        let txn = db.begin().await?;
+        crate::auth::refresh::revoke_user(&txn, user.id)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
-        users::set_role(db, user, Role::Admin).await?;
+        let user = users::update_account(&txn, user, None, Some(hash), None).await?;
+        users::set_role(&txn, user, Role::Admin).await?;
+        txn.commit().await?;
         return Ok(AdminCreated::Promoted);
     }
     let new = users::NewUser {
