@@ -69,11 +69,10 @@ pub struct RegisterRequest {
 )]
 async fn register(
     State(state): State<AppState>,
+    _: SameSite,
     ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     Valid(req): Valid<RegisterRequest>,
 ) -> Result<impl IntoResponse> {
-    same_site(&headers, &state)?;
     state.quotas.check_register(client)?;
     let password_hash = {
         let _turn = state.quotas.hashing.enter().await?;
@@ -166,14 +165,11 @@ struct TokenResponse {
 )]
 async fn login(
     State(state): State<AppState>,
+    _: SameSite,
     ClientAddr(client): ClientAddr,
     jar: CookieJar,
     req: Request,
 ) -> Result<impl IntoResponse> {
-    // A page elsewhere must not sign its visitor in as someone else (their
-    // cookies would then be the attacker's account): a form post from
-    // another site is refused.
-    same_site(req.headers(), &state)?;
     let form = is_form(req.headers());
     if !form && !is_json(req.headers()) {
         return Err(ApiError::new(
@@ -279,10 +275,9 @@ fn signed_in(
 /// `POST /auth/refresh`: rotates the refresh cookie and issues an access token.
 async fn refresh(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: SameSite,
     jar: CookieJar,
 ) -> Result<impl IntoResponse> {
-    same_site(&headers, &state)?;
     let token = jar
         .get(cookies::REFRESH_COOKIE)
         .map(|c| c.value().to_owned())
@@ -325,10 +320,26 @@ fn invalid_credentials() -> ApiError {
     ApiError::unauthorized("invalid_credentials", "wrong username or password")
 }
 
-/// Refuses a browser's request from a site that is neither this one nor in
-/// `ALLOWED_ORIGINS` (403 `origin_not_allowed`): what signs in, or spends or
-/// ends the refresh cookie, is for this site's pages and for clients that
-/// send no `Origin` (curl, Postman, backends).
+/// A request from this site's pages, from a site in `ALLOWED_ORIGINS`, or
+/// from a client that sends no `Origin` (curl, Postman, backends); another
+/// site's is refused (403 `origin_not_allowed`) before its body is read. A
+/// page elsewhere must not sign its visitor in as someone else (login CSRF:
+/// their cookies would be the attacker's account), nor spend or end the
+/// refresh cookie.
+struct SameSite;
+
+impl axum::extract::FromRequestParts<AppState> for SameSite {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self> {
+        same_site(&parts.headers, state).map(|()| SameSite)
+    }
+}
+
+/// What [`SameSite`] asks, for a handler that asks it only sometimes.
 fn same_site(headers: &HeaderMap, state: &AppState) -> Result<()> {
     if crate::auth::extractor::origin_allowed(headers, &state.config) {
         Ok(())

@@ -693,6 +693,16 @@ async fn logout_with_only_the_refresh_cookie_and_cross_site_refusals(backend: Ba
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
+    // Refused before the body is read: a bad one is not even looked at.
+    let res = api
+        .client
+        .post(api.url("/auth/register"))
+        .header("origin", EVIL)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
     // This site's own page, and clients that send no Origin, sign in.
     let own = format!("http://{}", app.addr);
     assert_eq!(login(Some(own.clone())).await.status(), 200);
