@@ -31,7 +31,7 @@ export async function refreshRooms() {
 // once: each page waits a moment, a different one for each, and reloads
 // its list once for all the changes meanwhile, rather than once per change.
 let refreshSoon = null;
-export function refreshRoomsSoon() {
+function refreshRoomsSoon() {
   if (refreshSoon) return;
   refreshSoon = setTimeout(() => {
     refreshSoon = null;
