@@ -181,17 +181,7 @@ async fn admin_manages_users_and_roles(backend: Backend) {
         return;
     };
     let api = app.api();
-    let res = api
-        .client
-        .post(api.url("/auth/login"))
-        .json(&json!({"username": "root", "password": "root-password"}))
-        .send()
-        .await
-        .unwrap();
-    let root = res.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root = api.login_with("root", "root-password").await;
     let (_, alice) = api.user("alice").await;
 
     let new_user = json!({"username": "mod1", "email": "mod1@example.com", "password": "password123", "role": "moderator"});

@@ -170,17 +170,7 @@ async fn upload_and_serve_avatars(backend: Backend) {
 
     // The admin's user list (which leaves the images in the database) links
     // the current one.
-    let res = api
-        .client
-        .post(api.url("/auth/login"))
-        .json(&serde_json::json!({"username": "root", "password": "root-password"}))
-        .send()
-        .await
-        .unwrap();
-    let root = res.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root = api.login_with("root", "root-password").await;
     let res = api
         .client
         .get(api.url("/admin/users?search=alice"))

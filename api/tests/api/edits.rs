@@ -120,17 +120,7 @@ async fn edit_and_delete_rules_and_events(backend: Backend) {
         409
     );
 
-    let res = api
-        .client
-        .post(api.url("/auth/login"))
-        .json(&json!({"username": "root", "password": "root-password"}))
-        .send()
-        .await
-        .unwrap();
-    let root = res.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root = api.login_with("root", "root-password").await;
     assert_eq!(
         delete(&root, bob_msg).await.unwrap().status(),
         204,

@@ -408,10 +408,16 @@ impl Api {
     }
 
     pub async fn login(&self, username: &str) -> String {
+        self.login_with(username, "password123").await
+    }
+
+    /// Logs in with that password (an admin made from the configuration);
+    /// returns the access token.
+    pub async fn login_with(&self, username: &str, password: &str) -> String {
         let res = self
             .client
             .post(self.url("/auth/login"))
-            .json(&json!({"username": username, "password": "password123"}))
+            .json(&json!({"username": username, "password": password}))
             .send()
             .await
             .unwrap();
