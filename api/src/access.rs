@@ -207,9 +207,27 @@ pub fn may_delete_message(caller: Caller, author: Option<Uuid>, room: &room::Mod
 }
 
 /// May `caller` edit a message that `author` sent? Only its author (and
-/// only while [`can_post`] lets them post in its room, which the route asks).
+/// only while they may post in its room: [`can_edit_message`]).
 pub fn may_edit_message(caller: Caller, author: Option<Uuid>) -> bool {
     author == Some(caller.id)
+}
+
+/// May `user` edit a message that `author` sent in `room` now? Its author
+/// (403 `not_author` otherwise), while [`can_post`] lets them post there:
+/// not once removed from the room, nor with a guest token for another.
+pub async fn can_edit_message(
+    state: &AppState,
+    user: &AuthUser,
+    author: Option<Uuid>,
+    room: &room::Model,
+) -> Result<()> {
+    if !may_edit_message(user.into(), author) {
+        return Err(ApiError::forbidden(
+            "not_author",
+            "only the author can edit a message",
+        ));
+    }
+    can_post(state, user, room).await.map(drop)
 }
 
 /// May `user` read `room` (its details, members, history)?

@@ -33,7 +33,7 @@ use crate::{
     auth::{AuthUser, extractor::socket_user},
     error::Result,
     extract::QueryParams,
-    routes::ws::SEND_TIMEOUT,
+    routes::ws::{End, timed},
     state::AppState,
 };
 
@@ -316,17 +316,15 @@ async fn echo_locally(
     }
 }
 
-/// A write that must end within [`SEND_TIMEOUT`]: a client (or upstream)
-/// that stops reading must not hold the socket, and its slot, past its
-/// token's end, a logout or a shutdown, which are only seen between writes.
-async fn within<E>(write: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    match tokio::time::timeout(SEND_TIMEOUT, write).await {
-        Ok(written) => Ok(written?),
-        Err(_) => anyhow::bail!("the peer stopped reading for {SEND_TIMEOUT:?}"),
-    }
+/// A write that must end within the room sockets' send timeout
+/// ([`timed`]): a client (or upstream) that stops reading must not hold
+/// the socket, and its slot, past its token's end, a logout or a shutdown,
+/// which are only seen between writes.
+async fn within<E>(write: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()> {
+    timed(write).await.map_err(|end| match end {
+        End::Stalled => anyhow::anyhow!("the peer stopped reading"),
+        _ => anyhow::anyhow!("the peer is gone"),
+    })
 }
 
 async fn relay(

@@ -53,7 +53,7 @@ const ENVELOPE_ALLOWANCE: usize = 512;
 /// room sockets mostly write, and a larger frame still arrives whole.
 pub(super) const READ_BUFFER: usize = 4 * 1024;
 /// A socket whose writes stall this long is dropped.
-pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket we close waits for the client's answering close.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 const REPLAY_PAGE: u64 = 200;
@@ -554,8 +554,8 @@ pub(super) async fn send(sink: &mut Sink, message: Message) -> Result<(), End> {
     timed(sink.send(message)).await
 }
 
-/// A write that must end within `SEND_TIMEOUT`.
-async fn timed<E>(write: impl Future<Output = Result<(), E>>) -> Result<(), End> {
+/// A write that must end within `SEND_TIMEOUT` (room and echo sockets).
+pub(super) async fn timed<E>(write: impl Future<Output = Result<(), E>>) -> Result<(), End> {
     match tokio::time::timeout(SEND_TIMEOUT, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Gone),
