@@ -129,12 +129,15 @@ pub struct Config {
     pub socket_connect_rate: u32,
 
     /// Accounts one client address may register in a burst, before
-    /// `REGISTER_PER_MINUTE` applies (429 with `Retry-After` beyond).
-    #[arg(long, env = "REGISTER_BURST", default_value_t = 200, value_parser = count())]
+    /// `REGISTER_PER_MINUTE` applies (429 with `Retry-After` beyond). Each
+    /// account has a message budget of its own, so this bounds what one
+    /// stranger can send too; a school or office behind one address may
+    /// need more.
+    #[arg(long, env = "REGISTER_BURST", default_value_t = 10, value_parser = count())]
     pub register_burst: u32,
 
     /// Accounts a minute one client address may keep registering.
-    #[arg(long, env = "REGISTER_PER_MINUTE", default_value_t = 60, value_parser = count())]
+    #[arg(long, env = "REGISTER_PER_MINUTE", default_value_t = 1, value_parser = count())]
     pub register_per_minute: u32,
 
     /// Password hashes and checks (argon2, 19 MiB each) run at once; 0 means
@@ -147,24 +150,33 @@ pub struct Config {
     #[arg(long, env = "PASSWORD_HASH_QUEUE", default_value_t = 64, value_parser = queue_len())]
     pub password_hash_queue: u32,
 
-    /// Messages one user may post over HTTP (`POST /message`, `POST
-    /// /rooms/{room}/messages`) in a burst on one node, before
-    /// `HTTP_MESSAGE_RATE` applies (429 with `Retry-After` beyond).
-    #[arg(long, env = "HTTP_MESSAGE_BURST", default_value_t = 1000, value_parser = count())]
-    pub http_message_burst: u32,
+    /// Messages and edits one user may send in a burst on one node, over
+    /// HTTP and every socket together, before `MESSAGE_RATE` applies (429
+    /// or `error rate_limited`, with the wait, beyond). Admins are not
+    /// limited: a backend that posts for many people runs as an admin.
+    #[arg(long, env = "MESSAGE_BURST", default_value_t = 30, value_parser = count())]
+    pub message_burst: u32,
 
-    /// Messages a second one user may keep posting over HTTP on one node.
-    #[arg(long, env = "HTTP_MESSAGE_RATE", default_value_t = 10_000, value_parser = count())]
-    pub http_message_rate: u32,
+    /// Messages and edits a second one user may keep sending on one node.
+    #[arg(long, env = "MESSAGE_RATE", default_value_t = 10, value_parser = count())]
+    pub message_rate: u32,
+
+    /// The names `MESSAGE_BURST` and `MESSAGE_RATE` had when they counted
+    /// HTTP messages alone; set, they stop the start, so that an old setting
+    /// is not silently ignored.
+    #[arg(long, env = "HTTP_MESSAGE_BURST", hide = true)]
+    pub old_http_message_burst: Option<String>,
+    #[arg(long, env = "HTTP_MESSAGE_RATE", hide = true)]
+    pub old_http_message_rate: Option<String>,
 
     /// Rooms one user may create (`POST /rooms`, or a socket opening an
     /// unknown room) in a burst on one node, before `ROOM_CREATE_PER_MINUTE`
     /// applies (429 with `Retry-After` beyond).
-    #[arg(long, env = "ROOM_CREATE_BURST", default_value_t = 200, value_parser = count())]
+    #[arg(long, env = "ROOM_CREATE_BURST", default_value_t = 20, value_parser = count())]
     pub room_create_burst: u32,
 
     /// Rooms a minute one user may keep creating on one node.
-    #[arg(long, env = "ROOM_CREATE_PER_MINUTE", default_value_t = 60, value_parser = count())]
+    #[arg(long, env = "ROOM_CREATE_PER_MINUTE", default_value_t = 10, value_parser = count())]
     pub room_create_per_minute: u32,
 
     /// Guest tokens (`POST /generate-token`) one client address may ask for
@@ -187,8 +199,8 @@ pub struct Config {
 
     /// Sockets (room sockets, the own `/ws`, `/echo`) one user may hold open at once on
     /// one node; one more is refused before the upgrade with 429
-    /// `too_many_sockets`.
-    #[arg(long, env = "SOCKETS_PER_USER", default_value_t = 1000, value_parser = count())]
+    /// `too_many_sockets`. A person's tabs and rooms stay far below it.
+    #[arg(long, env = "SOCKETS_PER_USER", default_value_t = 100, value_parser = count())]
     pub sockets_per_user: u32,
 
     /// Echo transcripts kept per user; saving one more deletes the oldest.
@@ -334,6 +346,13 @@ impl Config {
         {
             return Err("AMQP_URL: must start with amqp:// or amqps://".into());
         }
+        if self.old_http_message_burst.is_some() || self.old_http_message_rate.is_some() {
+            return Err(
+                "HTTP_MESSAGE_BURST, HTTP_MESSAGE_RATE: renamed MESSAGE_BURST and \
+                 MESSAGE_RATE, which count a user's socket messages and edits too"
+                    .into(),
+            );
+        }
         if self.access_token_ttl < Duration::from_secs(10) {
             return Err("ACCESS_TOKEN_TTL: must be at least 10s".into());
         }
@@ -397,6 +416,25 @@ pub fn is_placeholder(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the shipped defaults let one stranger do: ten accounts from an
+    /// address at once, then one a minute; from each a person's pace of
+    /// messages (30 at once, then 10 a second on a node) and of new rooms
+    /// (20 at once, then 10 a minute), and 100 open sockets.
+    #[test]
+    fn the_shipped_budgets_pace_a_stranger() {
+        use clap::Parser;
+        let config = crate::cli::Cli::try_parse_from(["roomcast"])
+            .unwrap()
+            .config;
+        assert_eq!((config.register_burst, config.register_per_minute), (10, 1));
+        assert_eq!((config.message_burst, config.message_rate), (30, 10));
+        assert_eq!(
+            (config.room_create_burst, config.room_create_per_minute),
+            (20, 10)
+        );
+        assert_eq!(config.sockets_per_user, 100);
+    }
 
     #[test]
     fn placeholders_are_recognised() {

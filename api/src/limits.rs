@@ -38,7 +38,7 @@ const LOGIN_PER_ACCOUNT: (u32, Duration) = (100, Duration::from_secs(1));
 /// One clock for every limiter. Making a clock reads the CPU's features
 /// (CPUID), which a virtual machine traps: it showed in profiles when each
 /// socket and each refusal made its own.
-static CLOCK: LazyLock<DefaultClock> = LazyLock::new(DefaultClock::default);
+pub(crate) static CLOCK: LazyLock<DefaultClock> = LazyLock::new(DefaultClock::default);
 
 fn quota((burst, period): (u32, Duration)) -> Quota {
     Quota::with_period(period)
@@ -132,7 +132,7 @@ fn address_key(address: IpAddr) -> IpAddr {
 
 /// 429 `rate_limited`, with `Retry-After` rounded up: a client that waits
 /// exactly this long gets in.
-fn too_many(detail: &str, wait: Duration) -> ApiError {
+pub(crate) fn too_many(detail: &str, wait: Duration) -> ApiError {
     let mut err = ApiError::new(
         axum::http::StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",

@@ -1,14 +1,17 @@
 //! Quotas on costly work, beside the login and socket limits of
 //! [`crate::limits`]: registrations and guest tokens per client address,
-//! HTTP messages and room creations per user, gates that bound how many
+//! messages (and edits) and room creations per user, gates that bound how many
 //! argon2 hashes (19 MiB and tens of ms each) and avatar decodes (up to
 //! 64 MiB each) run at once and how many may wait, and each user's open
 //! sockets ([`SocketSlots`]).
 //!
 //! Every figure comes from the configuration (README's table). The defaults
-//! are generous: a benchmark or a test registering a hundred accounts from
-//! one address, or posting flat out as one user, is not throttled. Like the
-//! other limits they are per node.
+//! are what a stranger may do with an open sign-up: a few accounts from one
+//! address, and from each a person's pace of messages with room for a paste
+//! or a reconnect's resend, so that one account cannot flood a room or the
+//! store stage. Admins are not counted (a backend posts as one); benchmarks
+//! and tests that post flat out raise the figures. Like the other limits
+//! they are per node.
 
 use std::{
     net::IpAddr,
@@ -20,20 +23,24 @@ use std::{
     time::Duration,
 };
 
-use axum::http::StatusCode;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use uuid::Uuid;
 
-use crate::{config::Config, error::ApiError};
+use crate::{
+    auth::AuthUser,
+    config::Config,
+    error::ApiError,
+    limits::{CLOCK, too_many},
+};
 
 pub use crate::socket_slots::{SocketSlot, SocketSlots};
 
 pub struct Quotas {
     registrations: DefaultKeyedRateLimiter<IpAddr>,
     guest_tokens: DefaultKeyedRateLimiter<IpAddr>,
-    http_messages: DefaultKeyedRateLimiter<Uuid>,
+    messages: DefaultKeyedRateLimiter<Uuid>,
     room_creations: DefaultKeyedRateLimiter<Uuid>,
     /// argon2 hashes and verifications (19 MiB and tens of ms each).
     pub hashing: Gate,
@@ -50,7 +57,7 @@ fn keyed<K: std::hash::Hash + Eq + Clone>(
     let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
         .expect("non-zero period")
         .allow_burst(NonZeroU32::new(burst.max(1)).expect("non-zero burst"));
-    RateLimiter::dashmap(quota)
+    RateLimiter::dashmap_with_clock(quota, CLOCK.clone())
 }
 
 /// The number of cores, for gates configured with 0.
@@ -83,10 +90,7 @@ impl Quotas {
                 config.guest_token_burst,
                 every(minute, config.guest_tokens_per_minute),
             ),
-            http_messages: keyed(
-                config.http_message_burst,
-                every(second, config.http_message_rate),
-            ),
+            messages: keyed(config.message_burst, every(second, config.message_rate)),
             room_creations: keyed(
                 config.room_create_burst,
                 every(minute, config.room_create_per_minute),
@@ -124,13 +128,22 @@ impl Quotas {
         )
     }
 
-    /// Messages one user posts over HTTP (`HTTP_MESSAGE_BURST`, `HTTP_MESSAGE_RATE`).
-    pub fn check_http_message(&self, user: Uuid) -> Result<(), ApiError> {
-        check(
-            &self.http_messages,
-            &user,
-            "too many messages; wait and retry",
-        )
+    /// Counts a message or an edit one user sends, over HTTP or any socket
+    /// (`MESSAGE_BURST`, `MESSAGE_RATE`); admins are not counted. Over the
+    /// rate, how long until one would pass (a socket's `retry_after_ms`).
+    pub fn take_message(&self, user: &AuthUser) -> Result<(), Duration> {
+        if user.is_admin() {
+            return Ok(());
+        }
+        self.messages
+            .check_key(&user.id)
+            .map_err(|not_until| not_until.wait_time_from(CLOCK.now()))
+    }
+
+    /// [`Self::take_message`] for HTTP: 429 `rate_limited` with `Retry-After`.
+    pub fn check_message(&self, user: &AuthUser) -> Result<(), ApiError> {
+        self.take_message(user)
+            .map_err(|wait| too_many("too many messages; wait and retry", wait))
     }
 
     /// Rooms one user creates, by hand or by opening an unknown room
@@ -147,7 +160,7 @@ impl Quotas {
     pub fn shrink(&self) {
         self.registrations.retain_recent();
         self.guest_tokens.retain_recent();
-        self.http_messages.retain_recent();
+        self.messages.retain_recent();
         self.room_creations.retain_recent();
     }
 }
@@ -168,12 +181,9 @@ fn check<K: std::hash::Hash + Eq + Clone>(
     key: &K,
     detail: &str,
 ) -> Result<(), ApiError> {
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-        let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail);
-        err.retry_after = Some(wait.as_millis().div_ceil(1000).max(1) as u64);
-        err
-    })
+    limiter
+        .check_key(key)
+        .map_err(|not_until| too_many(detail, not_until.wait_time_from(CLOCK.now())))
 }
 
 /// At most `concurrency` at once, at most `queue` more waiting; beyond that

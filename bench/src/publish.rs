@@ -233,7 +233,7 @@ pub async fn over_http(
                             break;
                         }
                         // 503: the broker's backlog; 429: past the user's
-                        // HTTP message rate (`HTTP_MESSAGE_RATE`).
+                        // message budget (`MESSAGE_BURST`, `MESSAGE_RATE`).
                         Ok(res) if matches!(res.status().as_u16(), 429 | 503) => {
                             let why = format!("HTTP {}", res.status().as_u16());
                             (retry_after(res.headers()), why)

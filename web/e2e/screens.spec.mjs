@@ -15,7 +15,8 @@
 // screen are saved (in docs/screens/ with ROOMCAST_UPDATE_SCREENSHOT=1).
 //
 //   ROOMCAST_NODE1_URL, ROOMCAST_NODE2_URL   the two nodes (required)
-//   ROOMCAST_NODE3_URL                       a node with ACCESS_TOKEN_TTL=10s (required)
+//   ROOMCAST_NODE3_URL                       a node with ACCESS_TOKEN_TTL=10s, MESSAGE_BURST=2
+//                                            and MESSAGE_RATE=1 (required)
 //   ROOMCAST_SCREENSHOT_DIR                  where the screenshots go (required)
 //   ROOMCAST_ADMIN_PASSWORD                  alice's password (the nodes' ADMIN_PASSWORD)
 //   CHROMIUM                                 the browser (default /usr/bin/chromium)
@@ -604,7 +605,7 @@ async function main() {
     if (gone.status() !== 401) throw new Error(`carol's login after deletion: ${gone.status()}`);
   });
 
-  await step('8. dave, whose 10 s tokens lapsed many times meanwhile, is still signed in and talks', async () => {
+  await step('8. dave, whose 10 s tokens lapsed many times meanwhile, is still signed in and talks, faster than his budget', async () => {
     const waited = Date.now() - daveSignedInAt;
     if (waited < 25_000) await sleep(25_000 - waited);
     if (!daveRefreshes.filter((s) => s === 200).length) throw new Error(`dave's client never renewed his token (${daveRefreshes})`);
@@ -616,6 +617,16 @@ async function main() {
       const page = await api(a, 'GET', '/rooms/public/messages?limit=5');
       return page.status === 200 && page.body.some((m) => m.content === 'Still here after many token lifetimes' && m.sender && m.sender.username === 'dave');
     });
+    // Node 3 takes 2 messages from a user at once, then 1 a second
+    // (MESSAGE_BURST, MESSAGE_RATE): a quick run waits, then goes out by itself.
+    const quick = ['Quick one', 'Quick two', 'Quick three', 'Quick four'];
+    for (const content of quick) await send(d, content, 'enter');
+    await expectText(d.locator('#outbox'), 'sending in a moment', "dave's message over the budget");
+    await until("dave's quick messages are stored, once each", async () => {
+      const page = await api(a, 'GET', '/rooms/public/messages?limit=20');
+      return page.status === 200 && quick.every((q) => page.body.filter((m) => m.content === q).length === 1);
+    });
+    if (await d.locator('#outbox .failed').count()) throw new Error("one of dave's quick messages failed");
     log(`    dave's client renewed his token ${daveRefreshes.length} times`);
     await daveCtx.close();
     delete run.pages.dave;

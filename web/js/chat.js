@@ -463,6 +463,14 @@ export class RoomSession {
 
   onError(frame) {
     const p = frame.client_id && this.pending.get(frame.client_id);
+    if (p && frame.code === 'rate_limited' && frame.retry_after_ms) {
+      // Past the message budget: the server says when it takes this one, and
+      // its client_id keeps a resend the same message.
+      clearTimeout(p.timer);
+      this.setPending(p, 'waiting');
+      p.timer = setTimeout(() => this.transmit(p), frame.retry_after_ms);
+      return;
+    }
     if (p) {
       this.failPending(p, frame.detail || frame.code);
     } else {
@@ -488,7 +496,12 @@ export class RoomSession {
 
   setPending(p, kind, why) {
     p.state = kind;
-    const labels = { sending: 'Sending…', acked: 'Sent, waiting for delivery…', failed: `Not sent: ${why}` };
+    const labels = {
+      sending: 'Sending…',
+      waiting: 'Too many messages at once; sending in a moment…',
+      acked: 'Sent, waiting for delivery…',
+      failed: `Not sent: ${why}`,
+    };
     const actions = [];
     if (kind === 'failed') {
       actions.push(

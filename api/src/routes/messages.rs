@@ -66,7 +66,7 @@ struct NewRoomMessage {
     responses(
         (status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401),
         (status = 403), (status = 404), (status = 413), (status = 422),
-        (status = 429, description = "Too many messages from this user (`HTTP_MESSAGE_BURST`, `HTTP_MESSAGE_RATE`)"),
+        (status = 429, description = "Too many messages and edits from this user (`MESSAGE_BURST`, `MESSAGE_RATE`)"),
         (status = 503)
     ),
     security(("bearer" = []), ("cookie" = []))
@@ -89,7 +89,7 @@ async fn post_message(
     responses(
         (status = 202, description = "Accepted", body = crate::ingest::Accepted), (status = 401),
         (status = 403), (status = 404), (status = 413), (status = 422),
-        (status = 429, description = "Too many messages from this user (`HTTP_MESSAGE_BURST`, `HTTP_MESSAGE_RATE`)"),
+        (status = 429, description = "Too many messages and edits from this user (`MESSAGE_BURST`, `MESSAGE_RATE`)"),
         (status = 503)
     ),
     security(("bearer" = []), ("cookie" = []))
@@ -110,7 +110,7 @@ async fn accept(
     content: String,
     client_id: Option<String>,
 ) -> Result<(StatusCode, Json<ingest::Accepted>)> {
-    state.quotas.check_http_message(user.id)?;
+    state.quotas.check_message(user)?;
     let room = access::room(state, key).await?;
     let room = access::can_post(state, user, &room).await?;
     let accepted = ingest::publish(state, &room, content, client_id).await?;
@@ -189,7 +189,8 @@ struct Edit {
     params(("id" = uuid::Uuid, Path, description = "Message id")),
     responses(
         (status = 200, description = "Edited", body = MessageView), (status = 401), (status = 403),
-        (status = 404), (status = 409), (status = 413), (status = 422)
+        (status = 404), (status = 409), (status = 413), (status = 422),
+        (status = 429, description = "Too many messages and edits from this user (`MESSAGE_BURST`, `MESSAGE_RATE`)")
     ),
     security(("bearer" = []), ("cookie" = []))
 )]
@@ -201,6 +202,9 @@ async fn edit(
     Path(id): Path<Uuid>,
     JsonBody(req): JsonBody<Edit>,
 ) -> Result<Json<MessageView>> {
+    // Each edit goes out to every socket of the room, like a message.
+    state.quotas.check_message(&user)?;
+
     let message = messages::find(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;

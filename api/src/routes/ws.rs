@@ -351,7 +351,7 @@ impl Session {
                                 if refused_in_a_row > RATE_STRIKES {
                                     return End::Close(1008, "rate limit exceeded");
                                 }
-                                Some(rate_limited(text.as_str(), wait))
+                                Some(rate_limited(named_client_id(text.as_str()).as_deref(), wait))
                             }
                             Ok(()) => {
                                 refused_in_a_row = 0;
@@ -408,6 +408,10 @@ impl Session {
         match frame {
             ClientFrame::Ping => Some(ServerFrame::Pong.to_text()),
             ClientFrame::Message { content, client_id } => {
+                // The user's budget, shared with HTTP and their other sockets.
+                if let Err(wait) = self.state.quotas.take_message(&self.user) {
+                    return Some(rate_limited(client_id.as_deref(), wait));
+                }
                 // Asked for every message: a member removed (or a guest
                 // whose seat went) cannot post through a socket still open.
                 let posted = match access::can_post(&self.state, &self.user, &self.room).await {
@@ -497,20 +501,12 @@ async fn linger(stream: &mut SplitStream<WebSocket>) {
     .await;
 }
 
-/// The refusal of a frame over the socket's message rate. It names the
+/// The refusal of a frame over the socket's frame rate or the user's
+/// message budget (`MESSAGE_BURST`, `MESSAGE_RATE`). It names the
 /// frame's `client_id`, so that a client with several frames unacked knows
 /// which one to send again, and when (`retry_after_ms`); without it such a
 /// client waits for an `ack` that never comes.
-fn rate_limited(text: &str, wait: Duration) -> String {
-    #[derive(Deserialize)]
-    struct Named<'a> {
-        #[serde(borrow, default)]
-        client_id: Option<std::borrow::Cow<'a, str>>,
-    }
-    let named = is_json(text)
-        .then(|| serde_json::from_str::<Named>(text).ok())
-        .flatten();
-    let client_id = named.as_ref().and_then(|n| n.client_id.as_deref());
+fn rate_limited(client_id: Option<&str>, wait: Duration) -> String {
     ServerFrame::Error {
         code: "rate_limited",
         detail: "too many messages; send this one again after retry_after_ms",
@@ -518,6 +514,19 @@ fn rate_limited(text: &str, wait: Duration) -> String {
         retry_after_ms: Some(wait.as_millis().max(1) as u64),
     }
     .to_text()
+}
+
+/// The `client_id` of a frame refused before it was read, if it names one.
+fn named_client_id(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow, default)]
+        client_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    is_json(text)
+        .then(|| serde_json::from_str::<Named>(text).ok())
+        .flatten()
+        .and_then(|named| named.client_id)
 }
 
 /// A client frame that starts with `{` is JSON; any other is content as it

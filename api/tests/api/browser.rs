@@ -229,7 +229,8 @@ async fn upstream_shouter() -> std::net::SocketAddr {
 /// name and avatar, and refuses a third member; avatars show on members, the
 /// online list and messages, and alice's new avatar reaches bob's screen;
 /// dave, on a third node whose access tokens last 10 s, stays signed in
-/// through the run and talks at its end; the account page says 413 and 415
+/// through the run and talks at its end, his quick messages waiting out a
+/// small message budget by themselves; the account page says 413 and 415
 /// plainly, changes email and password and deletes carol's account only
 /// with her password; the echo page echoes on
 /// node 1 and relays upstream on node 2; a guest link lets a visitor talk.
@@ -260,9 +261,15 @@ async fn every_screen_across_two_nodes_in_chromium() {
         ("ECHO_UPSTREAM_URL", upstream.as_str()),
     ]);
     let node2 = spawn_env_node(&env, &second);
-    // Access tokens of 10 s (the least allowed): dave stays signed in there.
+    // Access tokens of 10 s (the least allowed): dave stays signed in there;
+    // and a small message budget, which his quick messages wait out.
     let mut third = common.to_vec();
-    third.extend([("NODE_ID", "screens3"), ("ACCESS_TOKEN_TTL", "10s")]);
+    third.extend([
+        ("NODE_ID", "screens3"),
+        ("ACCESS_TOKEN_TTL", "10s"),
+        ("MESSAGE_BURST", "2"),
+        ("MESSAGE_RATE", "1"),
+    ]);
     let node3 = spawn_env_node(&env, &third);
 
     let dir = if update_docs() {

@@ -52,6 +52,9 @@ fn a_bad_value_stops_start_up_with_one_line_naming_it() {
         ("SECRET_KEY", "short"),
         ("DATABASE_URL", "mysql://localhost/db"),
         ("AMQP_URL", "http://localhost"),
+        // Renamed when they came to count sockets and edits too.
+        ("HTTP_MESSAGE_BURST", "1000"),
+        ("HTTP_MESSAGE_RATE", "10000"),
     ] {
         let out = roomcast(
             &[],

@@ -189,8 +189,20 @@ pub fn test_config(db_url: &str) -> Config {
     config.admin_username = None;
     config.admin_password = None;
     config.allowed_origins = Vec::new();
+    // Tests post flat out as one user, register many accounts from one
+    // address, make many rooms and open many sockets; a test of a budget
+    // sets its own.
+    config.message_burst = TEST_BUDGET;
+    config.message_rate = TEST_BUDGET;
+    config.register_burst = TEST_BUDGET;
+    config.room_create_burst = TEST_BUDGET;
+    config.sockets_per_user = TEST_BUDGET;
     config
 }
+
+/// The message, registration, room and socket budgets tests run with,
+/// unless they set others.
+pub const TEST_BUDGET: u32 = 1_000_000;
 
 /// A running application and a client for it.
 pub struct TestApp {
@@ -545,6 +557,11 @@ fn start_node(db_url: &str, env: &[(&str, &str)], keep: Option<NodeLogs>) -> Nod
         .env("SECRET_KEY", TEST_SECRET)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .env("MESSAGE_BURST", TEST_BUDGET.to_string())
+        .env("MESSAGE_RATE", TEST_BUDGET.to_string())
+        .env("REGISTER_BURST", TEST_BUDGET.to_string())
+        .env("ROOM_CREATE_BURST", TEST_BUDGET.to_string())
+        .env("SOCKETS_PER_USER", TEST_BUDGET.to_string())
         .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::piped())

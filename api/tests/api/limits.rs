@@ -512,12 +512,19 @@ async fn post_message(api: &Api, token: &str, content: &str) -> reqwest::Respons
         .unwrap()
 }
 
-/// `POST /message` is limited per user (`HTTP_MESSAGE_BURST`,
-/// `HTTP_MESSAGE_RATE`); another user is not affected.
-async fn http_messages_are_limited_per_user(backend: Backend) {
+/// One budget per user (`MESSAGE_BURST`, `MESSAGE_RATE`) counts their
+/// messages over HTTP and over every socket, and their edits: a second
+/// socket, the other path or an edit loop does not get round it. Refusals
+/// say when to try again; another user and an admin are not affected. (It
+/// counted HTTP alone, with no limit on edits: one account could post 20
+/// frames a second on each of 1 000 sockets, or rewrite a message to every
+/// socket of `public` as fast as it liked.)
+async fn messages_and_edits_share_one_budget_per_user(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |c| {
-        c.http_message_burst = 3;
-        c.http_message_rate = 1;
+        c.message_burst = 4;
+        c.message_rate = 1;
+        c.admin_username = Some("root".into());
+        c.admin_password = Some("root-password".to_owned().into());
     })
     .await
     else {
@@ -526,16 +533,69 @@ async fn http_messages_are_limited_per_user(backend: Backend) {
     let api = app.api();
     let (_, chatty) = api.user("chatty").await;
     let (_, quiet) = api.user("quiet").await;
-    for i in 0..3 {
-        let res = post_message(&api, &chatty, &format!("m{i}")).await;
-        assert_eq!(res.status(), 202);
+    let root = api.login_with("root", "root-password").await;
+    let (mut first, _) = Ws::join(app.addr, "/ws/public?history=0", &chatty).await;
+    let (mut second, _) = Ws::join(app.addr, "/ws/public?history=0", &chatty).await;
+
+    // The burst of four: two over HTTP, one on each socket.
+    let res = post_message(&api, &chatty, "over http").await;
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(post_message(&api, &chatty, "again").await.status(), 202);
+    for (ws, client_id) in [(&mut first, "a"), (&mut second, "b")] {
+        ws.send_json(&json!({"type": "message", "content": client_id, "client_id": client_id}))
+            .await;
+        let reply = ws.next_of(&["ack", "error"]).await;
+        assert_eq!(reply["type"], "ack", "{reply}");
     }
+
+    // Past it, on every path.
     assert_limited(
         post_message(&api, &chatty, "one too many").await,
         "rate_limited",
     )
     .await;
+    second
+        .send_json(&json!({"type": "message", "content": "c", "client_id": "c"}))
+        .await;
+    let refused = second.next_of(&["ack", "error"]).await;
+    assert_eq!(
+        (&refused["code"], &refused["client_id"]),
+        (&json!("rate_limited"), &json!("c")),
+        "{refused}"
+    );
+    let wait = refused["retry_after_ms"].as_u64().expect("a wait");
+    assert!((1..=1000).contains(&wait), "{refused}");
+    let edit = |token: &str| {
+        api.client
+            .patch(api.url(&format!("/messages/{id}")))
+            .bearer_auth(token)
+            .json(&json!({"content": "edited"}))
+            .send()
+    };
+    assert_limited(edit(&chatty).await.unwrap(), "rate_limited").await;
+
+    // Others are counted on their own; admins not at all.
     assert_eq!(post_message(&api, &quiet, "mine").await.status(), 202);
+    for i in 0..10 {
+        let res = post_message(&api, &root, &format!("notice {i}")).await;
+        assert_eq!(res.status(), 202, "admin message {i}");
+    }
+
+    // After the wait the refusal named, the socket's message goes through,
+    // and an edit counts as one.
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    second
+        .send_json(&json!({"type": "message", "content": "c", "client_id": "c"}))
+        .await;
+    let reply = second.next_of(&["ack", "error"]).await;
+    assert_eq!(reply["type"], "ack", "{reply}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(edit(&chatty).await.unwrap().status(), 200);
+    assert_limited(edit(&chatty).await.unwrap(), "rate_limited").await;
 }
 
 async fn create_room_as(api: &Api, token: &str, name: &str) -> reqwest::Response {
@@ -668,7 +728,7 @@ async fn a_refused_guest_request_creates_no_account(backend: Backend) {
 }
 
 crate::on_both_backends!(
-    http_messages_are_limited_per_user,
+    messages_and_edits_share_one_budget_per_user,
     room_creation_is_limited_per_user,
     guest_tokens_are_limited_per_address,
     a_refused_guest_request_creates_no_account,
