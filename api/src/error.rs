@@ -173,6 +173,7 @@ impl From<crate::queries::QueryError> for ApiError {
             QueryError::UsernameTaken => Self::conflict("username_taken", detail),
             QueryError::EmailTaken => Self::conflict("email_taken", detail),
             QueryError::RoomFull => Self::conflict("room_full", detail),
+            QueryError::LastAdmin => Self::conflict("last_admin", detail),
             QueryError::Db(err) => err.into(),
         }
     }

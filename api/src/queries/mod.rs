@@ -28,6 +28,9 @@ pub enum QueryError {
     /// The private room already has its two members.
     #[error("this private room already has two members")]
     RoomFull,
+    /// The change would leave the server without an admin.
+    #[error("this is the only admin: make another admin first")]
+    LastAdmin,
     /// The database failed (or cannot be reached).
     #[error(transparent)]
     Db(#[from] DbErr),

@@ -96,17 +96,48 @@ pub async fn create(db: &impl ConnectionTrait, new: NewUser) -> Result<user::Mod
 
 /// Changes a user's role.
 pub async fn set_role(
-    db: &impl ConnectionTrait,
+    db: &(impl ConnectionTrait + sea_orm::TransactionTrait),
     user: user::Model,
     role: Role,
 ) -> Result<user::Model, QueryError> {
+    use sea_orm::TransactionSession;
+    let txn = db.begin().await?;
+    if role != Role::Admin {
+        keep_an_admin_besides(&txn, user.id).await?;
+    }
     let mut active: user::ActiveModel = user.into();
     active.role = Set(role);
-    active.update(db).await.map_err(|err| match err {
+    let user = active.update(&txn).await.map_err(|err| match err {
         // Deleted since it was read.
         sea_orm::DbErr::RecordNotUpdated => QueryError::NotFound("user"),
         err => err.into(),
-    })
+    })?;
+    txn.commit().await?;
+    Ok(user)
+}
+
+/// `LastAdmin` when `user` is an admin and no other admin is left, checked
+/// against every admin change at once: its first statement locks the
+/// admins' rows (PostgreSQL) or takes the write lock (SQLite), so that two
+/// admins demoting or deleting each other at the same moment are taken one
+/// after the other, and the second sees the first's change.
+async fn keep_an_admin_besides(txn: &impl ConnectionTrait, user: Uuid) -> Result<(), QueryError> {
+    let admins = user::Entity::update_many()
+        .col_expr(user::Column::Role, Expr::col(user::Column::Role))
+        .filter(user::Column::Role.eq(Role::Admin))
+        .exec(txn)
+        .await?
+        .rows_affected;
+    let is_admin = sea_orm::PaginatorTrait::count(
+        user::Entity::find_by_id(user).filter(user::Column::Role.eq(Role::Admin)),
+        txn,
+    )
+    .await?
+        > 0;
+    if is_admin && admins <= 1 {
+        return Err(QueryError::LastAdmin);
+    }
+    Ok(())
 }
 
 /// Sets a new email and/or password hash. A new password moves the user to
@@ -164,8 +195,9 @@ pub async fn delete(
     use entity::{message, room, room_member};
     use sea_orm::{QuerySelect, TransactionSession, sea_query::ExprTrait as _};
     let txn = db.begin().await?;
-    // Keep each room's seat count in step with the memberships that vanish.
     // A write first, so that SQLite takes its write lock at the start.
+    keep_an_admin_besides(&txn, id).await?;
+    // Keep each room's seat count in step with the memberships that vanish.
     let memberships = sea_orm::sea_query::Query::select()
         .column(room_member::Column::RoomId)
         .from(room_member::Entity)

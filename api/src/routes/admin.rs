@@ -105,7 +105,7 @@ struct RoleChange {
     responses(
         (status = 200, description = "Updated", body = UserView), (status = 401), (status = 403),
         (status = 404),
-        (status = 409, description = "Conflict: your own role (own_role) or a guest's (guest_account)"),
+        (status = 409, description = "Conflict: your own role (own_role), a guest's (guest_account), or the only other admin's (last_admin)"),
         (status = 422)
     ),
     security(("bearer" = []), ("cookie" = []))

@@ -285,6 +285,7 @@ struct DeleteMe {
         (status = 204, description = "Deleted"),
         (status = 401),
         (status = 403, description = "Wrong current password (wrong_password)"),
+        (status = 409, description = "The only admin (last_admin): make another admin first"),
         (status = 422),
         (status = 429, description = "Too many password checks (see Retry-After)"),
         (status = 503, description = "Busy hashing passwords (see Retry-After)")
@@ -293,7 +294,8 @@ struct DeleteMe {
 )]
 /// Deletes the account once the password confirms it (a stolen token alone
 /// cannot); its messages stay, from a deleted user (`sender: null`). Every
-/// node then refuses its tokens and closes its sockets.
+/// node then refuses its tokens and closes its sockets. The only admin
+/// stays (409 `last_admin`).
 async fn delete_me(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{Backend, spawn_app, spawn_app_with},
+    helpers::{Api, Backend, spawn_app, spawn_app_with},
     messages::{post, wait_for_history},
 };
 
@@ -282,8 +282,107 @@ async fn admin_manages_users_and_roles(backend: Backend) {
     assert_eq!(res.status(), 403);
 }
 
+/// The server always keeps an admin: the only one cannot delete their
+/// account (409 `last_admin`), and two admins demoting each other at the
+/// same moment leave one of them an admin, however the race falls. (Both
+/// were allowed: the server was left with no admin, until an operator ran
+/// the CLI.)
+async fn the_last_admin_stays(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.admin_username = Some("root".into());
+        c.admin_password = Some("root-password".to_owned().into());
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.api();
+    let root = api.login_with("root", "root-password").await;
+    let (alice_id, alice) = api.user("alice").await;
+    let root_id = me(&api, &root).await["id"].as_str().unwrap().to_owned();
+    let set_role = |token: &str, id: &str, role: &str| {
+        api.client
+            .patch(api.url(&format!("/admin/users/{id}")))
+            .bearer_auth(token)
+            .json(&json!({ "role": role }))
+            .send()
+    };
+    let delete_me = |token: &str, password: &str| {
+        api.client
+            .delete(api.url("/users/me"))
+            .bearer_auth(token)
+            .json(&json!({ "current_password": password }))
+            .send()
+    };
+
+    let res = delete_me(&root, "root-password").await.unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "last_admin");
+
+    let alice_id = alice_id.to_string();
+    for round in 0..5 {
+        let res = set_role(&root, &alice_id, "admin").await.unwrap();
+        assert_eq!(res.status(), 200, "round {round}: alice made an admin");
+        // Each demotes the other, at once.
+        let (a, b) = tokio::join!(
+            set_role(&root, &alice_id, "user"),
+            set_role(&alice, &root_id, "user"),
+        );
+        let statuses = [a.unwrap().status(), b.unwrap().status()];
+        let root_admin = me(&api, &root).await["role"] == "admin";
+        let alice_admin = me(&api, &alice).await["role"] == "admin";
+        assert!(
+            root_admin || alice_admin,
+            "round {round}: no admin left ({statuses:?})"
+        );
+        // One wins; the other is refused as the last admin, or as no admin
+        // any more when its request came after the first was through.
+        assert_eq!(
+            statuses.iter().filter(|s| s.as_u16() == 200).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert!(
+            statuses
+                .iter()
+                .all(|s| matches!(s.as_u16(), 200 | 403 | 409)),
+            "round {round}: {statuses:?}"
+        );
+        if alice_admin {
+            // Root, demoted, is made an admin again by alice for the next round;
+            // then alice steps down so that root starts every round alone.
+            assert_eq!(
+                set_role(&alice, &root_id, "admin").await.unwrap().status(),
+                200
+            );
+            assert_eq!(
+                set_role(&root, &alice_id, "user").await.unwrap().status(),
+                200
+            );
+        }
+    }
+    // Past the race, alone again: root still may not leave.
+    assert_eq!(
+        delete_me(&root, "root-password").await.unwrap().status(),
+        409
+    );
+}
+
+async fn me(api: &Api, token: &str) -> Value {
+    api.client
+        .get(api.url("/users/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 crate::on_both_backends!(
     profile_update_and_password_change,
     deleted_account_keeps_its_messages,
-    admin_manages_users_and_roles
+    admin_manages_users_and_roles,
+    the_last_admin_stays,
 );
