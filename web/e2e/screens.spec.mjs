@@ -618,8 +618,10 @@ async function main() {
       return page.status === 200 && page.body.some((m) => m.content === 'Still here after many token lifetimes' && m.sender && m.sender.username === 'dave');
     });
     // Node 3 takes 2 messages from a user at once, then 1 a second
-    // (MESSAGE_BURST, MESSAGE_RATE): a quick run waits, then goes out by itself.
-    const quick = ['Quick one', 'Quick two', 'Quick three', 'Quick four'];
+    // (MESSAGE_BURST, MESSAGE_RATE): a quick run waits, then goes out by
+    // itself, over the socket and (the last, too long for the socket's
+    // frames) over HTTP, whose 429 names the wait in Retry-After.
+    const quick = ['Quick one', 'Quick two', 'Quick three', 'Quick four', `Quick and long ${'x'.repeat(4020)}`];
     for (const content of quick) await send(d, content, 'enter');
     await expectText(d.locator('#outbox'), 'sending in a moment', "dave's message over the budget");
     await until("dave's quick messages are stored, once each", async () => {

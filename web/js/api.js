@@ -18,12 +18,13 @@ export const state = {
 };
 
 export class ApiError extends Error {
-  constructor(message, status, problem) {
+  constructor(message, status, problem, retryAfter = null) {
     super(message);
     this.status = status;
     this.problem = problem || null;
     this.code = problem && problem.code;
     this.fieldErrors = (problem && Array.isArray(problem.errors) && problem.errors) || [];
+    this.retryAfter = retryAfter; // seconds, from Retry-After (429, 503)
   }
 }
 
@@ -91,7 +92,8 @@ async function toError(res) {
   let message = (problem && (problem.detail || problem.title)) || `${res.status} ${res.statusText}`;
   const retry = res.headers.get('retry-after');
   if (retry) message += ` (try again in ${retry} s)`;
-  return new ApiError(message, res.status, problem);
+  const seconds = Number.parseInt(retry, 10);
+  return new ApiError(message, res.status, problem, Number.isFinite(seconds) ? seconds : null);
 }
 
 /**

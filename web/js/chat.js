@@ -449,7 +449,8 @@ export class RoomSession {
       if (this.pending.has(p.clientId)) this.setPending(p, 'acked');
       $('send-status').textContent = 'Sent.';
     } catch (err) {
-      this.failPending(p, err.message);
+      if (err.code === 'rate_limited' && err.retryAfter) this.waitPending(p, err.retryAfter * 1000);
+      else this.failPending(p, err.message);
     }
   }
 
@@ -464,11 +465,7 @@ export class RoomSession {
   onError(frame) {
     const p = frame.client_id && this.pending.get(frame.client_id);
     if (p && frame.code === 'rate_limited' && frame.retry_after_ms) {
-      // Past the message budget: the server says when it takes this one, and
-      // its client_id keeps a resend the same message.
-      clearTimeout(p.timer);
-      this.setPending(p, 'waiting');
-      p.timer = setTimeout(() => this.transmit(p), frame.retry_after_ms);
+      this.waitPending(p, frame.retry_after_ms);
       return;
     }
     if (p) {
@@ -476,6 +473,13 @@ export class RoomSession {
     } else {
       $('send-status').textContent = `Error: ${frame.detail || frame.code}`;
     }
+  }
+
+  /** Past the message budget: sent again when the server said it takes it; its client_id keeps it one message. */
+  waitPending(p, ms) {
+    clearTimeout(p.timer);
+    this.setPending(p, 'waiting');
+    p.timer = setTimeout(() => this.transmit(p), ms);
   }
 
   failPending(p, why) {
