@@ -297,6 +297,12 @@ async fn two_nodes_behind_nginx() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "ok");
 
+    // Metrics only on the nodes themselves, where Prometheus scrapes them.
+    let res = api.client.get(api.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 404, "nginx serves /metrics to the outside");
+    let direct = Api::new(node1.addr);
+    assert!(direct.metrics().await.contains("roomcast_sockets"));
+
     // Requests reach both nodes (each /readyz names its node).
     let mut seen = HashSet::new();
     let mut answers = Vec::new();
