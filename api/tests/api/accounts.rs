@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{Api, Backend, spawn_app, spawn_app_with},
+    helpers::{Backend, ROOT_PASSWORD, spawn_app, spawn_app_with, with_root},
     messages::{post, wait_for_history},
 };
 
@@ -172,16 +172,11 @@ async fn deleted_account_keeps_its_messages(backend: Backend) {
 }
 
 async fn admin_manages_users_and_roles(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |c| {
-        c.admin_username = Some("root".into());
-        c.admin_password = Some("root-password".to_owned().into());
-    })
-    .await
-    else {
+    let Some(app) = spawn_app_with(backend, with_root).await else {
         return;
     };
     let api = app.api();
-    let root = api.login_with("root", "root-password").await;
+    let root = api.login_with("root", ROOT_PASSWORD).await;
     let (_, alice) = api.user("alice").await;
 
     let new_user = json!({"username": "mod1", "email": "mod1@example.com", "password": "password123", "role": "moderator"});
@@ -230,16 +225,7 @@ async fn admin_manages_users_and_roles(backend: Backend) {
         .unwrap();
     assert_eq!(res.status(), 403);
 
-    let me: Value = api
-        .client
-        .get(api.url("/users/me"))
-        .bearer_auth(&root)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = api.me(&root).await;
     let res = api
         .client
         .patch(api.url(&format!("/admin/users/{}", me["id"].as_str().unwrap())))
@@ -288,18 +274,13 @@ async fn admin_manages_users_and_roles(backend: Backend) {
 /// were allowed: the server was left with no admin, until an operator ran
 /// the CLI.)
 async fn the_last_admin_stays(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |c| {
-        c.admin_username = Some("root".into());
-        c.admin_password = Some("root-password".to_owned().into());
-    })
-    .await
-    else {
+    let Some(app) = spawn_app_with(backend, with_root).await else {
         return;
     };
     let api = app.api();
-    let root = api.login_with("root", "root-password").await;
+    let root = api.login_with("root", ROOT_PASSWORD).await;
     let (alice_id, alice) = api.user("alice").await;
-    let root_id = me(&api, &root).await["id"].as_str().unwrap().to_owned();
+    let root_id = api.me(&root).await["id"].as_str().unwrap().to_owned();
     let set_role = |token: &str, id: &str, role: &str| {
         api.client
             .patch(api.url(&format!("/admin/users/{id}")))
@@ -315,7 +296,7 @@ async fn the_last_admin_stays(backend: Backend) {
             .send()
     };
 
-    let res = delete_me(&root, "root-password").await.unwrap();
+    let res = delete_me(&root, ROOT_PASSWORD).await.unwrap();
     assert_eq!(res.status(), 409);
     assert_eq!(res.json::<Value>().await.unwrap()["code"], "last_admin");
 
@@ -329,8 +310,8 @@ async fn the_last_admin_stays(backend: Backend) {
             set_role(&alice, &root_id, "user"),
         );
         let statuses = [a.unwrap().status(), b.unwrap().status()];
-        let root_admin = me(&api, &root).await["role"] == "admin";
-        let alice_admin = me(&api, &alice).await["role"] == "admin";
+        let root_admin = api.me(&root).await["role"] == "admin";
+        let alice_admin = api.me(&alice).await["role"] == "admin";
         assert!(
             root_admin || alice_admin,
             "round {round}: no admin left ({statuses:?})"
@@ -362,22 +343,7 @@ async fn the_last_admin_stays(backend: Backend) {
         }
     }
     // Past the race, alone again: root still may not leave.
-    assert_eq!(
-        delete_me(&root, "root-password").await.unwrap().status(),
-        409
-    );
-}
-
-async fn me(api: &Api, token: &str) -> Value {
-    api.client
-        .get(api.url("/users/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    assert_eq!(delete_me(&root, ROOT_PASSWORD).await.unwrap().status(), 409);
 }
 
 crate::on_both_backends!(

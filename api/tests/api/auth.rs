@@ -270,19 +270,14 @@ fn chrono_now() -> i64 {
 }
 
 async fn bootstrap_admin_is_created(backend: Backend) {
-    let Some(app) = crate::helpers::spawn_app_with(backend, |c| {
-        c.admin_username = Some("root".into());
-        c.admin_password = Some("root-password".to_owned().into());
-    })
-    .await
-    else {
+    let Some(app) = crate::helpers::spawn_app_with(backend, crate::helpers::with_root).await else {
         return;
     };
     let api = app.api();
     let res = api
         .client
         .post(api.url("/auth/login"))
-        .json(&json!({"username": "root", "password": "root-password"}))
+        .json(&json!({"username": "root", "password": crate::helpers::ROOT_PASSWORD}))
         .send()
         .await
         .unwrap();

@@ -6,7 +6,7 @@ use image::{ImageFormat, Rgba, RgbaImage};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-use crate::helpers::{Backend, spawn_app_with};
+use crate::helpers::{Backend, ROOT_PASSWORD, spawn_app_with, with_root};
 
 fn image(width: u32, height: u32, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
@@ -32,12 +32,7 @@ fn form(bytes: Vec<u8>, mime: &str) -> Form {
 }
 
 async fn upload_and_serve_avatars(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |c| {
-        c.admin_username = Some("root".into());
-        c.admin_password = Some("root-password".to_owned().into());
-    })
-    .await
-    else {
+    let Some(app) = spawn_app_with(backend, with_root).await else {
         return;
     };
     let api = app.api();
@@ -170,7 +165,7 @@ async fn upload_and_serve_avatars(backend: Backend) {
 
     // The admin's user list (which leaves the images in the database) links
     // the current one.
-    let root = api.login_with("root", "root-password").await;
+    let root = api.login_with("root", ROOT_PASSWORD).await;
     let res = api
         .client
         .get(api.url("/admin/users?search=alice"))

@@ -3,18 +3,13 @@
 use serde_json::{Value, json};
 
 use crate::{
-    helpers::{Backend, spawn_app_with},
+    helpers::{Backend, ROOT_PASSWORD, spawn_app_with, with_root},
     messages::{post, wait_for_history},
     ws_client::Ws,
 };
 
 async fn edit_and_delete_rules_and_events(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |c| {
-        c.admin_username = Some("root".into());
-        c.admin_password = Some("root-password".to_owned().into());
-    })
-    .await
-    else {
+    let Some(app) = spawn_app_with(backend, with_root).await else {
         return;
     };
     let api = app.api();
@@ -120,7 +115,7 @@ async fn edit_and_delete_rules_and_events(backend: Backend) {
         409
     );
 
-    let root = api.login_with("root", "root-password").await;
+    let root = api.login_with("root", ROOT_PASSWORD).await;
     assert_eq!(
         delete(&root, bob_msg).await.unwrap().status(),
         204,

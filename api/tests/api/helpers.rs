@@ -200,6 +200,15 @@ pub fn test_config(db_url: &str) -> Config {
     config
 }
 
+/// Makes `root` the admin from the configuration, password
+/// [`ROOT_PASSWORD`] (`Api::login_with("root", ROOT_PASSWORD)`).
+pub fn with_root(config: &mut Config) {
+    config.admin_username = Some("root".into());
+    config.admin_password = Some(ROOT_PASSWORD.to_owned().into());
+}
+
+pub const ROOT_PASSWORD: &str = "root-password";
+
 /// The message, registration, room and socket budgets tests run with,
 /// unless they set others.
 pub const TEST_BUDGET: u32 = 1_000_000;
@@ -441,6 +450,19 @@ impl Api {
     }
 
     /// Registers and logs in; returns (user id, token).
+    /// `GET /users/me` as `token`.
+    pub async fn me(&self, token: &str) -> Value {
+        self.client
+            .get(self.url("/users/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn user(&self, username: &str) -> (Uuid, String) {
         let user = self.register(username).await;
         let id = user["id"].as_str().unwrap().parse().unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum_client_ip::ClientIpSource;
 
 use crate::{
-    helpers::{Api, Backend, TestApp, spawn_app, spawn_app_with},
+    helpers::{Api, Backend, ROOT_PASSWORD, TestApp, spawn_app, spawn_app_with},
     ws_client::Ws,
 };
 
@@ -523,8 +523,7 @@ async fn messages_and_edits_share_one_budget_per_user(backend: Backend) {
     let Some(app) = spawn_app_with(backend, |c| {
         c.message_burst = 4;
         c.message_rate = 1;
-        c.admin_username = Some("root".into());
-        c.admin_password = Some("root-password".to_owned().into());
+        crate::helpers::with_root(c);
     })
     .await
     else {
@@ -533,7 +532,7 @@ async fn messages_and_edits_share_one_budget_per_user(backend: Backend) {
     let api = app.api();
     let (_, chatty) = api.user("chatty").await;
     let (_, quiet) = api.user("quiet").await;
-    let root = api.login_with("root", "root-password").await;
+    let root = api.login_with("root", ROOT_PASSWORD).await;
     let (mut first, _) = Ws::join(app.addr, "/ws/public?history=0", &chatty).await;
     let (mut second, _) = Ws::join(app.addr, "/ws/public?history=0", &chatty).await;
 
