@@ -866,3 +866,93 @@ async fn partitions_spread_over_nodes_and_move_when_one_dies() {
         );
     }
 }
+
+/// The exchange `messages.rooms`'s partition queues, by name.
+async fn partition_bindings(vhost: &crate::helpers::TestVhost) -> Vec<String> {
+    let path = format!(
+        "/api/exchanges/{}/messages.rooms/bindings/source",
+        testsupport::enc(&vhost.name)
+    );
+    let (status, bindings) = vhost.get_with_status(&path).await;
+    if status == 404 {
+        return Vec::new(); // no exchange: nothing bound
+    }
+    let mut queues: Vec<String> = bindings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["destination"].as_str().unwrap().to_owned())
+        .collect();
+    queues.sort();
+    queues
+}
+
+/// Deletes `what` (`exchanges/<name>` or `queues/<name>`) in the test's
+/// vhost, as an operator would in the management console.
+async fn delete_by_hand(vhost: &crate::helpers::TestVhost, what: &str) {
+    let (kind, name) = what.split_once('/').unwrap();
+    let url = format!(
+        "{}/api/{kind}/{}/{}",
+        vhost.api,
+        testsupport::enc(&vhost.name),
+        testsupport::enc(name)
+    );
+    let res = crate::helpers::client().delete(url).send().await.unwrap();
+    assert!(res.status().is_success(), "delete {what}: {}", res.status());
+}
+
+/// `MESSAGE_PARTITIONS` lowered from 4 to 2, then to 1, as DESIGN.md says:
+/// the queues drained, every node stopped, the exchange `messages.rooms` and
+/// the partition queues from the new number on deleted by hand. Every
+/// message posted after is stored, and only the partitions in use are
+/// bound. (Without deleting the exchange the old partitions stay bound and
+/// take a part of every message, accepted and never stored.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_lowered_as_documented() {
+    let Some(mut c) = cluster(1, 4).await else {
+        return;
+    };
+    let vhost = c.env.vhost.as_ref().unwrap();
+    let (_, alice) = c.apis[0].user("alice").await;
+    let rooms: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    for room in &rooms {
+        c.apis[0].create_room(&alice, room, "public").await;
+    }
+    assert_eq!(partition_bindings(vhost).await.len(), 4);
+    c.nodes[0].kill();
+
+    let rounds = [(2, vec!["messages.0", "messages.1"]), (1, vec![])];
+    for (round, (partitions, bound)) in rounds.into_iter().enumerate() {
+        delete_by_hand(vhost, "exchanges/messages.rooms").await;
+        let first = if partitions == 1 { 0 } else { partitions };
+        for p in first..(if round == 0 { 4 } else { 2 }) {
+            delete_by_hand(vhost, &format!("queues/messages.{p}")).await;
+        }
+        let node_id = format!("after{partitions}");
+        let partitions = partitions.to_string();
+        let vars = [
+            ("NODE_ID", node_id.as_str()),
+            ("MESSAGE_PARTITIONS", partitions.as_str()),
+        ];
+        let mut node = spawn_env_node(&c.env, &vars);
+        let api = Api::new(node.addr);
+        let token = api.login("alice").await;
+        for room in &rooms {
+            let content = format!("with {partitions} in {room}");
+            let (status, body) =
+                post(&api, &token, json!({"room_id": room, "content": content})).await;
+            assert_eq!(status, 202, "{body}");
+        }
+        // One message a room a round, each stored.
+        for room in &rooms {
+            let history = wait_for_history(&api, &token, room, round + 1).await;
+            let content = format!("with {partitions} in {room}");
+            assert!(
+                history.iter().any(|m| m["content"] == content.as_str()),
+                "{history:?}"
+            );
+        }
+        assert_eq!(partition_bindings(vhost).await, bound, "with {partitions}");
+        node.kill();
+    }
+}
