@@ -428,8 +428,16 @@ impl Session {
                         }
                         .to_text(),
                     ),
+                    // A wait comes with a busy queue or broker (503 over
+                    // HTTP), so that the client sends the frame again then.
                     Err(err) => Some(
-                        ServerFrame::error(err.code, &err.detail, client_id.as_deref()).to_text(),
+                        ServerFrame::Error {
+                            code: err.code,
+                            detail: &err.detail,
+                            client_id: client_id.as_deref(),
+                            retry_after_ms: err.retry_after.map(|secs| secs * 1000),
+                        }
+                        .to_text(),
                     ),
                 }
             }

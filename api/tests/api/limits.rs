@@ -967,6 +967,17 @@ async fn a_full_inprocess_queue_answers_503() {
     assert_eq!(refused.status(), 503);
     assert!(retry_secs(&refused).is_some());
     assert_eq!(refused.json::<Value>().await.unwrap()["code"], "busy");
+    // A socket's message meets the same full queue: `error busy`, with the
+    // wait before sending it again.
+    let (mut ws, _) = Ws::join(app.addr, "/ws/public?history=0", &token).await;
+    ws.send_json(&json!({"type": "message", "content": "over a socket", "client_id": "full"}))
+        .await;
+    let busy = ws.next_of(&["ack", "error"]).await;
+    assert_eq!(
+        (&busy["code"], &busy["client_id"], &busy["retry_after_ms"]),
+        (&json!("busy"), &json!("full"), &json!(1000)),
+        "{busy}"
+    );
     assert!((2..=10).contains(&accepted), "{accepted} accepted");
     writer.execute("COMMIT").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
