@@ -53,7 +53,7 @@ impl Application {
             );
         }
         migrate(&config.database_url).await?;
-        let db = db::connect(&config.database_url)
+        let db = db::connect_with(&config.database_url, config.database_max_connections)
             .await
             .context("DATABASE_URL: cannot connect")?;
         bootstrap_admin(&db, &config).await?;
@@ -125,6 +125,7 @@ impl Application {
         crate::metrics::register();
         let stages = Stages::start(
             &config.database_url,
+            config.database_max_connections,
             state.broker.clone(),
             state.hub.clone(),
             consumer::store::Settings {

@@ -38,6 +38,12 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// PostgreSQL connections each of a node's two pools (requests, and the
+    /// store and delivery stages) may open. Keep nodes × 2 × this under the
+    /// server's `max_connections` (100 by default). SQLite keeps its own 4.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = crate::db::MAX_POSTGRES_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
     /// RabbitMQ URL (`amqp://user:pass@host:5672/vhost`); unset runs the in-process broker.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,

@@ -23,9 +23,19 @@ const SQLITE_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 /// have held it past the pages above: the same 64 MiB.
 const SQLITE_LOG_FILE_LIMIT: u32 = 64 << 20;
 
-/// Connects with settings that suit the backend: SQLite in WAL mode with a
-/// busy timeout (one writer at a time), PostgreSQL with a small pool.
+/// PostgreSQL connections a pool may open unless told otherwise
+/// (`DATABASE_MAX_CONNECTIONS`).
+pub const MAX_POSTGRES_CONNECTIONS: u32 = 16;
+
+/// [`connect_with`] a pool of the default size: for the CLI's commands.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, MAX_POSTGRES_CONNECTIONS).await
+}
+
+/// Connects with settings that suit the backend: SQLite in WAL mode with a
+/// busy timeout (one writer at a time), PostgreSQL with a pool of at most
+/// `max_postgres` connections.
+pub async fn connect_with(url: &str, max_postgres: u32) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .connect_timeout(Duration::from_secs(5))
@@ -64,8 +74,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         // (measured: about 90 ms each, twice in a node's first second of
         // load, and so the steady rate's p99).
         options
-            .max_connections(16)
-            .min_connections(MIN_POSTGRES_CONNECTIONS);
+            .max_connections(max_postgres.max(1))
+            .min_connections(MIN_POSTGRES_CONNECTIONS.min(max_postgres.max(1)));
     }
     Database::connect(options).await
 }

@@ -31,6 +31,7 @@ impl Stages {
     /// until `stop` is cancelled.
     pub async fn start(
         database_url: &str,
+        database_max_connections: u32,
         broker: Arc<dyn Broker>,
         hub: Arc<Hub>,
         store: store::Settings,
@@ -49,7 +50,7 @@ impl Stages {
             .spawn(move || {
                 runtime.block_on(async move {
                     // Opened here, so its connections are served by this runtime.
-                    let db = match db::connect(&url).await {
+                    let db = match db::connect_with(&url, database_max_connections).await {
                         Ok(db) => db,
                         Err(err) => {
                             let _ = opened.send(Err(err));

@@ -197,8 +197,13 @@ pub fn test_config(db_url: &str) -> Config {
     config.register_burst = TEST_BUDGET;
     config.room_create_burst = TEST_BUDGET;
     config.sockets_per_user = TEST_BUDGET;
+    config.database_max_connections = TEST_POOL;
     config
 }
+
+/// Each pool's PostgreSQL connections in a test's node: several tests run
+/// at once, some with three nodes, on one server.
+pub const TEST_POOL: u32 = 8;
 
 /// Makes `root` the admin from the configuration, password
 /// [`ROOT_PASSWORD`] (`Api::login_with("root", ROOT_PASSWORD)`).
@@ -584,6 +589,7 @@ fn start_node(db_url: &str, env: &[(&str, &str)], keep: Option<NodeLogs>) -> Nod
         .env("REGISTER_BURST", TEST_BUDGET.to_string())
         .env("ROOM_CREATE_BURST", TEST_BUDGET.to_string())
         .env("SOCKETS_PER_USER", TEST_BUDGET.to_string())
+        .env("DATABASE_MAX_CONNECTIONS", TEST_POOL.to_string())
         .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::piped())
