@@ -17,6 +17,9 @@ const BACKOFF_BASE_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
 const PING_EVERY_MS = 25000;
 const ACK_TIMEOUT_MS = 15000;
+// Between two waiting messages' resends: a little over one message's share
+// of the default budget (10 a second).
+const RETRY_SPACING_MS = 120;
 // Content bigger than this goes over HTTP, which answers a clear 413, rather
 // than over the socket, where it would only get an error frame.
 const SOCKET_CONTENT_BYTES = 4000;
@@ -449,6 +452,8 @@ export class RoomSession {
       if (this.pending.has(p.clientId)) this.setPending(p, 'acked');
       $('send-status').textContent = 'Sent.';
     } catch (err) {
+      // Left the room, or the message came meanwhile (a resend on reconnect).
+      if (this.closed || !this.pending.has(p.clientId)) return;
       if (err.code === 'rate_limited' && err.retryAfter) this.waitPending(p, err.retryAfter * 1000);
       else this.failPending(p, err.message);
     }
@@ -475,11 +480,19 @@ export class RoomSession {
     }
   }
 
-  /** Past the message budget: sent again when the server said it takes it; its client_id keeps it one message. */
+  /**
+   * Past the message budget: sent again when the server said it takes one,
+   * each waiting message a little after the one before, so that they go in
+   * turn rather than all at once (and all but one refused again). Its
+   * client_id keeps a resend the same message.
+   */
   waitPending(p, ms) {
     clearTimeout(p.timer);
+    const ahead = [...this.pending.values()].filter((q) => q !== p && q.state === 'waiting').length;
     this.setPending(p, 'waiting');
-    p.timer = setTimeout(() => this.transmit(p), ms);
+    p.timer = setTimeout(() => {
+      if (!this.closed && this.pending.has(p.clientId)) this.transmit(p);
+    }, ms + ahead * RETRY_SPACING_MS);
   }
 
   failPending(p, why) {

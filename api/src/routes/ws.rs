@@ -519,7 +519,8 @@ fn rate_limited(client_id: Option<&str>, wait: Duration) -> String {
         code: "rate_limited",
         detail: "too many messages; send this one again after retry_after_ms",
         client_id,
-        retry_after_ms: Some(wait.as_millis().max(1) as u64),
+        // Rounded up: a client that waits exactly this long gets in.
+        retry_after_ms: Some(wait.as_micros().div_ceil(1000).max(1) as u64),
     }
     .to_text()
 }
