@@ -198,6 +198,26 @@ impl TestVhost {
         names.len()
     }
 
+    /// Deletes `what` (`queues/<name>` or `exchanges/<name>`) in this vhost,
+    /// as an operator would from the console.
+    pub async fn delete(&self, what: &str) {
+        let (kind, name) = what
+            .split_once('/')
+            .expect("queues/<name> or exchanges/<name>");
+        let res = self
+            .http
+            .delete(format!(
+                "{}/api/{kind}/{}/{}",
+                self.api,
+                enc(&self.name),
+                enc(name)
+            ))
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("DELETE {what}: {err}"));
+        assert!(res.status().is_success(), "delete {what}: {}", res.status());
+    }
+
     /// Publishes a message by hand into `queue`, as an operator would from the console.
     pub async fn publish_by_hand(&self, queue: &str, payload: &str) {
         let res = self

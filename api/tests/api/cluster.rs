@@ -887,20 +887,6 @@ async fn partition_bindings(vhost: &crate::helpers::TestVhost) -> Vec<String> {
     queues
 }
 
-/// Deletes `what` (`exchanges/<name>` or `queues/<name>`) in the test's
-/// vhost, as an operator would in the management console.
-async fn delete_by_hand(vhost: &crate::helpers::TestVhost, what: &str) {
-    let (kind, name) = what.split_once('/').unwrap();
-    let url = format!(
-        "{}/api/{kind}/{}/{}",
-        vhost.api,
-        testsupport::enc(&vhost.name),
-        testsupport::enc(name)
-    );
-    let res = crate::helpers::client().delete(url).send().await.unwrap();
-    assert!(res.status().is_success(), "delete {what}: {}", res.status());
-}
-
 /// `MESSAGE_PARTITIONS` lowered from 4 to 2, then to 1, as DESIGN.md says:
 /// the queues drained, every node stopped, the exchange `messages.rooms` and
 /// the partition queues from the new number on deleted by hand. Every
@@ -923,10 +909,10 @@ async fn partitions_are_lowered_as_documented() {
 
     let rounds = [(2, vec!["messages.0", "messages.1"]), (1, vec![])];
     for (round, (partitions, bound)) in rounds.into_iter().enumerate() {
-        delete_by_hand(vhost, "exchanges/messages.rooms").await;
+        vhost.delete("exchanges/messages.rooms").await;
         let first = if partitions == 1 { 0 } else { partitions };
         for p in first..(if round == 0 { 4 } else { 2 }) {
-            delete_by_hand(vhost, &format!("queues/messages.{p}")).await;
+            vhost.delete(&format!("queues/messages.{p}")).await;
         }
         let node_id = format!("after{partitions}");
         let partitions = partitions.to_string();

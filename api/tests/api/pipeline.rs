@@ -433,16 +433,7 @@ async fn a_deleted_event_exchange_comes_back_with_its_bindings() {
     vhost.wait_for_connections(1).await;
     let before = vhost.connections().await;
 
-    let res = crate::helpers::client()
-        .delete(format!(
-            "{}/api/exchanges/{}/room.events",
-            vhost.api,
-            testsupport::enc(&vhost.name)
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "delete: {}", res.status());
+    vhost.delete("exchanges/room.events").await;
     // An event published meanwhile (the socket's presence) may be the one
     // refused, and a publish on the connection being replaced then gets 503
     // `broker_unavailable`: sent again, as a client does, with its client_id.
@@ -478,18 +469,5 @@ async fn a_deleted_event_exchange_comes_back_with_its_bindings() {
 /// Deletes `queue` in the test's own vhost, as an operator would by hand.
 async fn delete_queue(app: &TestApp, queue: &str) {
     let vhost = app.vhost().expect("RabbitMQ");
-    let res = crate::helpers::client()
-        .delete(format!(
-            "{}/api/queues/{}/{queue}",
-            vhost.api,
-            testsupport::enc(&vhost.name)
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        res.status().is_success(),
-        "delete {queue}: {}",
-        res.status()
-    );
+    vhost.delete(&format!("queues/{queue}")).await;
 }
